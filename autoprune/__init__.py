@@ -1,0 +1,31 @@
+"""autoprune: automatically find how much to prune each layer of a PyTorch model.
+
+Importing the package is cheap: heavy parts (torch, optuna, mlflow) load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["Policy", "SearchSpace", "apply", "search"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Policy":
+        from autoprune.policy import Policy
+
+        return Policy
+    if name == "SearchSpace":
+        from autoprune.space import SearchSpace
+
+        return SearchSpace
+    if name == "search":
+        from autoprune.api import search
+
+        return search
+    if name == "apply":
+        from autoprune.production import apply
+
+        return apply
+    raise AttributeError(name)

@@ -1,0 +1,114 @@
+"""The ``autoprune`` command line (typer). Nothing imports this module."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from autoprune.errors import AutopruneError
+
+app = typer.Typer(
+    name="autoprune", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+    help="Find how much to prune each layer of a PyTorch model.\n\n"
+         "Typical session:\n\n"
+         "  [bold]autoprune search search_spaces/digits_cnn.yaml[/bold]      # Optuna study + MLflow runs under runs/\n\n"
+         "  [bold]autoprune front --study digits_cnn[/bold]                  # the Pareto table again\n\n"
+         "  [bold]autoprune export --study digits_cnn --min-accuracy 0.9 -o policy.json[/bold]\n\n"
+         "  [bold]autoprune ui[/bold]                                        # MLflow UI on runs/",
+)
+
+Runs = Annotated[Path, typer.Option("--runs", help="Folder for the study journal, MLflow store and caches.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 …")]
+
+
+@app.command()
+def search(
+    space: Annotated[Path, typer.Argument(help="Search space YAML (see search_spaces/template.yaml).")],
+    trials: Annotated[int | None, typer.Option("--trials", "-n", help="Trials to add (default: the YAML's).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal), e.g. "
+                                                "postgresql+psycopg://user@127.0.0.1:5432/db")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the YAML's name). Same name = resume.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes sharing the study storage.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampler and fine-tune (default: the YAML's).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | nsga2 | random | gp (default: the YAML's).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
+                                                     help="MLflow server (default sqlite under runs/).")] = None,
+    no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
+    device: Device = "auto",
+    runs: Runs = Path("runs"),
+) -> None:
+    """Search per-layer sparsity and schedules; rerun the same command to add trials to the same study."""
+    from autoprune.api import search as run
+    from autoprune.console import RichProgress, out, table
+
+    result = run(space, n_trials=trials, timeout=timeout, storage=storage, study=study, workers=workers, seed=seed,
+                 sampler=sampler, device=device, runs_dir=runs, tracking_uri=tracking_uri, track=not no_track,
+                 progress=RichProgress())
+    out.print(table(f"Pareto front of study '{result.study_name}' (dense val {result.dense_val['accuracy']:.4f}, "
+                    f"test {result.dense_test['accuracy']:.4f})", result.front))
+    s = result.summary
+    out.print(f"{s['trials']} trials in the study ({s['complete']} complete, {s['pruned']} stopped early saving "
+              f"{s['early_stop_saved_s']:.1f}s, {s['failed']} failed); this run took {s['wall_s']:.1f}s, "
+              f"{s['mean_eval_s']:.3f}s per evaluation.")
+
+
+@app.command()
+def sensitivity(
+    space: Annotated[Path, typer.Argument(help="Search space YAML.")],
+    device: Device = "auto",
+    runs: Runs = Path("runs"),
+) -> None:
+    """Per-layer accuracy-vs-ratio curves (one layer pruned at a time, no fine-tune); cached, CSV + PNG."""
+    from autoprune.api import load_space
+    from autoprune.console import RichProgress, out, table
+    from autoprune.sensitivity import load_or_scan
+    from autoprune.workspace import load_workspace
+
+    sp = load_space(space)
+    ws = load_workspace(sp, device, runs)
+    bar = RichProgress()
+    bar.start(len(ws.layers) * len(sp.sensitivity.ratios), "sensitivity")
+    try:
+        curves, path, hit = load_or_scan(runs / "sensitivity", ws.model, ws.splits, ws.layers, sp.sensitivity.ratios,
+                                         sp.criteria[0], sp.granularity, sp.sensitivity.bn_batches, bar.advance)
+    finally:
+        bar.stop()
+    rows = [{"layer": f, "weights": ws.sizes[f], "tolerated@2pt": curves.tolerated_ratio(f),
+             **{f"{r:g}": a for r, a in zip(curves.ratios, accs, strict=True)}} for f, accs in curves.accuracy.items()]
+    out.print(table(f"Validation accuracy with one layer pruned (dense {curves.dense_accuracy:.4f})", rows))
+    out.print(f"{'cached: ' if hit else ''}{path.with_suffix('.csv')}\n{path.with_suffix('.png')}")
+
+
+@app.command()
+def front(
+    study: Annotated[str, typer.Option(help="Study name.")] = "digits_cnn",
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
+    runs: Runs = Path("runs"),
+) -> None:
+    """Print the Pareto table of an existing study."""
+    from autoprune.console import out, table
+    from autoprune.search import front_table
+
+    rows = front_table(study, storage, runs)
+    out.print(table(f"Pareto front of study '{study}'", rows))
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except AutopruneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept in the study; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Datasets as in-memory tensors with a fixed, seeded train / validation / test split.
+
+Built-in: scikit-learn's bundled ``digits``, ``breast_cancer`` and ``wine`` (real data, no download).
+User data: a ``.pt``/``.npz`` file with ``x``/``y`` arrays, a ``package.module:callable`` returning
+``(x, y)`` or ``{"train": (x, y), "val": ..., "test": ...}``, or ``torchvision:NAME`` (lazy import, never downloads).
+The test split is only ever used to report final numbers, never by the search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoprune.errors import DataError, ModelError
+from autoprune.models import import_callable
+
+SKLEARN_DATASETS = ("digits", "breast_cancer", "wine")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features ``x`` (N, *input_shape) float32 and integer labels ``y`` (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device) -> Split:
+        """Move both tensors to ``device``."""
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test splits plus what a model needs to know about the data."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    fingerprint: str  # content hash of all three splits (keys the dense-model and sensitivity caches)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, without the batch dimension."""
+        return tuple(self.train.x.shape[1:])
+
+    def to(self, device: torch.device) -> Splits:
+        """All splits on ``device``."""
+        return Splits(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
+                      self.num_classes, self.fingerprint)
+
+
+def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn import datasets
+
+    if name == "digits":
+        d = datasets.load_digits()
+        return (d.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32), d.target
+    loader = datasets.load_breast_cancer if name == "breast_cancer" else datasets.load_wine
+    d = loader()
+    return d.data.astype(np.float32), d.target
+
+
+def _from_file(path: Path) -> Any:
+    if not path.exists():
+        raise DataError(f"dataset file {path}: not found")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(f"dataset file {path}: cannot be read ({err})") from None
+
+
+def _torchvision(name: str, kwargs: dict[str, Any]) -> Any:
+    try:
+        import torchvision  # noqa: F401  (optional extra, imported only here)
+        from torchvision import datasets
+    except Exception as err:
+        raise DataError(f"dataset '{name}' needs the optional extra: pip install 'autoprune[vision]' ({err})") from None
+    cls_name = name.split(":", 1)[1]
+    cls = getattr(datasets, cls_name, None)
+    if cls is None:
+        raise DataError(f"dataset '{name}': torchvision.datasets has no '{cls_name}'")
+    root = kwargs.get("root", "data")
+    parts = {}
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = cls(root=root, train=train, download=False)
+        except Exception as err:
+            raise DataError(f"dataset '{name}': files not found under '{root}' (autoprune never downloads; "
+                            f"place them there first) ({err})") from None
+        x = np.asarray(ds.data, dtype=np.float32) / 255.0
+        x = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
+        parts[split] = (x, np.asarray(ds.targets))
+    return parts
+
+
+def _arrays(obj: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(obj, dict) and "x" in obj and "y" in obj:
+        x, y = obj["x"], obj["y"]
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
+        x, y = obj
+    else:
+        raise DataError(f"dataset {source}: expected (x, y) or a mapping with 'x' and 'y'")
+    xa = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    ya = np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y)
+    if xa.shape[0] != ya.shape[0]:
+        raise DataError(f"dataset {source}: x has {xa.shape[0]} rows but y has {ya.shape[0]}")
+    if not np.issubdtype(ya.dtype, np.integer):
+        raise DataError(f"dataset {source}: y must hold integer class labels, got {ya.dtype}")
+    return xa, ya.astype(np.int64)
+
+
+def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    return perm[n_test + n_val:], perm[n_test:n_test + n_val], perm[:n_test]
+
+
+def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Tabular features: z-score with the *train* split's statistics (no leakage from val/test)."""
+    xtr = parts["train"][0]
+    mu, sd = xtr.mean(axis=0), xtr.std(axis=0) + 1e-6
+    for k, (x, y) in parts.items():
+        parts[k] = ((x - mu) / sd).astype(np.float32), y
+
+
+def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: float = 0.15,
+              test_fraction: float = 0.15, split_seed: int = 0) -> Splits:
+    """Load a dataset by name/path/reference and split it deterministically."""
+    kw = dict(kwargs or {})
+    raw: Any
+    if name in SKLEARN_DATASETS:
+        raw = _sklearn(name)
+    elif name.startswith("torchvision:"):
+        raw = _torchvision(name, kw)
+    elif name.endswith((".pt", ".pth", ".npz")):
+        raw = _from_file(Path(name))
+    elif ":" in name:
+        try:
+            raw = import_callable(name, "dataset")(**kw)
+        except ModelError as err:
+            raise DataError(str(err)) from None
+    else:
+        raise DataError(f"unknown dataset '{name}' (built-in: {', '.join(SKLEARN_DATASETS)}; "
+                        "or a .pt/.npz file, package.module:callable, torchvision:NAME)")
+    parts = _to_parts(raw, name, val_fraction, test_fraction, split_seed)
+    if parts["train"][0].ndim == 2:
+        _standardize(parts)
+    return _finish(name, parts)
+
+
+def _to_parts(raw: Any, name: str, val_fraction: float, test_fraction: float,
+              seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if isinstance(raw, dict) and "train" in raw:
+        parts = {k: _arrays(v, f"{name}[{k}]") for k, v in raw.items() if k in ("train", "val", "test")}
+        if "test" not in parts:
+            raise DataError(f"dataset {name}: a split mapping needs 'train' and 'test'")
+        if "val" not in parts:  # carve validation out of train, never out of test
+            x, y = parts["train"]
+            tr, va, _ = _split_indices(len(y), val_fraction, 0.0, seed)
+            parts["train"], parts["val"] = (x[tr], y[tr]), (x[va], y[va])
+        return parts
+    x, y = _arrays(raw, name)
+    tr, va, te = _split_indices(len(y), val_fraction, test_fraction, seed)
+    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
+
+
+def _finish(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> Splits:
+    h = hashlib.sha256(name.encode())
+    for k in ("train", "val", "test"):
+        x, y = parts[k]
+        h.update(np.ascontiguousarray(x).tobytes())
+        h.update(np.ascontiguousarray(y).tobytes())
+    num_classes = int(max(int(parts[k][1].max()) for k in parts) + 1)
+    splits = {k: Split(torch.from_numpy(np.ascontiguousarray(v[0])), torch.from_numpy(v[1])) for k, v in parts.items()}
+    return Splits(name, splits["train"], splits["val"], splits["test"], num_classes, h.hexdigest()[:16])

@@ -1,0 +1,26 @@
+"""User-facing errors: each one renders as a single line naming the file, field or layer at fault."""
+
+from __future__ import annotations
+
+
+class AutopruneError(Exception):
+    """A problem with the user's input; the CLI prints ``str(err)`` on one line and exits non-zero."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+class ConfigError(AutopruneError):
+    """A search-space / config file is invalid (message names the file, field and line)."""
+
+
+class PolicyError(AutopruneError):
+    """A policy file is invalid or does not fit the model."""
+
+
+class ModelError(AutopruneError):
+    """A model cannot be built, loaded or matched to a checkpoint."""
+
+
+class DataError(AutopruneError):
+    """A dataset cannot be found or loaded."""

@@ -1,0 +1,143 @@
+"""Score one candidate policy: prune a copy of the dense model, fine-tune briefly, measure everything."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from autoprune.criteria import importance
+from autoprune.data import Splits
+from autoprune.errors import PolicyError
+from autoprune.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity
+from autoprune.metrics import cpu_latency_ms, size_metrics
+from autoprune.models import prunable_layers
+from autoprune.policy import Policy
+from autoprune.schedules import ratios_per_step
+from autoprune.training import classification_metrics, recalibrate_bn, seed_everything, train_epoch
+
+# on_epoch(epoch, val_accuracy, size) -> True to stop this candidate now (called at final sparsity only)
+EpochCallback = Callable[[int, float, float], bool]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything measured for one candidate."""
+
+    val: dict[str, float]  # accuracy, precision, recall, f1, loss on the validation split
+    size: dict[str, float]  # see metrics.size_metrics
+    times: dict[str, float]  # seconds per phase: prune, finetune, measure, total
+    epoch_losses: list[float] = field(default_factory=list)
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # measured, per FQN
+    test: dict[str, float] | None = None
+    latency_ms: float | None = None
+
+    @property
+    def accuracy(self) -> float:
+        """Validation accuracy."""
+        return self.val["accuracy"]
+
+    def size_value(self, metric: str) -> float:
+        """The size objective as a fraction of the dense model (``latency`` in ms)."""
+        if metric == "latency":
+            return float(self.latency_ms if self.latency_ms is not None else math.nan)
+        return self.size[f"size_{metric}"]
+
+
+class CandidateStopped(Exception):
+    """Raised when ``on_epoch`` asks to stop: the candidate is hopeless; carries what was measured."""
+
+    def __init__(self, epoch: int, accuracy: float, elapsed_s: float, saved_s: float) -> None:
+        super().__init__(f"stopped after epoch {epoch}: val accuracy {accuracy:.3f}")
+        self.epoch, self.accuracy, self.elapsed_s, self.saved_s = epoch, accuracy, elapsed_s, saved_s
+
+
+def check_policy_layers(model: nn.Module, policy: Policy) -> list[str]:
+    """The policy's layers, after checking that every one is a prunable layer of ``model``."""
+    layers = prunable_layers(model)
+    unknown = [f for f in policy.sparsity if f not in layers]
+    if unknown:
+        raise PolicyError(f"policy names layer(s) the model does not have: {', '.join(unknown)} "
+                          f"(prunable: {', '.join(layers)})")
+    return list(policy.sparsity)
+
+
+def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], policy: Policy,
+               splits: Splits, seed: int) -> None:
+    """Tighten the live masks to ``ratios`` using the policy's criterion and granularity."""
+    scores = importance(model, list(ratios), policy.criterion, splits.train, seed=seed)
+    for fqn, ratio in ratios.items():
+        folded.masks[fqn].copy_(compute_mask(scores[fqn], ratio, policy.granularity))
+    folded.reapply()
+
+
+def _epoch_plan(epochs: float, steps: int, batches_per_epoch: int) -> list[list[int | None]]:
+    """For each pruning step, the optimizer-step cap of each epoch (None = full epoch)."""
+    per = epochs / steps
+    plan: list[list[int | None]] = []
+    for _ in range(steps):
+        full, frac = int(per), per - int(per)
+        caps: list[int | None] = [None] * full
+        if frac > 1e-9:
+            caps.append(max(1, round(frac * batches_per_epoch)))
+        plan.append(caps)
+    return plan
+
+
+def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: int = 0,
+                       on_epoch: EpochCallback | None = None, size_hint: float = 1.0,
+                       progress: Callable[[], None] | None = None) -> tuple[list[float], dict[str, float]]:
+    """In place: mask ``model`` per the policy's schedule, fine-tuning between steps. Returns (losses, times)."""
+    layers = check_policy_layers(model, policy)
+    apply_masks(model, {f: torch.ones_like(model.get_submodule(f).weight) for f in layers})
+    gen = seed_everything(seed)
+    ft = policy.finetune
+    steps = ratios_per_step(policy.sparsity, policy.schedule)
+    plan = _epoch_plan(ft.epochs, len(steps), math.ceil(len(splits.train) / ft.batch_size))
+    t_prune = t_ft = 0.0
+    losses: list[float] = []
+    t_start = time.perf_counter()
+    with folded_masks(model) as folded:
+        opt = torch.optim.Adam(model.parameters(), lr=ft.lr)
+        for i, (ratios, caps) in enumerate(zip(steps, plan, strict=True)):
+            t0 = time.perf_counter()
+            prune_step(model, folded, ratios, policy, splits, seed + i)
+            t1 = time.perf_counter()
+            t_prune += t1 - t0
+            for e, cap in enumerate(caps):
+                losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, folded.reapply, cap))
+                if progress is not None:
+                    progress()
+                if on_epoch is not None and i == len(steps) - 1 and e == 0:
+                    acc = classification_metrics(model, splits.val, splits.num_classes)["accuracy"]
+                    if on_epoch(len(losses), acc, size_hint):
+                        elapsed = time.perf_counter() - t_start
+                        done = len(losses) / max(sum(len(c) for c in plan), 1)
+                        raise CandidateStopped(len(losses), acc, elapsed, elapsed * (1 / max(done, 1e-9) - 1))
+            t_ft += time.perf_counter() - t1
+    return losses, {"prune": t_prune, "finetune": t_ft}
+
+
+def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int = 0,
+             on_epoch: EpochCallback | None = None, size_hint: float = 1.0, bn_batches: int = 4,
+             measure_latency: bool = False, with_test: bool = False) -> Evaluation:
+    """Prune a deep copy of the dense ``model`` under ``policy``, fine-tune, recalibrate BN, and measure."""
+    t0 = time.perf_counter()
+    m = copy.deepcopy(model)
+    losses, times = prune_and_finetune(m, policy, splits, seed, on_epoch, size_hint)
+    t1 = time.perf_counter()
+    recalibrate_bn(m, splits.train, bn_batches, policy.finetune.batch_size, seed)
+    val = classification_metrics(m, splits.val, splits.num_classes)
+    test = classification_metrics(m, splits.test, splits.num_classes) if with_test else None
+    size = size_metrics(m, policy.granularity, splits.input_shape)
+    latency = cpu_latency_ms(m, splits.input_shape) if measure_latency else None
+    sparsity = {f: layer_sparsity(m, f) for f in policy.sparsity}
+    t2 = time.perf_counter()
+    times.update(measure=t2 - t1, total=t2 - t0)
+    return Evaluation(val=val, size=size, times=times, epoch_losses=losses, layer_sparsity=sparsity,
+                      test=test, latency_ms=latency)

@@ -1,0 +1,125 @@
+"""Size and speed of a (masked) model: nonzeros, storage bytes in several formats, MACs, CPU latency."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from autoprune.models import prunable_layers
+from autoprune.policy import Granularity
+
+FLOAT_BYTES = 4
+INDEX_BYTES = 4
+
+
+def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter as the forward pass sees it (masked weights instead of their originals)."""
+    out: dict[str, torch.Tensor] = {}
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if mod_name.endswith("parametrizations.weight") or ".parametrizations." in mod_name:
+                continue
+            out[f"{mod_name}.{p_name}" if mod_name else p_name] = p.detach()
+        if hasattr(module, "parametrizations"):
+            for p_name in module.parametrizations:  # type: ignore[union-attr]
+                out[f"{mod_name}.{p_name}"] = getattr(module, p_name).detach()
+    return out
+
+
+def layer_bytes(w: torch.Tensor, granularity: Granularity) -> dict[str, int]:
+    """Bytes to store one weight tensor: dense, CSR (values + int32 column indices + row pointers),
+    bitmask (1 bit per entry + values), and N:M (kept values + log2(M)-bit indices) when relevant."""
+    numel, nnz = w.numel(), int(torch.count_nonzero(w))
+    rows = w.shape[0] if w.dim() > 1 else 1
+    out = {
+        "dense": numel * FLOAT_BYTES,
+        "csr": nnz * (FLOAT_BYTES + INDEX_BYTES) + (rows + 1) * INDEX_BYTES,
+        "bitmask": math.ceil(numel / 8) + nnz * FLOAT_BYTES,
+    }
+    if granularity.kind == "nm":
+        kept = numel * granularity.n // granularity.m
+        out["nm"] = kept * FLOAT_BYTES + math.ceil(kept * math.log2(granularity.m) / 8)
+    return out
+
+
+def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """Nonzeros, sparsity of the prunable layers, bytes (dense vs best compressed format) and MACs."""
+    params = effective_parameters(model)
+    total = sum(p.numel() for p in params.values())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
+    layers = prunable_layers(model)
+    prunable_total = prunable_zero = 0
+    compressed = dense_bytes = 0
+    weight_keys = {f"{f}.weight" for f in layers}
+    for key, p in params.items():
+        b = layer_bytes(p, granularity) if key in weight_keys else {"dense": p.numel() * FLOAT_BYTES}
+        dense_bytes += b["dense"]
+        compressed += min(b.values())
+        if key in weight_keys:
+            prunable_total += p.numel()
+            prunable_zero += p.numel() - int(torch.count_nonzero(p))
+    macs_dense, macs_sparse = count_macs(model, input_shape)
+    return {
+        "params": float(total),
+        "nonzeros": float(nonzero),
+        "size_nonzeros": nonzero / total,
+        "sparsity": prunable_zero / max(prunable_total, 1),
+        "bytes_dense": float(dense_bytes),
+        "bytes_sparse": float(compressed),
+        "size_bytes": compressed / dense_bytes,
+        "macs_dense": float(macs_dense),
+        "macs": float(macs_sparse),
+        "size_flops": macs_sparse / max(macs_dense, 1),
+    }
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(dense, effective) multiply-accumulates of Conv/Linear layers for one example.
+
+    Effective MACs scale each layer's dense MACs by its weight density: exact for zeroed filters and
+    for unstructured kernels that skip zeros, an upper bound on what dense hardware gets.
+    """
+    dense = sparse = 0
+    hooks = []
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal dense, sparse
+        w = mod.weight
+        per_out = w[0].numel()  # (in/groups)·k… for conv, in_features for linear
+        macs = out[0].numel() * per_out
+        dense += macs
+        sparse += macs * int(torch.count_nonzero(w)) / w.numel()
+
+    for m in prunable_layers(model).values():
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros((1, *input_shape), device=device))
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return dense, sparse
+
+
+@torch.no_grad()
+def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, runs: int = 50,
+                   warmup: int = 5) -> float:
+    """Median wall time of one forward pass on CPU, in milliseconds."""
+    model = model.eval()
+    x = torch.randn((batch, *input_shape), device=next(model.parameters()).device)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,32 @@
+"""Plain 2-D Pareto helpers for (accuracy ↑, size ↓) points."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def nondominated(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points (accuracy, size) not dominated by any other (higher-or-equal acc, lower-or-equal size)."""
+    out = []
+    for i, (a, s) in enumerate(points):
+        dominated = any((a2 >= a and s2 <= s) and (a2 > a or s2 < s) for j, (a2, s2) in enumerate(points) if j != i)
+        if not dominated:
+            out.append(i)
+    return out
+
+
+def hypervolume(points: Sequence[tuple[float, float]], ref_size: float = 1.0, ref_acc: float = 0.0) -> float:
+    """Area dominated by the front inside [0, ref_size] × [ref_acc, 1] (bigger is better)."""
+    front = sorted((points[i] for i in nondominated(points)), key=lambda p: p[1])
+    front = [(a, s) for a, s in front if s <= ref_size and a >= ref_acc]
+    hv = 0.0
+    for k, (a, s) in enumerate(front):
+        nxt = front[k + 1][1] if k + 1 < len(front) else ref_size
+        hv += (nxt - s) * (a - ref_acc)
+    return hv
+
+
+def best_at(points: Sequence[tuple[float, float]], sparsities: Sequence[float], level: float) -> float | None:
+    """Best accuracy among points whose sparsity is ≥ ``level`` (None if none reaches it)."""
+    accs = [p[0] for p, sp in zip(points, sparsities, strict=True) if sp >= level - 1e-3]
+    return max(accs) if accs else None

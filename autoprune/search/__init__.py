@@ -1,0 +1,7 @@
+"""The search: the only package that imports optuna."""
+
+from autoprune.search.run import ProgressSink, run_search
+from autoprune.search.runner import SearchOptions, SearchResult, front_table, prepare
+from autoprune.search.storage import load_existing, make_storage
+
+__all__ = ["ProgressSink", "front_table", "SearchOptions", "SearchResult", "load_existing", "make_storage", "prepare", "run_search"]

@@ -1,0 +1,60 @@
+"""Enqueue heuristic allocations (uniform, global, LAMP, ERK, sensitivity) as the study's first trials."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from autoprune.heuristics import Allocation
+from autoprune.space import SampleContext, SearchSpace
+
+
+def baseline_targets(space: SearchSpace) -> list[float]:
+    """The sizes at which heuristics are enqueued: the grid, or low/middle/high of the range."""
+    if space.targets.grid:
+        return list(space.targets.grid)
+    lo, hi = space.targets.range or (0.5, 0.95)
+    return [lo, (lo + hi) / 2, hi]
+
+
+def baseline_params(space: SearchSpace, ctx: SampleContext, ratios: dict[str, float], target: float
+                    ) -> tuple[dict[str, Any], bool]:
+    """Trial params reproducing ``ratios``; the bool says whether the layer params themselves do it.
+
+    When the heuristic lies inside the searched box (|δ| ≤ offset) the trial carries real preference
+    params, so TPE learns from it; otherwise only the target is fixed and the objective asks the heuristic.
+    """
+    params: dict[str, Any] = {
+        "criterion": space.criteria[0], "schedule": space.schedules[0].label,
+        "ft_epochs": space.finetune.epochs[0], "ft_lr_scale": space.finetune.lr_scale[0], "target": target,
+    }
+    if space.parametrization == "independent":
+        inside = all(lo <= ratios[f] <= hi for f, (lo, hi) in ctx.bounds.items())
+        if inside:
+            params.update({f"ratio/{f}": ratios[f] for f in ctx.sizes})
+        return params, inside
+    anchor = ctx.anchor_prefs(target)
+    delta = {f: math.log(max(1.0 - ratios[f], 1e-6)) - anchor[f] for f in ctx.sizes}
+    inside = all(abs(d) <= space.offset for d in delta.values())
+    if inside:
+        params.update({f"pref/{f}": d for f, d in delta.items()})
+    return params, inside
+
+
+def enqueue_baselines(study: optuna.Study, space: SearchSpace, ctx: SampleContext,
+                      heuristics: dict[str, Allocation]) -> int:
+    """Enqueue each heuristic at each baseline target once per study (a resumed study adds none)."""
+    if space.granularity.kind == "nm":
+        return 0  # N:M fixes each layer's ratio; allocation heuristics do not apply
+    seen = {(t.user_attrs.get("baseline"), t.user_attrs.get("target")) for t in study.get_trials(deepcopy=False)}
+    added = 0
+    for target in baseline_targets(space):
+        for name in space.baselines:
+            if name not in heuristics or (name, target) in seen:
+                continue
+            params, via_params = baseline_params(space, ctx, heuristics[name](target), target)
+            study.enqueue_trial(params, user_attrs={"baseline": name, "target": target, "via_params": via_params})
+            added += 1
+    return added

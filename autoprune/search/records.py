@@ -1,0 +1,21 @@
+"""Conversion of Optuna's FrozenTrial into the plain :class:`~autoprune.records.TrialRecord`."""
+
+from __future__ import annotations
+
+import optuna
+
+from autoprune.records import TrialRecord
+
+
+def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str, float] | None = None
+              ) -> TrialRecord:
+    """Plain-data view of a finished trial."""
+    values = (float(t.values[0]), float(t.values[1])) if t.values else None
+    metrics = dict(t.user_attrs.get("eval") or {})
+    if not metrics and "stopped" in t.user_attrs:
+        stopped = t.user_attrs["stopped"]
+        metrics = {"sparsity": stopped.get("sparsity"), "stopped_epoch": stopped.get("epoch"),
+                   "val_accuracy": stopped.get("val_accuracy"), "early_stop_saved_s": stopped.get("saved_s")}
+    return TrialRecord(number=t.number, state=t.state.name, params=dict(t.params), values=values, metrics=metrics,
+                       policy_json=t.user_attrs.get("policy"), baseline=t.user_attrs.get("baseline"),
+                       pareto=pareto, test=test)

@@ -1,0 +1,95 @@
+"""``run_search``: the whole search, with a progress sink and an optional listener (e.g. MLflow)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import optuna
+
+from autoprune.records import SearchListener
+from autoprune.search.baselines import enqueue_baselines
+from autoprune.search.objective import Objective
+from autoprune.search.records import to_record
+from autoprune.search.runner import (
+    _FINISHED,
+    SearchOptions,
+    SearchResult,
+    _open,
+    finish,
+    prepare,
+    spawn_workers,
+    study_info,
+)
+from autoprune.space import SearchSpace
+
+
+class ProgressSink(Protocol):
+    """Where progress goes (the CLI renders it with rich; the API may pass nothing)."""
+
+    def start(self, total: int, description: str) -> None:
+        """Begin a task of ``total`` steps."""
+
+    def update(self, done: int, fields: dict[str, Any]) -> None:
+        """``done`` steps finished; ``fields`` holds short status values."""
+
+    def stop(self) -> None:
+        """End the task."""
+
+
+def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any]:
+    best: dict[str, Any] = {}
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    for tgt in targets:
+        accs = [t.values[0] for t in done if t.user_attrs.get("eval", {}).get("sparsity", 0.0) >= tgt - 1e-3]
+        best[f"{tgt:.0%}"] = f"{max(accs):.3f}" if accs else "–"
+    return best
+
+
+def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener | None = None,
+               progress: ProgressSink | None = None) -> SearchResult:
+    """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
+    t0 = time.perf_counter()
+    prep = prepare(space, opts.device, opts.runs_dir)
+    study = _open(space, opts)
+    seed = space.seed if opts.seed is None else opts.seed
+    if "space_yaml" not in study.user_attrs:
+        study.set_user_attr("space_yaml", study_info(prep, study, opts).space_yaml)
+        study.set_user_attr("dense_val", prep.ws.dense_val)
+        study.set_user_attr("dense_test", prep.ws.dense_test)
+    if listener is not None:
+        listener.on_start(study_info(prep, study, opts))
+    n_trials = opts.n_trials if opts.n_trials is not None else space.trials
+    enqueue_baselines(study, space, prep.ctx, prep.heuristics)
+    start_count = len(study.trials)
+    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed)
+    targets = list(space.targets.grid or [])
+    procs = spawn_workers(space, opts, n_trials) if opts.workers > 1 else []
+    own = n_trials - sum((n_trials // opts.workers + (1 if i < n_trials % opts.workers else 0))
+                         for i in range(opts.workers - 1))
+    if progress is not None:
+        progress.start(n_trials, f"search {study.study_name}")
+
+    def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if listener is not None:
+            listener.on_trial(to_record(trial))
+        if progress is not None:
+            done = len(st.get_trials(deepcopy=False, states=_FINISHED)) - _finished_before
+            progress.update(min(done, n_trials), {"best": _best_at_targets(st, targets),
+                                                  "stopped": len(objective.stopped)})
+
+    _finished_before = len(study.get_trials(deepcopy=False, states=_FINISHED))
+    try:
+        study.optimize(objective, n_trials=own, timeout=opts.timeout, callbacks=[on_trial],
+                       catch=(RuntimeError, ValueError))
+        for p in procs:
+            p.join()
+    finally:
+        if progress is not None:
+            progress.stop()
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+    del start_count
+    return finish(study, prep, seed, listener, time.perf_counter() - t0, objective.stopped)
+

@@ -1,0 +1,194 @@
+"""Run a search end to end: workspace → sensitivity → heuristics → study → optimize → test re-evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing as mp
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from autoprune.evaluate import evaluate
+from autoprune.heuristics import Allocation, allocations
+from autoprune.policy import Policy
+from autoprune.records import SearchListener, StudyInfo
+from autoprune.search.objective import Objective
+from autoprune.search.records import to_record
+from autoprune.search.storage import make_sampler, make_storage, open_study
+from autoprune.sensitivity import SensitivityCurves, load_or_scan
+from autoprune.space import SampleContext, SearchSpace
+from autoprune.workspace import Workspace, load_workspace
+
+
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to run a search (the CLI flags); ``None`` means "take it from the space file"."""
+
+    n_trials: int | None = None
+    timeout: float | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    workers: int = 1
+    seed: int | None = None
+    sampler: str | None = None
+    device: str = "auto"
+    runs_dir: Path = Path("runs")
+
+
+@dataclass
+class Prepared:
+    """Everything loaded once per process: workspace, curves, heuristics, sampling context."""
+
+    ws: Workspace
+    curves: SensitivityCurves | None
+    curves_path: Path | None
+    heuristics: dict[str, Allocation]
+    ctx: SampleContext
+
+
+def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None) -> Prepared:
+    """Load the workspace, the (cached) sensitivity curves if needed, and the heuristic allocations."""
+    ws = load_workspace(space, device, runs_dir)
+    curves = path = None
+    if space.anchor == "sensitivity" or "sensitivity" in space.baselines:
+        curves, path, _ = load_or_scan(runs_dir / "sensitivity", ws.model, ws.splits, ws.layers,
+                                       space.sensitivity.ratios, space.criteria[0], space.granularity,
+                                       space.sensitivity.bn_batches, advance)
+    prefs = curves.preferences() if curves is not None else None
+    heur = {k: functools.lru_cache(maxsize=64)(v)
+            for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs).items()}
+    anchor = heur.get(space.anchor) if space.anchor != "none" else None
+    ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, sizes=ws.sizes, bounds=ws.bounds,
+                        anchor=anchor)
+    return Prepared(ws, curves, path, heur, ctx)
+
+
+def study_name_for(space: SearchSpace, opts: SearchOptions) -> str:
+    """``--study`` or the space's ``name``."""
+    return opts.study_name or space.name
+
+
+def _open(space: SearchSpace, opts: SearchOptions, offset: int = 0) -> optuna.Study:
+    storage = make_storage(opts.storage, opts.runs_dir)
+    seed = space.seed if opts.seed is None else opts.seed
+    name = study_name_for(space, opts)
+    existing = 0
+    with contextlib.suppress(KeyError):
+        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    # seed + trials so far: a resumed study does not replay the first run's random draws
+    sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset)
+    return open_study(name, storage, sampler)
+
+
+def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int) -> None:
+    """Entry point of a worker process: load everything, then optimize against the shared storage."""
+    torch.set_num_threads(1)
+    prep = prepare(space, opts.device, opts.runs_dir)
+    study = _open(space, opts, offset=index + 1)
+    seed = space.seed if opts.seed is None else opts.seed
+    study.optimize(Objective(prep.ws, prep.ctx, prep.heuristics, seed), n_trials=n_trials, timeout=opts.timeout,
+                   catch=(RuntimeError, ValueError))
+
+
+@dataclass
+class SearchResult:
+    """What a search leaves behind (also returned by ``autoprune.search``)."""
+
+    study_name: str
+    storage: str
+    n_trials: int
+    front: list[dict[str, Any]]
+    dense_val: dict[str, float]
+    dense_test: dict[str, float]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def test_front(study: optuna.Study, prep: Prepared, seed: int) -> dict[int, dict[str, float]]:
+    """Re-evaluate every Pareto trial on the held-out test split (stored as study user attrs ``test/<n>``)."""
+    out: dict[int, dict[str, float]] = {}
+    for t in study.best_trials:
+        key = f"test/{t.number}"
+        cached = study.user_attrs.get(key)
+        if cached is None:
+            policy = Policy.model_validate_json(t.user_attrs["policy"])
+            ev = evaluate(prep.ws.model, policy, prep.ws.splits, seed=seed, with_test=True,
+                          bn_batches=prep.ws.space.sensitivity.bn_batches)
+            cached = {**(ev.test or {}), "val_accuracy_rerun": ev.accuracy}
+            study.set_user_attr(key, cached)
+        out[t.number] = cached
+    return out
+
+
+def study_info(prep: Prepared, study: optuna.Study, opts: SearchOptions) -> StudyInfo:
+    """Plain description of the study for listeners."""
+    space = prep.ws.space
+    files = []
+    if prep.curves_path is not None:
+        files = [str(prep.curves_path.with_suffix(s)) for s in (".png", ".csv")]
+    return StudyInfo(study_name=study.study_name, storage=opts.storage or str(opts.runs_dir / "optuna.journal"),
+                     space_yaml=Path(space.source).read_text() if space.source else space.model_dump_json(),
+                     space_name=space.name, sampler=opts.sampler or space.sampler, size_metric=space.size_metric,
+                     dense_val=prep.ws.dense_val, dense_test=prep.ws.dense_test, sensitivity_files=files)
+
+
+def finish(study: optuna.Study, prep: Prepared, seed: int, listener: SearchListener | None,
+           wall_s: float, stopped: list[float]) -> SearchResult:
+    """Test-evaluate the front, build records and the summary, notify the listener."""
+    tests = test_front(study, prep, seed)
+    front_ids = set(tests)
+    finished = study.get_trials(deepcopy=False, states=_FINISHED)  # enqueued-but-unrun trials wait for a resume
+    records = [to_record(t, t.number in front_ids, tests.get(t.number)) for t in finished]
+    front = [r for r in records if r.pareto]
+    front_rows = [front_row(r) for r in sorted(front, key=lambda r: r.sparsity)]
+    done = [r for r in records if r.state == "COMPLETE"]
+    evals = [float(r.metrics.get("time_total", 0.0)) for r in done]
+    summary = {
+        "trials": len(records), "complete": len(done),
+        "pruned": sum(r.state == "PRUNED" for r in records), "failed": sum(r.state == "FAIL" for r in records),
+        "early_stop_saved_s": sum(stopped), "wall_s": wall_s,
+        "mean_eval_s": sum(evals) / max(len(evals), 1),
+    }
+    if listener is not None:
+        listener.on_finish(records, summary)
+    return SearchResult(study.study_name, str(prep.ws.runs_dir), len(records), front_rows, prep.ws.dense_val,
+                        prep.ws.dense_test, summary)
+
+
+def front_row(r: Any) -> dict[str, Any]:
+    """A row of the Pareto table."""
+    pol = Policy.model_validate_json(r.policy_json) if r.policy_json else None
+    return {
+        "trial": r.number, "baseline": r.baseline or "", "sparsity": r.sparsity,
+        "size": r.values[1] if r.values else float("nan"), "val_accuracy": r.values[0] if r.values else float("nan"),
+        "test_accuracy": (r.test or {}).get("accuracy", float("nan")),
+        "schedule": pol.schedule.label if pol else "", "criterion": pol.criterion if pol else "",
+    }
+
+
+def spawn_workers(space: SearchSpace, opts: SearchOptions, n_trials: int) -> list[Any]:
+    """Start ``workers - 1`` extra processes sharing the study storage (the main process is the last worker)."""
+    ctx = mp.get_context("spawn")
+    k = opts.workers - 1
+    shares = [n_trials // opts.workers + (1 if i < n_trials % opts.workers else 0) for i in range(opts.workers)]
+    procs = [ctx.Process(target=worker_main, args=(space, opts, shares[i], i), daemon=True) for i in range(k)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
+    """Pareto rows of an existing study (test accuracy where the search stored it)."""
+    from autoprune.search.storage import load_existing
+
+    study = load_existing(study_name, make_storage(storage, runs_dir))
+    rows = []
+    for t in study.best_trials:
+        rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}"))))
+    return sorted(rows, key=lambda r: r["sparsity"])

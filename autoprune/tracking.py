@@ -1,0 +1,232 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One parent run per study (the space YAML, dense metrics, sensitivity plot, and at the end the Pareto
+front as PNG/HTML/CSV/JSON, best-accuracy-at-size metrics and hypervolume) and one child run per trial,
+logged in a single ``log_batch``. A failing MLflow never stops the search: the error is shown once, logging
+is switched off, and ``autoprune sync`` backfills the missing runs from the Optuna study later.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from autoprune.pareto import best_at, hypervolume
+from autoprune.plots import pareto_html, pareto_png
+from autoprune.records import StudyInfo, TrialRecord
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+BEST_AT = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98)
+
+
+def safe_key(key: str) -> str:
+    """MLflow-safe param/metric key (MLflow rejects e.g. ``[`` ``]``; FQNs like ``layer1.0.conv1`` pass)."""
+    return _UNSAFE.sub("_", key)[:250]
+
+
+def default_tracking_uri(runs_dir: Path) -> str:
+    """``sqlite:///<abs runs>/mlflow.db`` – never the Optuna file."""
+    return f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
+
+
+def ensure_experiment(client: MlflowClient, name: str, runs_dir: Path) -> str:
+    """Get or create the experiment, with artifacts under ``runs/artifacts``; returns its id."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = (runs_dir / "artifacts").resolve().as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+class MlflowListener:
+    """A :class:`~autoprune.records.SearchListener` writing to MLflow."""
+
+    def __init__(self, tracking_uri: str | None, runs_dir: Path, experiment: str | None = None) -> None:
+        self.runs_dir = runs_dir
+        self.uri = tracking_uri or default_tracking_uri(runs_dir)
+        self.experiment_name = experiment
+        self.client: MlflowClient | None = None
+        self.experiment_id = ""
+        self.parent_id = ""
+        self.children: dict[int, str] = {}  # trial number -> run id
+        self.pareto_tags: dict[int, bool] = {}
+        self.info: StudyInfo | None = None
+        self.failed: str | None = None
+        self.log_seconds: list[float] = []
+
+    # -- resilience -------------------------------------------------------------------------------
+    def _guard(self, what: str, fn: Any, *args: Any) -> Any:
+        if self.failed is not None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as err:  # MLflow down / locked: keep the search going, say so once
+            self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print(f"warning: MLflow logging disabled ({what}: {self.failed}); trials stay in the Optuna study, "
+                  "run `autoprune sync` later to backfill", file=sys.stderr)
+            return None
+
+    # -- SearchListener ---------------------------------------------------------------------------
+    def on_start(self, info: StudyInfo) -> None:
+        """Open (or find again) the study's parent run."""
+        self.info = info
+        self._guard("start", self._start, info)
+
+    def on_trial(self, record: TrialRecord) -> None:
+        """Log one child run (skipped if this trial already has one)."""
+        self._guard("trial", self._log_trial, record)
+
+    def on_finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
+        """Backfill missing child runs, refresh Pareto tags and log the front artifacts."""
+        self._guard("finish", self._finish, records, summary)
+
+    # -- implementation ---------------------------------------------------------------------------
+    def _start(self, info: StudyInfo) -> None:
+        # fail fast on an unreachable server (MLflow's default retries for minutes); users may override
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        self.experiment_id = ensure_experiment(self.client, self.experiment_name or info.study_name, self.runs_dir)
+        query = f"tags.`autoprune.study` = '{info.study_name}' and tags.`autoprune.role` = 'parent'"
+        found = self.client.search_runs([self.experiment_id], query)
+        if found:
+            self.parent_id = found[0].info.run_id
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=info.study_name,
+                                         tags={"autoprune.study": info.study_name, "autoprune.role": "parent",
+                                               "sampler": info.sampler, "size_metric": info.size_metric,
+                                               "storage": info.storage})
+            self.parent_id = run.info.run_id
+            metrics = [Metric(f"dense_{k}", float(v), _ms(), 0) for k, v in info.dense_val.items()]
+            metrics += [Metric(f"dense_test_{k}", float(v), _ms(), 0) for k, v in info.dense_test.items()]
+            self.client.log_batch(self.parent_id, metrics=metrics)
+            self.client.log_text(self.parent_id, info.space_yaml, "search_space.yaml")
+            for f in info.sensitivity_files:
+                if Path(f).exists():
+                    self.client.log_artifact(self.parent_id, f, "sensitivity")
+        self.client.update_run(self.parent_id, "RUNNING")
+        self._load_children()
+
+    def _load_children(self) -> None:
+        assert self.client is not None
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+                                           max_results=1000, page_token=token)
+            for run in page:
+                n = run.data.tags.get("autoprune.trial")
+                if n is not None:
+                    self.children[int(n)] = run.info.run_id
+                    self.pareto_tags[int(n)] = run.data.tags.get("pareto") == "true"
+            token = page.token
+            if not token:
+                break
+
+    def _log_trial(self, r: TrialRecord) -> None:
+        if self.client is None or r.number in self.children:
+            return
+        t0 = time.perf_counter()
+        tags = {"mlflow.parentRunId": self.parent_id, "autoprune.trial": str(r.number), "state": r.state,
+                "pareto": "true" if r.pareto else "false", "sampler": self.info.sampler if self.info else ""}
+        if r.baseline:
+            tags["baseline"] = r.baseline
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{r.number}", tags=tags)
+        self.client.log_batch(run.info.run_id, metrics=_metrics(r), params=_params(r))
+        if r.policy_json:
+            self.client.log_text(run.info.run_id, r.policy_json, "policy.json")
+        self.client.set_terminated(run.info.run_id, "FINISHED" if r.state == "COMPLETE" else "KILLED")
+        self.children[r.number] = run.info.run_id
+        self.pareto_tags[r.number] = r.pareto
+        self.log_seconds.append(time.perf_counter() - t0)
+
+    def _finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
+        if self.client is None:
+            return
+        for r in records:
+            if r.state in ("COMPLETE", "PRUNED", "FAIL"):
+                self._log_trial(r)
+        for r in records:  # keep pareto tags equal to the study's current front
+            run_id = self.children.get(r.number)
+            if run_id and self.pareto_tags.get(r.number) != r.pareto:
+                self.client.set_tag(run_id, "pareto", "true" if r.pareto else "false")
+                self.pareto_tags[r.number] = r.pareto
+            if run_id and r.test:
+                self.client.log_batch(run_id, metrics=[Metric(f"test_{k}", float(v), _ms(), 0)
+                                                       for k, v in r.test.items()])
+        self._log_front(records, summary)
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def _log_front(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
+        assert self.client is not None and self.info is not None
+        done = [r for r in records if r.values is not None]
+        pts = [(r.values[0], r.values[1]) for r in done if r.values]
+        metrics = [Metric("hypervolume", hypervolume(pts), _ms(), 0)]
+        for level in BEST_AT:
+            best = best_at(pts, [r.sparsity for r in done], level)
+            if best is not None:
+                metrics.append(Metric(f"best_accuracy_at_{round(level * 100)}", best, _ms(), 0))
+        metrics += [Metric(k, float(v), _ms(), 0) for k, v in summary.items() if isinstance(v, (int, float))]
+        if self.log_seconds:
+            metrics.append(Metric("tracking_s_per_trial", sum(self.log_seconds) / len(self.log_seconds), _ms(), 0))
+        self.client.log_batch(self.parent_id, metrics=metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            title = f"{self.info.study_name}: accuracy vs size"
+            pareto_png(records, d / "pareto.png", self.info.size_metric, title)
+            pareto_html(records, d / "pareto.html", self.info.size_metric, title)
+            write_front_table(records, d / "pareto.csv", d / "pareto.json")
+            for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.json"):
+                self.client.log_artifact(self.parent_id, str(d / name), "pareto")
+
+
+def write_front_table(records: list[TrialRecord], csv_path: Path, json_path: Path) -> None:
+    """The front as CSV and JSON rows."""
+    rows = [{"trial": r.number, "baseline": r.baseline or "", "sparsity": r.sparsity,
+             "val_accuracy": r.values[0] if r.values else None, "size": r.values[1] if r.values else None,
+             "test_accuracy": (r.test or {}).get("accuracy")} for r in records if r.pareto]
+    rows.sort(key=lambda x: x["sparsity"])
+    json_path.write_text(json.dumps(rows, indent=1))
+    with csv_path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["trial"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _params(r: TrialRecord) -> list[Param]:
+    params = {safe_key(k): str(v)[:6000] for k, v in r.params.items()}
+    if r.policy_json:
+        pol = json.loads(r.policy_json)
+        params.update({safe_key(f"ratio/{k}"): f"{v:.6f}" for k, v in pol.get("sparsity", {}).items()})
+    return [Param(k, v) for k, v in params.items()]
+
+
+def _metrics(r: TrialRecord) -> list[Metric]:
+    ts = _ms()
+    out = []
+    if r.values:
+        out += [Metric("val_accuracy_objective", r.values[0], ts, 0), Metric("size", r.values[1], ts, 0)]
+    for k, v in r.metrics.items():
+        if isinstance(v, (int, float)) and v is not None:
+            out.append(Metric(safe_key(k), float(v), ts, 0))
+        elif k == "epoch_losses" and isinstance(v, list):
+            out += [Metric("finetune_loss", float(x), ts, i) for i, x in enumerate(v)]
+        elif k == "layer_sparsity" and isinstance(v, dict):
+            out += [Metric(safe_key(f"sparsity/{f}"), float(x), ts, 0) for f, x in v.items()]
+    return out

@@ -1,0 +1,121 @@
+"""Plain, fast training and evaluation loops over in-memory tensors.
+
+Batches are sliced from tensors already on the device with a seeded permutation (no DataLoader: for the
+small data sets used here its per-batch worker/collate overhead would dominate the step time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from autoprune.data import Split
+
+StepHook = Callable[[], None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG and return a dedicated generator for batch order."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train_epoch(model: nn.Module, data: Split, opt: torch.optim.Optimizer, batch_size: int,
+                gen: torch.Generator, after_step: StepHook | None = None, max_steps: int | None = None) -> float:
+    """One pass of SGD-style training; ``after_step`` runs after every optimizer step (mask reapply)."""
+    model.train()
+    perm = torch.randperm(len(data), generator=gen).to(data.x.device)
+    loss_fn = nn.functional.cross_entropy
+    total, steps = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        if max_steps is not None and steps >= max_steps:
+            break
+        idx = perm[start:start + batch_size]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(data.x[idx]), data.y[idx])
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step()
+        total += float(loss.detach())
+        steps += 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for ``x`` in eval mode."""
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def classification_metrics(model: nn.Module, data: Split, num_classes: int) -> dict[str, float]:
+    """Accuracy, macro precision / recall / F1 and mean cross-entropy loss."""
+    logits = predict(model, data.x)
+    loss = float(nn.functional.cross_entropy(logits, data.y))
+    pred = logits.argmax(1)
+    conf = torch.bincount(data.y * num_classes + pred, minlength=num_classes * num_classes)
+    conf = conf.reshape(num_classes, num_classes).double()
+    tp = conf.diag()
+    precision = tp / conf.sum(0).clamp(min=1)
+    recall = tp / conf.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    present = conf.sum(1) > 0  # macro averages over classes present in this split
+    return {
+        "accuracy": float(tp.sum() / conf.sum()),
+        "precision": float(precision[present].mean()),
+        "recall": float(recall[present].mean()),
+        "f1": float(f1[present].mean()),
+        "loss": loss,
+    }
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether the model holds any BatchNorm layer."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Split, batches: int, batch_size: int, seed: int = 0) -> None:
+    """Re-estimate BatchNorm running statistics on a few training batches (after pruning shifts them)."""
+    if batches <= 0 or not has_batchnorm(model):
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(data), generator=gen).to(data.x.device)
+    for b in range(batches):
+        idx = perm[b * batch_size:(b + 1) * batch_size]
+        if idx.numel() == 0:
+            break
+        model(data.x[idx])
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1
+    model.eval()
+
+
+def fit(model: nn.Module, data: Split, epochs: int, lr: float, batch_size: int, seed: int,
+        weight_decay: float = 0.0, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train from the current weights with Adam; returns the per-epoch mean training loss."""
+    gen = seed_everything(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    for epoch in range(epochs):
+        losses.append(train_epoch(model, data, opt, batch_size, gen))
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    return losses
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,50 @@
+"""Shared fixtures: a small digits space and a session-wide runs/ folder so the dense model trains once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SMALL_SPACE = {
+    "name": "digits_small",
+    "model": {"name": "digits_cnn", "kwargs": {"width": 8}},
+    "data": {"name": "digits"},
+    "train": {"epochs": 4, "lr": 0.003},
+    "targets": {"grid": [0.8, 0.9]},
+    "criteria": ["magnitude"],
+    "finetune": {"epochs": [1], "lr_scale": [0.3]},
+    "sensitivity": {"ratios": [0.5, 0.9], "bn_batches": 0},
+    "trials": 6,
+    "seed": 0,
+}
+
+
+def write_space(path: Path, **overrides: object) -> Path:
+    """Write SMALL_SPACE with top-level overrides to ``path``."""
+    data = {**SMALL_SPACE, **overrides}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def space_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_space(tmp_path_factory.mktemp("space") / "digits_small.yaml")
+
+
+@pytest.fixture(scope="session")
+def workspace(space_path: Path, runs_dir: Path):  # type: ignore[no-untyped-def]
+    from autoprune.space import SearchSpace
+    from autoprune.workspace import load_workspace
+
+    return load_workspace(SearchSpace.from_yaml(space_path), "cpu", runs_dir)

@@ -1,0 +1,60 @@
+"""The command line, run as a user would: exit codes, one-line errors, tables and files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_space
+
+EXE = str(Path(sys.executable).parent / "autoprune")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_help_teaches_the_commands() -> None:
+    res = run("--help")
+    assert res.returncode == 0
+    for cmd in ("search", "sensitivity", "front"):
+        assert cmd in res.stdout
+    assert "Optuna storage URL" in run("search", "--help").stdout
+
+
+def test_bad_yaml_exits_nonzero_with_one_line_naming_the_field(tmp_path: Path) -> None:
+    p = write_space(tmp_path / "bad.yaml", sampler="annealing")
+    res = run("search", str(p), "--runs", str(tmp_path / "runs"))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "field 'sampler'" in lines[0] and "bad.yaml" in lines[0]
+
+
+def test_missing_file_and_unknown_model(tmp_path: Path) -> None:
+    res = run("search", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "nope.yaml: file not found" in res.stderr
+    p = write_space(tmp_path / "m.yaml", model={"name": "resnet21"})
+    res = run("search", str(p), "--runs", str(tmp_path / "runs"), "--no-track")
+    assert res.returncode == 2 and "unknown model 'resnet21'" in res.stderr
+
+
+def test_pattern_matching_no_layer(tmp_path: Path) -> None:
+    p = write_space(tmp_path / "p.yaml", layers={"include": ["encoder.*"]})
+    res = run("sensitivity", str(p), "--runs", str(tmp_path / "runs"))
+    assert res.returncode == 2 and "layers.include" in res.stderr and "encoder.*" in res.stderr
+
+
+def test_search_then_front_then_sensitivity(space_path: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    res = run("search", str(space_path), "--trials", "5", "--runs", str(runs), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "Pareto front of study 'digits_small'" in res.stdout and "test_accuracy" in res.stdout
+    assert (runs / "optuna.journal").exists() and (runs / "mlflow.db").exists()
+    res = run("front", "--study", "digits_small", "--runs", str(runs))
+    assert res.returncode == 0 and "val_accuracy" in res.stdout
+    res = run("sensitivity", str(space_path), "--runs", str(runs), "--device", "cpu")
+    assert res.returncode == 0
+    assert list((runs / "sensitivity").glob("*.png")) and list((runs / "sensitivity").glob("*.csv"))
+    res = run("front", "--study", "nope", "--runs", str(runs))
+    assert res.returncode == 2 and "study 'nope' not found" in res.stderr

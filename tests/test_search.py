@@ -1,0 +1,104 @@
+"""The search: resume without duplicates, baselines reproduce heuristics, early stop, constraints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprune.budget import weighted_sparsity
+from autoprune.policy import Policy
+from autoprune.search import SearchOptions, run_search
+from autoprune.search.objective import Objective
+from autoprune.search.runner import prepare
+from autoprune.space import SearchSpace
+from conftest import write_space
+
+
+def _trials(runs: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    from autoprune.search.storage import load_existing, make_storage
+
+    return load_existing(name, make_storage(None, runs)).trials
+
+
+def test_resume_adds_exactly_m_trials_without_duplicates(space_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(space_path)
+    opts = SearchOptions(n_trials=12, runs_dir=runs_dir, device="cpu", study_name="resume")
+    first = run_search(space, opts)
+    assert first.n_trials == 12
+    second = run_search(space, SearchOptions(n_trials=5, runs_dir=runs_dir, device="cpu", study_name="resume"))
+    trials = _trials(runs_dir, "resume")
+    assert second.n_trials == 17 and len(trials) == 17
+    assert sorted(t.number for t in trials) == list(range(17))
+    baselines = [(t.user_attrs["baseline"], t.user_attrs["target"]) for t in trials if "baseline" in t.user_attrs]
+    assert len(baselines) == len(set(baselines)) == 2 * 5  # 5 heuristics × 2 targets, enqueued once
+    searched = [tuple(sorted(t.params.items())) for t in trials if "baseline" not in t.user_attrs]
+    assert len(searched) == len(set(searched))  # no repeated parameter sets after resume
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+
+
+def test_enqueued_baselines_reproduce_heuristic_ratios(space_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(space_path)
+    prep = prepare(space, "cpu", runs_dir)
+    trials = [t for t in _trials_after(space, runs_dir) if "baseline" in t.user_attrs
+              and t.state == optuna.trial.TrialState.COMPLETE]
+    assert trials
+    for t in trials:
+        want = prep.heuristics[t.user_attrs["baseline"]](t.user_attrs["target"])
+        got = Policy.model_validate_json(t.user_attrs["policy"]).sparsity
+        assert set(got) == set(want)
+        assert all(abs(got[k] - want[k]) < 1e-9 for k in want), t.user_attrs["baseline"]
+        assert abs(weighted_sparsity(got, prep.ws.sizes) - t.user_attrs["target"]) < 1e-6
+
+
+def _trials_after(space: SearchSpace, runs: Path) -> list[optuna.trial.FrozenTrial]:
+    run_search(space, SearchOptions(n_trials=10, runs_dir=runs, device="cpu", study_name="baselines"))
+    from autoprune.search.storage import load_existing, make_storage
+
+    return load_existing("baselines", make_storage(None, runs)).trials
+
+
+def test_lamp_baseline_carries_zero_offsets(space_path: Path, runs_dir: Path) -> None:
+    trials = [t for t in _trials(runs_dir, "baselines") if t.user_attrs.get("baseline") == "lamp"]
+    assert trials and all(t.user_attrs["via_params"] for t in trials)
+    assert all(abs(v) < 1e-9 for t in trials for k, v in t.params.items() if k.startswith("pref/"))
+
+
+def test_early_stop_hits_hopeless_candidate_not_good_one(tmp_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(write_space(
+        tmp_path / "s.yaml", criteria=["magnitude", "random"], finetune={"epochs": [3], "lr_scale": [0.3]},
+        early_stop={"enabled": True, "margin": 0.1, "min_trials": 1}))
+    prep = prepare(space, "cpu", runs_dir)
+    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed=0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    good = {"criterion": "magnitude", "schedule": "oneshot", "ft_epochs": 3, "ft_lr_scale": 0.3, "target": 0.9,
+            **{f"pref/{f}": 0.0 for f in prep.ws.layers}}
+    hopeless = {**good, "criterion": "random"}
+    for params in (good, hopeless, good):
+        study.enqueue_trial(params)
+    study.optimize(objective, n_trials=3)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                      optuna.trial.TrialState.COMPLETE]
+    stopped = study.trials[1].user_attrs["stopped"]
+    assert stopped["epoch"] == 1 and stopped["saved_s"] > 0
+    assert stopped["val_accuracy"] < study.trials[0].user_attrs["eval"]["epoch1_val_accuracy"] - 0.1
+    assert len(objective.stopped) == 1
+
+
+def test_constraints_mark_infeasible_trials(tmp_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", name="constrained",
+                                              constraints={"min_accuracy": 0.999}))
+    run_search(space, SearchOptions(n_trials=3, runs_dir=runs_dir, device="cpu"))
+    trials = _trials(runs_dir, "constrained")
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(t.constraints["min_accuracy"] > 0 for t in done)
+
+
+def test_unknown_study_is_a_clear_error(runs_dir: Path) -> None:
+    from autoprune.errors import ConfigError
+    from autoprune.search import front_table
+
+    with pytest.raises(ConfigError, match="study 'nope' not found"):
+        front_table("nope", None, runs_dir)

@@ -1,0 +1,64 @@
+"""MLflow tracking against a real SQLite store: one parent, N children, Pareto tags, artifacts, safe keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import optuna
+from mlflow.tracking import MlflowClient
+
+from autoprune.api import search
+from autoprune.search.storage import load_existing, make_storage
+from autoprune.tracking import default_tracking_uri, safe_key
+
+
+def _runs(runs: Path, study: str) -> tuple[MlflowClient, object, list[object]]:
+    client = MlflowClient(default_tracking_uri(runs))
+    exp = client.get_experiment_by_name(study)
+    assert exp is not None
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("autoprune.role") == "parent"]
+    assert len(parents) == 1
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return client, parents[0], children
+
+
+def test_trials_become_child_runs_with_front_artifacts(space_path: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    search(space_path, n_trials=8, study="tracked", runs_dir=runs, device="cpu")
+    search(space_path, n_trials=3, study="tracked", runs_dir=runs, device="cpu")  # resume: same parent
+    client, parent, children = _runs(runs, "tracked")
+    study = load_existing("tracked", make_storage(None, runs))
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(children) == len(finished) == 11
+    assert sorted(int(c.data.tags["autoprune.trial"]) for c in children) == [t.number for t in finished]
+    front = {t.number for t in study.best_trials}
+    tagged = {int(c.data.tags["autoprune.trial"]) for c in children if c.data.tags["pareto"] == "true"}
+    assert tagged == front
+    assert any(c.data.tags.get("baseline") == "lamp" for c in children)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert {"pareto/pareto.png", "pareto/pareto.html", "pareto/pareto.csv", "pareto/pareto.json"} <= arts
+    png = Path(client.download_artifacts(parent.info.run_id, "pareto/pareto.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "hypervolume" in client.get_run(parent.info.run_id).data.metrics
+    one = next(c for c in children if c.data.tags["state"] == "COMPLETE")
+    assert "val_accuracy" in one.data.metrics and "ratio/features.0" in one.data.params
+    assert (runs / "mlflow.db").exists() and (runs / "optuna.journal").exists()
+
+
+def test_param_keys_for_real_fqns_are_accepted(tmp_path: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    with mlflow.start_run():
+        for fqn in ("layer1.0.conv1", "features.0", "blocks[3].attn", "enc/dec:1"):
+            mlflow.log_param(safe_key(f"pref/{fqn}"), 0.5)
+    assert safe_key("blocks[3].attn") == "blocks_3_.attn"
+
+
+def test_broken_mlflow_does_not_lose_trials(space_path: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = search(space_path, n_trials=4, study="offline", runs_dir=runs, device="cpu",
+                    tracking_uri="http://127.0.0.1:9/")  # nothing listens on port 9
+    study = load_existing("offline", make_storage(None, runs))
+    assert result.n_trials == 4
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 3

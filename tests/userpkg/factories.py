@@ -1,0 +1,25 @@
+"""A user's own model and dataset factories, referenced as ``userpkg.factories:...`` in tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def tiny_net(hidden: int = 16) -> nn.Module:
+    """A user model: 13 wine features → hidden → 3 classes."""
+    return nn.Sequential(nn.Linear(13, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def blobs(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """A user dataset: three Gaussian blobs in 13 dimensions."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 13)) + y[:, None] * 2.0
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def not_a_model() -> int:
+    """Returns something that is not an nn.Module."""
+    return 3
