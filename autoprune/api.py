@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,41 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
 
         listener = MlflowListener(tracking_uri, Path(runs_dir))
     return run_search(sp, opts, listener, progress)
+
+
+def export(study: str, out: str | Path, *, trial: int | None = None, max_size: float | None = None,
+           min_accuracy: float | None = None, knee: bool = False, storage: str | None = None,
+           runs_dir: str | Path = "runs", tracking_uri: str | None = None, track: bool = True) -> Any:
+    """Pick a front point and write its policy JSON atomically; returns the :class:`Policy`."""
+    from autoprune.search import choose_trial, load_existing, make_storage, policy_from_trial
+
+    st = load_existing(study, make_storage(storage, Path(runs_dir)))
+    t = choose_trial(st, trial, max_size, min_accuracy, knee)
+    policy = policy_from_trial(st, t)
+    policy.save(out)
+    if track:
+        from autoprune.tracking import log_export
+
+        try:
+            log_export(tracking_uri, Path(runs_dir), study, Path(out), t.number)
+        except Exception as err:  # the policy file is written; MLflow is a convenience here
+            print(f"warning: could not log the export to MLflow ({type(err).__name__})", file=sys.stderr)
+    return policy
+
+
+def sync(study: str, *, storage: str | None = None, runs_dir: str | Path = "runs",
+         tracking_uri: str | None = None) -> int:
+    """Backfill MLflow from the Optuna study (after MLflow was down); returns the number of child runs added."""
+    from autoprune.search import load_existing, make_storage
+    from autoprune.search.sync import records_and_info
+    from autoprune.tracking import MlflowListener
+
+    st = load_existing(study, make_storage(storage, Path(runs_dir)))
+    records, info, summary = records_and_info(st, storage or str(Path(runs_dir) / "optuna.journal"))
+    listener = MlflowListener(tracking_uri, Path(runs_dir))
+    listener.on_start(info)
+    before = len(listener.children)
+    listener.on_finish(records, summary)
+    if listener.failed:
+        raise RuntimeError(f"MLflow: {listener.failed}")
+    return len(listener.children) - before

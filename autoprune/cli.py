@@ -14,7 +14,7 @@ app = typer.Typer(
     name="autoprune", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
     help="Find how much to prune each layer of a PyTorch model.\n\n"
          "Typical session:\n\n"
-         "  [bold]autoprune search search_spaces/digits_cnn.yaml[/bold]      # Optuna study + MLflow runs under runs/\n\n"
+         "  [bold]autoprune search search_spaces/digits_cnn.yaml[/bold]   # Optuna study + MLflow runs in runs/\n\n"
          "  [bold]autoprune front --study digits_cnn[/bold]                  # the Pareto table again\n\n"
          "  [bold]autoprune export --study digits_cnn --min-accuracy 0.9 -o policy.json[/bold]\n\n"
          "  [bold]autoprune ui[/bold]                                        # MLflow UI on runs/",
@@ -31,7 +31,7 @@ def search(
     timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal), e.g. "
                                                 "postgresql+psycopg://user@127.0.0.1:5432/db")] = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default: the YAML's name). Same name = resume.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the YAML's name); same = resume.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes sharing the study storage.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed for sampler and fine-tune (default: the YAML's).")] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe | nsga2 | random | gp (default: the YAML's).")] = None,
@@ -95,6 +95,91 @@ def front(
 
     rows = front_table(study, storage, runs)
     out.print(table(f"Pareto front of study '{study}'", rows))
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Option(help="Study name.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the policy JSON.")] = Path("policy.json"),
+    trial: Annotated[int | None, typer.Option(help="Export this trial number.")] = None,
+    max_size: Annotated[float | None, typer.Option(help="Most accurate front point with size ≤ this.")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help="Smallest front point with accuracy ≥ this.")] = None,
+    knee: Annotated[bool, typer.Option("--knee", help="The front's knee (best trade-off).")] = False,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI")] = None,
+    runs: Runs = Path("runs"),
+) -> None:
+    """Pick a point on the Pareto front (test accuracy where known) and write its versioned policy."""
+    from autoprune.api import export as do_export
+    from autoprune.console import out as console
+
+    pol = do_export(study, out, trial=trial, max_size=max_size, min_accuracy=min_accuracy, knee=knee,
+                    storage=storage, runs_dir=runs, tracking_uri=tracking_uri)
+    exp = ", ".join(f"{k} {v:.4f}" for k, v in pol.expected.items())
+    console.print(f"wrote {out}: trial {pol.provenance['trial']} of '{study}' ({exp})")
+
+
+@app.command(name="apply")
+def apply_cmd(
+    policy: Annotated[Path, typer.Argument(help="Policy JSON from `autoprune export`.")],
+    space: Annotated[Path | None, typer.Option(help="Space YAML naming the model, checkpoint and data.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name or module:callable (instead of --space).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name/file/callable (instead of --space).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Dense state_dict for --model.")] = None,
+    finetune_epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the policy's).")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Pruned model file.")] = Path("pruned.pt"),
+    onnx: Annotated[Path | None, typer.Option(help="Also export ONNX here.")] = None,
+    torchscript: Annotated[Path | None, typer.Option(help="Also export TorchScript here.")] = None,
+    quantize: Annotated[str | None, typer.Option(help="int8: dynamic quantization after pruning.")] = None,
+    device: Device = "auto",
+    runs: Runs = Path("runs"),
+) -> None:
+    """Prune the real model with a policy: fine-tune, make permanent, shrink, save; before/after table."""
+    from autoprune.apply_cmd import run_apply
+
+    run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs)
+
+
+@app.command()
+def sync(
+    study: Annotated[str, typer.Option(help="Study name.")],
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI")] = None,
+    runs: Runs = Path("runs"),
+) -> None:
+    """Backfill MLflow from the Optuna study (e.g. after the tracking server was down)."""
+    from autoprune.api import sync as do_sync
+    from autoprune.console import out as console
+
+    added = do_sync(study, storage=storage, runs_dir=runs, tracking_uri=tracking_uri)
+    console.print(f"MLflow is in sync with study '{study}' ({added} child runs added)")
+
+
+@app.command()
+def ui(
+    study: Annotated[str | None, typer.Option(help="Print the runs-table URL of this study.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")] = None,
+    runs: Runs = Path("runs"),
+) -> None:
+    """Serve the MLflow UI on runs/ and print the study's runs-table URL; Ctrl-C stops it and its workers."""
+    import time
+
+    from autoprune.console import out as console
+    from autoprune.tracking import default_tracking_uri, runs_table_url
+    from autoprune.ui import start_server, stop_server, wait_ready
+
+    proc = start_server(default_tracking_uri(runs), runs / "artifacts", host, port)
+    try:
+        if not wait_ready(host, port, proc):
+            raise AutopruneError(f"mlflow ui did not start on {host}:{port} (port in use?)")
+        console.print(f"MLflow UI: {runs_table_url(None, runs, study, host, port)}", soft_wrap=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while proc.poll() is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.5)
+    finally:
+        stop_server(proc)
 
 
 def main() -> None:

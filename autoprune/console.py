@@ -58,7 +58,9 @@ def _fmt(v: Any) -> str:
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
-        return "–" if math.isnan(v) else f"{v:.4f}"
+        if math.isnan(v):
+            return "–"
+        return f"{int(v):,}" if v.is_integer() and abs(v) >= 1000 else f"{v:.4f}"
     return str(v)
 
 

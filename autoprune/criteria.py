@@ -7,13 +7,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.data import Split
+from autoprune.models import weight_of
 from autoprune.policy import Criterion
 
 
 def importance(model: nn.Module, layers: list[str], criterion: Criterion, data: Split | None = None,
                batches: int = 4, batch_size: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
     """Score every weight of each named layer (higher = more important); shapes match the weights."""
-    weights = {f: model.get_submodule(f).weight for f in layers}
+    weights = {f: weight_of(model, f) for f in layers}
     if criterion == "magnitude":
         return {f: w.detach().abs() for f, w in weights.items()}
     if criterion == "random":
@@ -37,7 +38,7 @@ def _taylor(model: nn.Module, weights: dict[str, torch.Tensor], data: Split, bat
         if idx.numel() == 0:
             break
         with parametrize.cached():  # one effective-weight tensor per layer, shared with the forward pass
-            live = {f: model.get_submodule(f).weight for f in weights}
+            live = {f: weight_of(model, f) for f in weights}
             loss = nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
         grads = torch.autograd.grad(loss, list(live.values()), allow_unused=True)
         for (f, w), g in zip(live.items(), grads, strict=True):

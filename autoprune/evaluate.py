@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from autoprune.channels import group_keep, groups_for, member_masks
 from autoprune.criteria import importance
 from autoprune.data import Splits
 from autoprune.errors import PolicyError
 from autoprune.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity
 from autoprune.metrics import cpu_latency_ms, size_metrics
-from autoprune.models import prunable_layers
+from autoprune.models import prunable_layers, weight_of
 from autoprune.policy import Policy
 from autoprune.schedules import ratios_per_step
 from autoprune.training import classification_metrics, recalibrate_bn, seed_everything, train_epoch
@@ -71,9 +72,27 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
                splits: Splits, seed: int) -> None:
     """Tighten the live masks to ``ratios`` using the policy's criterion and granularity."""
     scores = importance(model, list(ratios), policy.criterion, splits.train, seed=seed)
-    for fqn, ratio in ratios.items():
-        folded.masks[fqn].copy_(compute_mask(scores[fqn], ratio, policy.granularity))
+    if policy.granularity.kind == "channel":
+        _prune_channels(model, folded, ratios, scores, splits)
+    else:
+        for fqn, ratio in ratios.items():
+            folded.masks[fqn].copy_(compute_mask(scores[fqn], ratio, policy.granularity))
     folded.reapply()
+
+
+def _prune_channels(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float],
+                    scores: dict[str, torch.Tensor], splits: Splits) -> None:
+    """Zero whole coupled channel groups (see :mod:`autoprune.channels`)."""
+    layers = list(ratios)
+    sizes = {f: weight_of(model, f).numel() for f in layers}
+    for group in groups_for(model, layers, splits.input_shape):
+        keep = group_keep(model, group, ratios, scores, sizes)
+        for param, mask in member_masks(model, group, keep).items():
+            layer, _, p_name = param.rpartition(".")
+            if p_name == "weight" and layer in folded.masks:
+                folded.masks[layer].copy_(mask)
+            else:
+                folded.hold(param, mask)
 
 
 def _epoch_plan(epochs: float, steps: int, batches_per_epoch: int) -> list[list[int | None]]:
@@ -94,7 +113,7 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
                        progress: Callable[[], None] | None = None) -> tuple[list[float], dict[str, float]]:
     """In place: mask ``model`` per the policy's schedule, fine-tuning between steps. Returns (losses, times)."""
     layers = check_policy_layers(model, policy)
-    apply_masks(model, {f: torch.ones_like(model.get_submodule(f).weight) for f in layers})
+    apply_masks(model, {f: torch.ones_like(weight_of(model, f)) for f in layers})
     gen = seed_everything(seed)
     ft = policy.finetune
     steps = ratios_per_step(policy.sparsity, policy.schedule)

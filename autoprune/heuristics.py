@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from autoprune.budget import project_to_budget
+from autoprune.models import weight_of
 
 Allocation = Callable[[float], dict[str, float]]
 
@@ -49,7 +50,7 @@ def erk_preferences(model: nn.Module, layers: list[str]) -> dict[str, float]:
     """Erdős–Rényi-Kernel: density ∝ (Σ dims) / (Π dims) of each weight tensor."""
     prefs = {}
     for f in layers:
-        shape = model.get_submodule(f).weight.shape
+        shape = weight_of(model, f).shape
         prefs[f] = math.log(sum(shape) / math.prod(shape))
     return prefs
 
@@ -57,7 +58,7 @@ def erk_preferences(model: nn.Module, layers: list[str]) -> dict[str, float]:
 def allocations(model: nn.Module, layers: list[str], bounds: dict[str, tuple[float, float]] | None = None,
                 sensitivity_prefs: dict[str, float] | None = None) -> dict[str, Allocation]:
     """The heuristic allocations for this model, by name (``sensitivity`` only when curves are given)."""
-    weights = {f: model.get_submodule(f).weight.detach() for f in layers}
+    weights = {f: weight_of(model, f).detach() for f in layers}
     sizes = {f: w.numel() for f, w in weights.items()}
     magnitude = {f: w.abs() for f, w in weights.items()}
     lamp = lamp_scores(weights)

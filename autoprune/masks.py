@@ -15,11 +15,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autoprune.models import weight_of
 from autoprune.policy import Granularity
 
 
 class Mask(nn.Module):
     """Parametrization ``w ↦ w · mask`` with the mask held as a buffer (saved in the state_dict)."""
+
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -67,7 +70,7 @@ def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def _mask_param(module: nn.Module) -> Mask | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    for p in module.parametrizations["weight"]:  # type: ignore[union-attr,operator]
+    for p in module.parametrizations["weight"]:  # type: ignore[index]
         if isinstance(p, Mask):
             return p
     return None
@@ -108,9 +111,20 @@ class FoldedMasks:
     """
 
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        self.model = model
         self.masks = masks
-        self._weights = [model.get_submodule(f).weight for f in masks]
+        self.extras: dict[str, torch.Tensor] = {}  # other params held at zero (coupled filters, norms, biases)
+        self._weights = [weight_of(model, f) for f in masks]
         self._mask_list = list(masks.values())
+
+    def hold(self, param_fqn: str, mask: torch.Tensor) -> None:
+        """Also keep parameter ``module.param`` masked (set once, tightened in place afterwards)."""
+        if param_fqn in self.extras:
+            self.extras[param_fqn].copy_(mask)
+            return
+        self.extras[param_fqn] = mask.clone()
+        self._weights.append(self.model.get_parameter(param_fqn))
+        self._mask_list.append(self.extras[param_fqn])
 
     @torch.no_grad()
     def reapply(self) -> None:
@@ -137,5 +151,5 @@ def folded_masks(model: nn.Module) -> Iterator[FoldedMasks]:
 
 def layer_sparsity(model: nn.Module, fqn: str) -> float:
     """Fraction of exactly-zero entries in a layer's (effective) weight."""
-    w = model.get_submodule(fqn).weight
+    w = weight_of(model, fqn)
     return float((w == 0).sum()) / w.numel()

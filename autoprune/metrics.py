@@ -9,7 +9,7 @@ import time
 import torch
 from torch import nn
 
-from autoprune.models import prunable_layers
+from autoprune.models import layer_weight, prunable_layers
 from autoprune.policy import Granularity
 
 FLOAT_BYTES = 4
@@ -25,7 +25,7 @@ def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
                 continue
             out[f"{mod_name}.{p_name}" if mod_name else p_name] = p.detach()
         if hasattr(module, "parametrizations"):
-            for p_name in module.parametrizations:  # type: ignore[union-attr]
+            for p_name in module.parametrizations:
                 out[f"{mod_name}.{p_name}"] = getattr(module, p_name).detach()
     return out
 
@@ -84,12 +84,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
     Effective MACs scale each layer's dense MACs by its weight density: exact for zeroed filters and
     for unstructured kernels that skip zeros, an upper bound on what dense hardware gets.
     """
-    dense = sparse = 0
+    dense, sparse = 0, 0.0
     hooks = []
 
     def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal dense, sparse
-        w = mod.weight
+        w = layer_weight(mod)
         per_out = w[0].numel()  # (in/groups)·k… for conv, in_features for linear
         macs = out[0].numel() * per_out
         dense += macs
@@ -106,7 +106,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
     finally:
         for h in hooks:
             h.remove()
-    return dense, sparse
+    return dense, round(sparse)
 
 
 @torch.no_grad()

@@ -165,7 +165,7 @@ def import_callable(ref: str, what: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ModelError(f"{what} '{ref}': module '{mod_name}' has no callable '{attr}'")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
@@ -233,3 +233,13 @@ def architecture_fingerprint(model: nn.Module) -> str:
     for name, m in prunable_layers(model).items():
         h.update(f"{name}:{tuple(layer_weight(m).shape)};".encode())
     return h.hexdigest()[:16]
+
+
+def weight_of(model: nn.Module, fqn: str) -> torch.Tensor:
+    """The effective weight of the layer named ``fqn``."""
+    return layer_weight(model.get_submodule(fqn))
+
+
+def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Weight shape of every prunable layer, by FQN (stored in policies for precise mismatch errors)."""
+    return {name: list(layer_weight(m).shape) for name, m in prunable_layers(model).items()}

@@ -71,6 +71,7 @@ class Policy(BaseModel):
     schema_version: int = SCHEMA_VERSION
     model: str = ""
     fingerprint: str = ""  # architecture fingerprint: hash of prunable layer FQNs + weight shapes
+    shapes: dict[str, list[int]] = Field(default_factory=dict)  # every prunable layer's weight shape, by FQN
     criterion: Criterion = "magnitude"
     granularity: Granularity = Granularity()
     schedule: Schedule = Schedule()

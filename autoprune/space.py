@@ -135,7 +135,7 @@ class SearchSpace(_Strict):
     data: DataSpec
     train: TrainSpec = TrainSpec()
     layers: LayerSpec = LayerSpec()
-    criteria: list[Criterion] = Field(default_factory=lambda: ["magnitude"], min_length=1)
+    criteria: list[Criterion] = Field(default_factory=lambda: list[Criterion](["magnitude"]), min_length=1)
     granularity: Granularity = Granularity()
     schedules: list[Schedule] = Field(default_factory=lambda: [Schedule()], min_length=1)
     finetune: FineTuneSpec = FineTuneSpec()
@@ -144,7 +144,8 @@ class SearchSpace(_Strict):
     parametrization: Literal["projected", "independent"] = "projected"
     anchor: Literal["lamp", "sensitivity", "none"] = "lamp"
     offset: float = Field(default=2.0, gt=0.0, le=8.0)  # preference offset range [-offset, offset]
-    baselines: list[Heuristic] = Field(default_factory=lambda: ["uniform", "global", "lamp", "erk", "sensitivity"])
+    baselines: list[Heuristic] = Field(
+        default_factory=lambda: list[Heuristic](["uniform", "global", "lamp", "erk", "sensitivity"]))
     sampler: SamplerName = "tpe"
     trials: int = Field(default=60, ge=1)
     seed: int = 0
@@ -223,6 +224,7 @@ class SampleContext:
     sizes: dict[str, int]  # fqn -> number of weights
     bounds: dict[str, tuple[float, float]]  # fqn -> [min, max] ratio
     anchor: Callable[[float], dict[str, float]] | None = None  # target -> anchor heuristic's ratios
+    shapes: dict[str, list[int]] | None = None  # weight shapes of all prunable layers (copied into policies)
 
     def anchor_prefs(self, target: float) -> dict[str, float]:
         """Log-densities of the anchor allocation at ``target`` (all zero without an anchor)."""
@@ -243,7 +245,7 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
     epochs = float(suggest.suggest_categorical("ft_epochs", list(space.finetune.epochs)))
     lr_scale = float(suggest.suggest_categorical("ft_lr_scale", list(space.finetune.lr_scale)))
     ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
-    return Policy(model=ctx.model, fingerprint=ctx.fingerprint, criterion=criterion,
+    return Policy(model=ctx.model, fingerprint=ctx.fingerprint, shapes=ctx.shapes or {}, criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
                   finetune=space.finetune_recipe(epochs, lr_scale), sparsity=ratios)
 

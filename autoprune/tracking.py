@@ -197,7 +197,7 @@ def write_front_table(records: list[TrialRecord], csv_path: Path, json_path: Pat
     rows = [{"trial": r.number, "baseline": r.baseline or "", "sparsity": r.sparsity,
              "val_accuracy": r.values[0] if r.values else None, "size": r.values[1] if r.values else None,
              "test_accuracy": (r.test or {}).get("accuracy")} for r in records if r.pareto]
-    rows.sort(key=lambda x: x["sparsity"])
+    rows.sort(key=lambda x: float(x["sparsity"] or 0.0))
     json_path.write_text(json.dumps(rows, indent=1))
     with csv_path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["trial"])
@@ -230,3 +230,30 @@ def _metrics(r: TrialRecord) -> list[Metric]:
         elif k == "layer_sparsity" and isinstance(v, dict):
             out += [Metric(safe_key(f"sparsity/{f}"), float(x), ts, 0) for f, x in v.items()]
     return out
+
+
+def log_export(tracking_uri: str | None, runs_dir: Path, study_name: str, policy_path: Path, trial: int) -> None:
+    """Attach an exported policy to the study's parent run and mark it as the study's exported policy."""
+    client = MlflowClient(tracking_uri or default_tracking_uri(runs_dir))
+    exp = client.get_experiment_by_name(study_name)
+    if exp is None:
+        return
+    query = f"tags.`autoprune.study` = '{study_name}' and tags.`autoprune.role` = 'parent'"
+    found = client.search_runs([exp.experiment_id], query)
+    if not found:
+        return
+    run_id = found[0].info.run_id
+    client.log_artifact(run_id, str(policy_path), "exported")
+    client.set_tag(run_id, "exported_policy", f"trial {trial}: {policy_path.name}")
+
+
+def runs_table_url(tracking_uri: str | None, runs_dir: Path, study_name: str | None, host: str, port: int) -> str:
+    """URL of the study's runs table (MLflow 3 opens experiments on an empty GenAI page otherwise)."""
+    base = f"http://{host}:{port}/"
+    if study_name is None:
+        return base
+    client = MlflowClient(tracking_uri or default_tracking_uri(runs_dir))
+    exp = client.get_experiment_by_name(study_name)
+    if exp is None:
+        return base
+    return f"{base}#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"

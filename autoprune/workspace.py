@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from autoprune.data import Splits, load_data
-from autoprune.models import architecture_fingerprint, build_model, prunable_layers
+from autoprune.models import architecture_fingerprint, build_model, prunable_layers, weight_of
 from autoprune.space import SearchSpace
 from autoprune.training import classification_metrics, fit, resolve_device
 
@@ -81,7 +81,7 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
     if space.granularity.kind == "channel" and candidates[-1] in layers:
         layers.remove(candidates[-1])  # removing output channels of the classifier would delete classes
     space.bounds_for(layers)  # validates bounds patterns early
-    sizes = {f: model.get_submodule(f).weight.numel() for f in layers}
+    sizes = {f: weight_of(model, f).numel() for f in layers}
     return Workspace(space=space, model=model, splits=splits, layers=layers, sizes=sizes,
                      fingerprint=architecture_fingerprint(model),
                      dense_val=classification_metrics(model, splits.val, splits.num_classes),

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 SMALL_SPACE = {
     "name": "digits_small",

@@ -14,6 +14,7 @@ import torch
 
 from autoprune.evaluate import evaluate
 from autoprune.heuristics import Allocation, allocations
+from autoprune.models import layer_shapes
 from autoprune.policy import Policy
 from autoprune.records import SearchListener, StudyInfo
 from autoprune.search.objective import Objective
@@ -22,7 +23,6 @@ from autoprune.search.storage import make_sampler, make_storage, open_study
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.space import SampleContext, SearchSpace
 from autoprune.workspace import Workspace, load_workspace
-
 
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -62,11 +62,11 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
                                        space.sensitivity.ratios, space.criteria[0], space.granularity,
                                        space.sensitivity.bn_batches, advance)
     prefs = curves.preferences() if curves is not None else None
-    heur = {k: functools.lru_cache(maxsize=64)(v)
+    heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
             for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs).items()}
     anchor = heur.get(space.anchor) if space.anchor != "none" else None
     ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, sizes=ws.sizes, bounds=ws.bounds,
-                        anchor=anchor)
+                        anchor=anchor, shapes=layer_shapes(ws.model))
     return Prepared(ws, curves, path, heur, ctx)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
@@ -10,7 +11,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from autoprune.errors import ConfigError
 
-DIRECTIONS = ["maximize", "minimize"]  # validation accuracy ↑, size ↓
+DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # validation accuracy ↑, size ↓
 
 
 def make_storage(url: str | None, runs_dir: Path) -> optuna.storages.BaseStorage:

@@ -1,0 +1,70 @@
+"""The ``autoprune apply`` command body: load model + data, apply the policy, save, report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.console import RichProgress, out, table
+from autoprune.data import Splits
+from autoprune.errors import AutopruneError
+from autoprune.policy import Policy
+from autoprune.production import apply, export_onnx, export_torchscript, quantize_int8, save_pruned
+from autoprune.space import DataSpec, ModelSpec, SearchSpace
+from autoprune.training import classification_metrics
+from autoprune.workspace import load_workspace
+
+ROWS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "params", "nonzeros", "bytes_dense",
+        "bytes_sparse", "macs", "latency_ms", "file_bytes")
+
+
+def _space(space: Path | None, model: str | None, data: str | None, checkpoint: str | None) -> SearchSpace:
+    if space is not None:
+        return SearchSpace.from_yaml(space)
+    if model is None or data is None:
+        raise AutopruneError("apply: give --space SPACE.yaml, or both --model and --data")
+    return SearchSpace(name="apply", model=ModelSpec(name=model, checkpoint=checkpoint), data=DataSpec(name=data))
+
+
+def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
+              finetune_epochs: float | None, out_path: Path, onnx: Path | None, torchscript: Path | None,
+              quantize: str | None, device: str, runs: Path) -> None:
+    """Apply a policy file and print the before/after table."""
+    if quantize not in (None, "int8"):
+        raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
+    policy = Policy.load(policy_path)
+    ws = load_workspace(_space(space, model, data, checkpoint), device, runs)
+    epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
+    bar = RichProgress()
+    bar.start(max(1, math.ceil(epochs)), "fine-tune (epochs)")
+    try:
+        res = apply(ws.model, policy, ws.splits, finetune_epochs=finetune_epochs, progress=bar.advance)
+    finally:
+        bar.stop()
+    dense_file = out_path.with_name(f".{out_path.stem}.dense.tmp")
+    res.before["file_bytes"] = float(save_pruned(ws.model, policy, dense_file, whole_module=False, compress=False))
+    dense_file.unlink()
+    res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path))
+    rows = [{"metric": k, "dense": res.before.get(k, float("nan")), "pruned": res.after.get(k, float("nan"))}
+            for k in ROWS]
+    if quantize == "int8":
+        rows += _int8_rows(res.model, policy, ws.splits, out_path)
+    if onnx is not None:
+        export_onnx(res.model, ws.splits.input_shape, onnx)
+    if torchscript is not None:
+        export_torchscript(res.model, ws.splits.input_shape, torchscript)
+    out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
+    out.print(f"saved {out_path}" + (f", {onnx}" if onnx else "") + (f", {torchscript}" if torchscript else ""))
+
+
+def _int8_rows(model: nn.Module, policy: Policy, splits: Splits, out_path: Path) -> list[dict[str, object]]:
+    """Quantize (dynamic int8, CPU), save next to the pruned file, report accuracy and size."""
+    q = quantize_int8(model)
+    acc = classification_metrics(q, splits.to(torch.device("cpu")).test, splits.num_classes)["accuracy"]
+    size = save_pruned(q, policy, out_path.with_name(out_path.stem + ".int8.pt"), whole_module=True)
+    nan = float("nan")
+    return [{"metric": "test_accuracy (int8)", "dense": nan, "pruned": acc},
+            {"metric": "file_bytes (int8)", "dense": nan, "pruned": float(size)}]

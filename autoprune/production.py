@@ -1,0 +1,206 @@
+"""Apply a policy to a real model for production: check, prune, fine-tune, make permanent, shrink, save.
+
+Never imports optuna or mlflow (a test checks it): production code needs only torch and torch-pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.criteria import importance
+from autoprune.data import Splits
+from autoprune.errors import PolicyError
+from autoprune.evaluate import check_policy_layers, prune_and_finetune
+from autoprune.masks import apply_masks, compute_mask, make_permanent
+from autoprune.metrics import cpu_latency_ms, size_metrics
+from autoprune.models import architecture_fingerprint, layer_shapes
+from autoprune.policy import FineTune, Policy
+from autoprune.training import classification_metrics, recalibrate_bn
+
+FORMAT = "autoprune-bitmask-v1"
+
+
+@dataclass
+class ApplyResult:
+    """The pruned model and before/after measurements."""
+
+    model: nn.Module
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    channels_removed: int = 0
+
+
+def check_fingerprint(model: nn.Module, policy: Policy) -> None:
+    """Raise a :class:`PolicyError` listing missing / extra / mismatched layers when the model differs."""
+    if not policy.fingerprint or architecture_fingerprint(model) == policy.fingerprint:
+        check_policy_layers(model, policy)
+        return
+    have = layer_shapes(model)
+    want = policy.shapes
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    mismatched = sorted(f"{k} {want[k]}≠{have[k]}" for k in set(want) & set(have) if list(want[k]) != list(have[k]))
+    parts = [f"{label}: {', '.join(v[:5])}{' …' if len(v) > 5 else ''}"
+             for label, v in (("missing", missing), ("extra", extra), ("mismatched", mismatched)) if v]
+    detail = "; ".join(parts) or "layer shapes unknown (policy has no 'shapes')"
+    raise PolicyError(f"policy is for a different model than '{policy.model}' given ({detail})")
+
+
+def _measure(model: nn.Module, policy: Policy, data: Splits | None, latency: bool) -> dict[str, float]:
+    shape = data.input_shape if data is not None else None
+    out: dict[str, float] = {}
+    if data is not None:
+        out.update({f"test_{k}": v for k, v in classification_metrics(model, data.test, data.num_classes).items()})
+    if shape is not None:
+        out.update(size_metrics(model, policy.granularity, shape))
+        if latency:
+            out["latency_ms"] = cpu_latency_ms(model, shape, batch=32)
+    return out
+
+
+def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finetune_epochs: float | None = None,
+          seed: int = 0, remove_channels: bool = True, measure_latency: bool = True,
+          progress: Any = None) -> ApplyResult:
+    """Prune a copy of ``model`` with ``policy``; fine-tune on ``data`` (full budget) when given.
+
+    Unstructured and N:M: masks are made permanent (zeros in plain weights). Channel: zeroed coupled channels
+    are removed physically with torch-pruning, so the model really shrinks and runs faster.
+    """
+    check_fingerprint(model, policy)
+    m = copy.deepcopy(model)
+    if data is None:
+        _mask_without_data(m, policy, finetune_epochs, seed)
+        return ApplyResult(m.eval())
+    before = _measure(model, policy, data, measure_latency)
+    epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
+    ft = FineTune(epochs=epochs, lr=policy.finetune.lr, batch_size=policy.finetune.batch_size)
+    prune_and_finetune(m, policy.model_copy(update={"finetune": ft}), data, seed, progress=progress)
+    make_permanent(m)
+    recalibrate_bn(m, data.train, 4, policy.finetune.batch_size, seed)
+    removed = 0
+    if policy.granularity.kind == "channel" and remove_channels:
+        from autoprune.channels import groups_for, remove_zero_channels
+
+        shape = data.input_shape
+        removed = remove_zero_channels(m, groups_for(model, list(policy.sparsity), shape), shape)
+    m.eval()
+    return ApplyResult(m, before, _measure(m, policy, data, measure_latency), removed)
+
+
+def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float | None, seed: int) -> None:
+    """Data-free path: magnitude/random masks, made permanent at once (no fine-tune, no BN recalibration)."""
+    if policy.criterion == "taylor" or policy.granularity.kind == "channel" or (finetune_epochs or 0) > 0:
+        raise PolicyError("this policy needs data (taylor criterion, channel groups or fine-tuning): pass data=")
+    scores = importance(model, list(policy.sparsity), policy.criterion, None, seed=seed)
+    apply_masks(model, {f: compute_mask(scores[f], r, policy.granularity) for f, r in policy.sparsity.items()})
+    make_permanent(model)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of Linear layers (CPU inference), after pruning."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(copy.deepcopy(model).cpu(), {nn.Linear}, dtype=torch.qint8)
+
+
+def compress_state(state: dict[str, torch.Tensor], min_sparsity: float = 0.3) -> dict[str, Any]:
+    """Bitmask compression: a tensor with enough zeros is stored as packed bits + its nonzero values."""
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.numel() >= 64 and float((v == 0).float().mean()) >= min_sparsity:
+            nz = v != 0
+            bits = torch.from_numpy(np.packbits(nz.flatten().numpy()))
+            out[k] = {"bitmask": bits, "values": v[nz].clone(), "shape": torch.tensor(list(v.shape))}
+        else:
+            out[k] = v
+    return out
+
+
+def decompress_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`compress_state`."""
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, dict):
+            shape = [int(s) for s in v["shape"].tolist()]
+            n = math.prod(shape)
+            nz = torch.from_numpy(np.unpackbits(v["bitmask"].numpy())[:n].astype(bool))
+            dense = torch.zeros(n, dtype=v["values"].dtype)
+            dense[nz] = v["values"]
+            out[k] = dense.view(shape)
+        else:
+            out[k] = v
+    return out
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pruned(model: nn.Module, policy: Policy, path: Path, whole_module: bool | None = None,
+                compress: bool = True) -> int:
+    """Save atomically; returns the file size in bytes.
+
+    Default: unstructured/N:M as a bitmask-compressed state_dict (the file shrinks with sparsity), channel-pruned
+    (or quantized) models as a whole module, since their shapes no longer match the original class.
+    """
+    buf = io.BytesIO()
+    if whole_module if whole_module is not None else policy.granularity.kind == "channel":
+        torch.save({"format": "autoprune-module-v1", "policy": policy.to_json(), "module": model.cpu()}, buf)
+    else:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"format": FORMAT, "policy": policy.to_json(),
+                    "state": compress_state(state) if compress else state}, buf)
+    _atomic_bytes(path, buf.getvalue())
+    return path.stat().st_size
+
+
+def load_pruned(path: Path, model: nn.Module | None = None) -> nn.Module:
+    """Load what :func:`save_pruned` wrote (a compressed state_dict needs the fresh ``model`` to fill)."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if blob.get("format") == "autoprune-module-v1":
+        loaded: nn.Module = blob["module"]
+        return loaded
+    if model is None:
+        raise PolicyError(f"{path}: a compressed state_dict needs the model to load into")
+    model.load_state_dict(decompress_state(blob["state"]))
+    return model
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """ONNX via the dynamo exporter (needs onnx + onnxscript: ``pip install 'autoprune[onnx]'``)."""
+    x = torch.zeros((1, *input_shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.cpu().eval(), (x,), str(out), dynamo=True, external_data=False, verbose=False)
+        _atomic_bytes(path, out.read_bytes())
+
+
+def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """TorchScript by tracing."""
+    traced = torch.jit.trace(model.cpu().eval(), torch.zeros((1, *input_shape)))
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    _atomic_bytes(path, buf.getvalue())

@@ -1,0 +1,83 @@
+"""Choose a point on a study's Pareto front and turn it into a self-describing policy."""
+
+from __future__ import annotations
+
+import math
+import platform
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+
+import optuna
+
+from autoprune.errors import ConfigError
+from autoprune.policy import Policy
+
+
+def _acc(study: optuna.Study, t: optuna.trial.FrozenTrial) -> float:
+    """Test accuracy when the search stored it (the front is chosen on validation, so test is fairer)."""
+    test = study.user_attrs.get(f"test/{t.number}")
+    return float(test["accuracy"]) if test else float(t.values[0])
+
+
+def knee(points: list[tuple[float, float]]) -> int:
+    """Index of the front point farthest from the chord between its extremes (accuracy vs log size)."""
+    if len(points) <= 2:
+        return max(range(len(points)), key=lambda i: points[i][0])
+    xs = [math.log(max(s, 1e-12)) for _, s in points]
+    ys = [a for a, _ in points]
+    x_span, y_span = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    nx = [(x - min(xs)) / x_span for x in xs]
+    ny = [(y - min(ys)) / y_span for y in ys]
+    i0, i1 = min(range(len(nx)), key=nx.__getitem__), max(range(len(nx)), key=nx.__getitem__)
+    dx, dy = nx[i1] - nx[i0], ny[i1] - ny[i0]
+    norm = math.hypot(dx, dy) or 1.0
+    return max(range(len(nx)), key=lambda i: abs(dy * (nx[i] - nx[i0]) - dx * (ny[i] - ny[i0])) / norm)
+
+
+def choose_trial(study: optuna.Study, trial: int | None = None, max_size: float | None = None,
+                 min_accuracy: float | None = None, use_knee: bool = False) -> optuna.trial.FrozenTrial:
+    """Exactly one selector: a trial number, the most accurate under a size, the smallest over an accuracy, the knee."""
+    if sum(x is not None for x in (trial, max_size, min_accuracy)) + int(use_knee) != 1:
+        raise ConfigError("export: give exactly one of --trial, --max-size, --min-accuracy, --knee")
+    if trial is not None:
+        found = [t for t in study.trials if t.number == trial]
+        if not found or found[0].state != optuna.trial.TrialState.COMPLETE or "policy" not in found[0].user_attrs:
+            raise ConfigError(f"export: trial {trial} is not a complete trial of study '{study.study_name}'")
+        return found[0]
+    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    if not front:
+        raise ConfigError(f"export: study '{study.study_name}' has no complete trial yet")
+    if max_size is not None:
+        fit = [t for t in front if t.values[1] <= max_size]
+        if not fit:
+            raise ConfigError(f"export: no front trial has size ≤ {max_size} (smallest: {front[0].values[1]:.4f})")
+        return max(fit, key=lambda t: _acc(study, t))
+    if min_accuracy is not None:
+        fit = [t for t in front if _acc(study, t) >= min_accuracy]
+        if not fit:
+            best = max(_acc(study, t) for t in front)
+            raise ConfigError(f"export: no front trial reaches accuracy {min_accuracy} (best: {best:.4f})")
+        return min(fit, key=lambda t: t.values[1])
+    return front[knee([(_acc(study, t), t.values[1]) for t in front])]
+
+
+def _version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def policy_from_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> Policy:
+    """The trial's policy with expected metrics and provenance filled in."""
+    pol = Policy.model_validate_json(t.user_attrs["policy"])
+    ev = t.user_attrs.get("eval", {})
+    expected = {"val_accuracy": float(t.values[0]), "size": float(t.values[1]),
+                "sparsity": float(ev.get("sparsity", float("nan")))}
+    test = study.user_attrs.get(f"test/{t.number}")
+    if test:
+        expected["test_accuracy"] = float(test["accuracy"])
+    provenance = {"study": study.study_name, "trial": str(t.number), "baseline": str(t.user_attrs.get("baseline", "")),
+                  "autoprune": _version("autoprune"), "torch": _version("torch"), "python": platform.python_version(),
+                  "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return pol.model_copy(update={"expected": expected, "provenance": provenance})
