@@ -164,6 +164,7 @@ def ui(
     runs: Runs = Path("runs"),
 ) -> None:
     """Serve the MLflow UI on runs/ and print the study's runs-table URL; Ctrl-C stops it and its workers."""
+    import signal
     import time
 
     from autoprune.console import out as console
@@ -171,6 +172,7 @@ def ui(
     from autoprune.ui import start_server, stop_server, wait_ready
 
     proc = start_server(default_tracking_uri(runs), runs / "artifacts", host, port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` ends the server group on a kill too
     try:
         if not wait_ready(host, port, proc):
             raise AutopruneError(f"mlflow ui did not start on {host}:{port} (port in use?)")

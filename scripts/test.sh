@@ -7,6 +7,12 @@ VENV="${AUTOPRUNE_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
 
+# Chromium (Debian's package) for the headless MLflow-UI test
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "test.sh: could not install chromium; the browser test will say so" >&2
+fi
+
 # shellcheck source=scripts/pg.sh
 . scripts/pg.sh
 trap stop_pg EXIT

@@ -59,7 +59,7 @@ def test_nothing_imports_the_cli() -> None:
 
 
 def test_production_path_does_not_import_optuna_or_mlflow() -> None:
-    code = ("import sys, autoprune.production; "
+    code = ("import sys, autoprune.production, autoprune.apply_cmd; "
             "bad = [m for m in ('optuna', 'mlflow') if m in sys.modules]; print(bad); assert not bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

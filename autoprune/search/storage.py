@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -26,9 +27,11 @@ def make_storage(url: str | None, runs_dir: Path) -> optuna.storages.BaseStorage
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
     try:
-        return RDBStorage(url, heartbeat_interval=30, grace_period=90,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but are the documented way
+            warnings.simplefilter("ignore")
+            return RDBStorage(url, heartbeat_interval=30, grace_period=90,
+                              heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1),
+                              engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
     except Exception as err:
         raise ConfigError(f"--storage '{url}': cannot open the Optuna storage ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''})") from None

@@ -1,0 +1,119 @@
+"""Export a policy from the front and apply it: round trip, channel removal on resnet20, bad policies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune.api import export, search
+from autoprune.errors import ConfigError, PolicyError
+from autoprune.masks import make_permanent
+from autoprune.policy import FineTune, Granularity, Policy
+from autoprune.production import apply, export_onnx, load_pruned, save_pruned
+from autoprune.space import SearchSpace
+from autoprune.workspace import load_workspace
+from conftest import write_space
+
+EXE = str(Path(sys.executable).parent / "autoprune")
+
+
+@pytest.fixture(scope="module")
+def searched(space_path: Path, runs_dir: Path) -> str:
+    search(space_path, n_trials=12, study="roundtrip", runs_dir=runs_dir, device="cpu")
+    return "roundtrip"
+
+
+def test_round_trip_reproduces_test_accuracy_and_shrinks_file(searched: str, space_path: Path, runs_dir: Path,
+                                                              tmp_path: Path) -> None:
+    pol = export(searched, tmp_path / "p.json", max_size=0.25, runs_dir=runs_dir)
+    loaded = Policy.load(tmp_path / "p.json")
+    assert loaded == pol and loaded.provenance["study"] == searched and "test_accuracy" in loaded.expected
+    ws = load_workspace(SearchSpace.from_yaml(space_path), "cpu", runs_dir)
+    res = apply(ws.model, loaded, ws.splits, seed=ws.space.seed, measure_latency=False)
+    assert abs(res.after["test_accuracy"] - loaded.expected["test_accuracy"]) <= 0.01
+    assert abs(res.after["sparsity"] - loaded.expected["sparsity"]) < 1e-3
+    dense = save_pruned(ws.model, loaded, tmp_path / "dense.pt", whole_module=False, compress=False)
+    pruned = save_pruned(res.model, loaded, tmp_path / "pruned.pt")
+    expected_ratio = res.after["bytes_sparse"] / res.after["bytes_dense"]
+    assert pruned <= dense * expected_ratio * 1.1 + 4096
+    fresh = load_workspace(SearchSpace.from_yaml(space_path), "cpu", runs_dir).model
+    back = load_pruned(tmp_path / "pruned.pt", fresh)
+    want = res.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in back.state_dict().items())
+
+
+def test_export_selectors(searched: str, runs_dir: Path, tmp_path: Path) -> None:
+    knee = export(searched, tmp_path / "k.json", knee=True, runs_dir=runs_dir, track=False)
+    assert knee.sparsity
+    with pytest.raises(ConfigError, match="exactly one of"):
+        export(searched, tmp_path / "x.json", runs_dir=runs_dir, track=False)
+    with pytest.raises(ConfigError, match=r"no front trial reaches accuracy 1\.5"):
+        export(searched, tmp_path / "x.json", min_accuracy=1.5, runs_dir=runs_dir, track=False)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_resnet20_channel_policy_shrinks_for_real(tmp_path: Path) -> None:
+    space = SearchSpace.from_yaml(write_space(tmp_path / "r.yaml", model={"name": "resnet20", "kwargs": {"width": 8}},
+                                              granularity={"kind": "channel"}, layers={"exclude": ["conv1"]},
+                                              train={"epochs": 1}))
+    ws = load_workspace(space, "cpu", tmp_path / "runs")
+    from autoprune.models import layer_shapes
+
+    pol = Policy(model="resnet20", fingerprint=ws.fingerprint, shapes=layer_shapes(ws.model),
+                 granularity=Granularity(kind="channel"), sparsity=dict.fromkeys(ws.layers, 0.5),
+                 finetune=FineTune(epochs=0))
+    masked = apply(ws.model, pol, ws.splits, remove_channels=False, measure_latency=False).model
+    res = apply(ws.model, pol, ws.splits, measure_latency=False)
+    x = ws.splits.val.x[:32]
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), masked(x), atol=1e-5)
+    n_dense = sum(p.numel() for p in ws.model.parameters())
+    n_pruned = sum(p.numel() for p in res.model.parameters())
+    assert res.channels_removed > 0 and n_pruned < 0.5 * n_dense
+    onnx_path = tmp_path / "r.onnx"
+    export_onnx(res.model, ws.splits.input_shape, onnx_path)
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+    sess = ort.InferenceSession(str(onnx_path))
+    got = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
+    assert abs(got - res.model(x[:1]).detach().numpy()).max() < 1e-4
+    make_permanent(masked)
+
+
+def test_policy_from_another_model_names_the_layers(searched: str, runs_dir: Path, tmp_path: Path) -> None:
+    pol = export(searched, tmp_path / "p.json", knee=True, runs_dir=runs_dir, track=False)
+    from autoprune.models import build_model
+
+    other = build_model("digits_cnn", (1, 8, 8), 10, {"width": 4})
+    with pytest.raises(PolicyError, match=r"different model.*mismatched: .*features.0 \[8, 1, 3, 3\]≠\[4, 1, 3, 3\]"):
+        apply(other, pol)
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d.update(schema_version=7), "unsupported schema_version 7"),
+    (lambda d: d["sparsity"].update({next(iter(d["sparsity"])): 1.0}), "ratio 1.0 outside [0, 1)"),
+    (None, "not valid JSON"),
+])
+def test_bad_policy_files_one_line_no_output(searched: str, runs_dir: Path, space_path: Path, tmp_path: Path,
+                                            mutate, needle: str) -> None:  # type: ignore[no-untyped-def]
+    export(searched, tmp_path / "p.json", knee=True, runs_dir=runs_dir, track=False)
+    if mutate is None:
+        (tmp_path / "p.json").write_text((tmp_path / "p.json").read_text()[:-40])
+    else:
+        d = json.loads((tmp_path / "p.json").read_text())
+        mutate(d)
+        (tmp_path / "p.json").write_text(json.dumps(d))
+    out = tmp_path / "pruned.pt"
+    res = subprocess.run([EXE, "apply", str(tmp_path / "p.json"), "--space", str(space_path), "--runs", str(runs_dir),
+                          "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "p.json" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".pruned*"))

@@ -1,0 +1,110 @@
+"""`autoprune ui`: serves the MLflow UI on runs/, prints the runs-table URL, leaves no orphan processes;
+a headless Chromium opens the study's parent run and finds the Pareto plot artifact listed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from autoprune.api import search
+from autoprune.tracking import default_tracking_uri
+
+EXE = str(Path(sys.executable).parent / "autoprune")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _procs_mentioning(text: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def ui_runs(space_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("uiruns")
+    search(space_path, n_trials=6, study="ui_study", runs_dir=runs, device="cpu")
+    return runs
+
+
+def _serve(runs: Path, port: int, seconds: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([EXE, "ui", "--runs", str(runs), "--port", str(port), "--study", "ui_study",
+                             "--timeout", str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_url(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 90
+    buf = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        buf += line
+        if "MLflow UI:" in line:
+            return line.split("MLflow UI:", 1)[1].strip()
+        if proc.poll() is not None:
+            break
+    raise AssertionError(f"no URL printed: {buf} {proc.stderr.read() if proc.stderr else ''}")
+
+
+@pytest.mark.slow
+def test_ui_prints_runs_table_url_and_leaves_no_orphans(ui_runs: Path) -> None:
+    port = _free_port()
+    proc = _serve(ui_runs, port, 8)
+    url = _wait_url(proc)
+    exp = MlflowClient(default_tracking_uri(ui_runs)).get_experiment_by_name("ui_study")
+    assert exp is not None
+    assert url == f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        assert r.status == 200
+    assert proc.wait(timeout=60) == 0
+    time.sleep(1)
+    assert _procs_mentioning(str(ui_runs)) == []  # mlflow ui and its job consumers are all gone
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chromium_sees_pareto_artifact_in_mlflow_ui(ui_runs: Path) -> None:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium missing: scripts/test.sh installs Debian's chromium package")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    client = MlflowClient(default_tracking_uri(ui_runs))
+    exp = client.get_experiment_by_name("ui_study")
+    assert exp is not None
+    parent = next(r for r in client.search_runs([exp.experiment_id])
+                  if r.data.tags.get("autoprune.role") == "parent")
+    port = _free_port()
+    proc = _serve(ui_runs, port, 120)
+    try:
+        _wait_url(proc)
+        page = f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/pareto/pareto.png"
+        shot = ui_runs / "mlflow_ui_parent_run.png"
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1400,900", "--virtual-time-budget=20000"]
+        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+        assert "pareto.png" in dom.stdout, dom.stdout[-2000:]
+        assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        keep = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, keep / shot.name)
+    finally:
+        proc.terminate()  # SIGTERM: the CLI must still end the whole mlflow process group
+        proc.wait(timeout=60)
+    time.sleep(1)
+    assert _procs_mentioning(str(ui_runs)) == []
