@@ -32,7 +32,12 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
         from autoprune.tracking import MlflowListener
 
         listener = MlflowListener(tracking_uri, Path(runs_dir))
-    return run_search(sp, opts, listener, progress)
+    result = run_search(sp, opts, listener, progress)
+    if listener is not None and listener.enqueue_seconds:
+        result.summary["tracking_s_per_trial"] = sum(listener.enqueue_seconds) / len(listener.enqueue_seconds)
+    if listener is not None and listener.log_seconds:
+        result.summary["tracking_background_s_per_trial"] = sum(listener.log_seconds) / len(listener.log_seconds)
+    return result
 
 
 def export(study: str, out: str | Path, *, trial: int | None = None, max_size: float | None = None,

@@ -184,6 +184,41 @@ def ui(
         stop_server(proc)
 
 
+@app.command()
+def bench(
+    space: Annotated[list[Path] | None, typer.Option(help="Space YAML(s) to benchmark (repeatable).")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds (dense model, fine-tune, sampler).")] = 3,
+    trials: Annotated[int, typer.Option(min=1, help="Trial budget of each search method.")] = 200,
+    sparsities: Annotated[str, typer.Option(help="Comma-separated global sparsity levels.")] = "0.8,0.9,0.95,0.97,0.98",
+    quick: Annotated[bool, typer.Option("--quick", help="CI smoke: 1 seed, 12 trials, 2 levels.")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default runs/bench/<time>).")] = None,
+) -> None:
+    """Search vs uniform / global / LAMP / ERK / random / sensitivity / AGP / naive TPE, on test, over seeds."""
+    from autoprune.api import load_space
+    from autoprune.bench.run import bench_space, default_out_dir, overhead_rows, write_outputs
+    from autoprune.console import out as console
+    from autoprune.console import table
+    from autoprune.tracking import log_bench
+
+    levels = [float(x) for x in sparsities.split(",") if x.strip()]
+    if quick:
+        seeds, trials, levels = 1, 12, levels[1:3] if len(levels) >= 3 else levels
+    folder = out_dir or default_out_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in space or [Path("search_spaces/digits_cnn.yaml")]:
+        sp = load_space(path)
+        console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}")
+        res = bench_space(sp, seeds, trials, levels, folder, log=console.print)
+        console.print(write_outputs(res, folder))
+        console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
+        metrics = {f"{m}_at_{round(lv * 100)}": v[0] for m, row in res.aggregated.items() for lv, v in row.items()}
+        metrics.update({k: v for k, v in res.overhead.items()})
+        metrics["bench_seconds"] = res.seconds
+        log_bench(None, folder, sp.name, {"seeds": str(seeds), "trials": str(trials), "levels": sparsities},
+                  metrics, res.files)
+        console.print(f"{sp.name}: {res.seconds:.0f}s; files: {', '.join(str(f) for f in res.files)}")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:

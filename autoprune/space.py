@@ -239,15 +239,27 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
 
     With ``ratios_for`` (a heuristic allocation) only the target is sampled and the heuristic fills the layers.
     """
-    criterion = suggest.suggest_categorical("criterion", list(space.criteria))
+    criterion = choose(suggest, "criterion", list(space.criteria))
     sched_labels = [s.label for s in space.schedules]
-    schedule = space.schedules[sched_labels.index(suggest.suggest_categorical("schedule", sched_labels))]
-    epochs = float(suggest.suggest_categorical("ft_epochs", list(space.finetune.epochs)))
-    lr_scale = float(suggest.suggest_categorical("ft_lr_scale", list(space.finetune.lr_scale)))
+    schedule = space.schedules[sched_labels.index(choose(suggest, "schedule", sched_labels))]
+    epochs = float(choose(suggest, "ft_epochs", list(space.finetune.epochs)))
+    lr_scale = float(choose(suggest, "ft_lr_scale", list(space.finetune.lr_scale)))
     ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
     return Policy(model=ctx.model, fingerprint=ctx.fingerprint, shapes=ctx.shapes or {}, criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
                   finetune=space.finetune_recipe(epochs, lr_scale), sparsity=ratios)
+
+
+def choose(suggest: Suggest, name: str, choices: list[Any]) -> Any:
+    """A categorical choice; a single option is not a search dimension, so it is not asked (nor stored)."""
+    return choices[0] if len(choices) == 1 else suggest.suggest_categorical(name, choices)
+
+
+def fixed_choices(space: SearchSpace) -> dict[str, Any]:
+    """The categorical params a trial of ``space`` carries (single-option ones are left out)."""
+    cats: dict[str, list[Any]] = {"criterion": list(space.criteria), "schedule": [s.label for s in space.schedules],
+            "ft_epochs": list(space.finetune.epochs), "ft_lr_scale": list(space.finetune.lr_scale)}
+    return {k: v[0] for k, v in cats.items() if len(v) > 1}
 
 
 def _sample_ratios(space: SearchSpace, suggest: Suggest, ctx: SampleContext) -> dict[str, float]:

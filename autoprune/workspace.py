@@ -40,20 +40,21 @@ class Workspace:
         return self.space.bounds_for(self.layers)
 
 
-def _cache_key(space: SearchSpace, splits: Splits, arch: str) -> str:
+def _cache_key(space: SearchSpace, splits: Splits, arch: str, seed: int) -> str:
     blob = json.dumps({"model": space.model.model_dump(), "train": space.train.model_dump(),
-                       "data": splits.fingerprint, "arch": arch, "v": 1}, sort_keys=True, default=str)
+                       "data": splits.fingerprint, "arch": arch, "seed": seed, "v": 1}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torch.device,
                 seed: int = 0) -> tuple[nn.Module, bool]:
     """The dense baseline: from the checkpoint if given, else trained once and cached under runs/models/."""
+    torch.manual_seed(seed)  # deterministic initial weights
     model = build_model(space.model.name, splits.input_shape, splits.num_classes, space.model.kwargs,
                         space.model.checkpoint)
     if space.model.checkpoint:
         return model.to(device), True
-    key = _cache_key(space, splits, architecture_fingerprint(model))
+    key = _cache_key(space, splits, architecture_fingerprint(model), seed)
     path = runs_dir / "models" / f"{space.model.name.replace(':', '_')}-{key}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -72,7 +72,7 @@ def test_early_stop_hits_hopeless_candidate_not_good_one(tmp_path: Path, runs_di
     prep = prepare(space, "cpu", runs_dir)
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed=0)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    good = {"criterion": "magnitude", "schedule": "oneshot", "ft_epochs": 3, "ft_lr_scale": 0.3, "target": 0.9,
+    good = {"criterion": "magnitude", "target": 0.9,
             **{f"pref/{f}": 0.0 for f in prep.ws.layers}}
     hopeless = {**good, "criterion": "random"}
     for params in (good, hopeless, good):

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from autoprune.heuristics import Allocation
-from autoprune.space import SampleContext, SearchSpace
+from autoprune.space import SampleContext, SearchSpace, fixed_choices
 
 
 def baseline_targets(space: SearchSpace) -> list[float]:
@@ -26,10 +26,7 @@ def baseline_params(space: SearchSpace, ctx: SampleContext, ratios: dict[str, fl
     When the heuristic lies inside the searched box (|δ| ≤ offset) the trial carries real preference
     params, so TPE learns from it; otherwise only the target is fixed and the objective asks the heuristic.
     """
-    params: dict[str, Any] = {
-        "criterion": space.criteria[0], "schedule": space.schedules[0].label,
-        "ft_epochs": space.finetune.epochs[0], "ft_lr_scale": space.finetune.lr_scale[0], "target": target,
-    }
+    params: dict[str, Any] = {**fixed_choices(space), "target": target}
     if space.parametrization == "independent":
         inside = all(lo <= ratios[f] <= hi for f, (lo, hi) in ctx.bounds.items())
         if inside:

@@ -26,6 +26,7 @@ class Objective:
     seed: int
     stopped: list[float] = field(default_factory=list)  # seconds saved by each early stop
     epoch1: dict[int, float] = field(default_factory=dict)  # trial number -> val accuracy after epoch 1
+    eval_seconds: list[float] = field(default_factory=list)  # evaluation time of each trial run here
 
     @property
     def space(self) -> SearchSpace:
@@ -73,10 +74,12 @@ class Objective:
                           bn_batches=self.space.sensitivity.bn_batches)
         except CandidateStopped as stop:
             self.stopped.append(stop.saved_s)
+            self.eval_seconds.append(stop.elapsed_s)
             trial.set_user_attr("stopped", {"epoch": stop.epoch, "val_accuracy": stop.accuracy,
                                             "elapsed_s": stop.elapsed_s, "saved_s": stop.saved_s,
                                             "sparsity": sparsity})
             raise optuna.TrialPruned(str(stop)) from None
+        self.eval_seconds.append(ev.times["total"])
         size = ev.size_value(self.space.size_metric)
         trial.set_user_attr("policy", policy.to_json())
         attrs = eval_attrs(ev, sample_s)

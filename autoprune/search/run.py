@@ -79,6 +79,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
                                                   "stopped": len(objective.stopped)})
 
     _finished_before = len(study.get_trials(deepcopy=False, states=_FINISHED))
+    t_opt = time.perf_counter()
     try:
         study.optimize(objective, n_trials=own, timeout=opts.timeout, callbacks=[on_trial],
                        catch=(RuntimeError, ValueError))
@@ -90,6 +91,11 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         for p in procs:
             if p.is_alive():
                 p.terminate()
+    optimize_s = time.perf_counter() - t_opt
     del start_count
-    return finish(study, prep, seed, listener, time.perf_counter() - t0, objective.stopped)
+    result = finish(study, prep, seed, listener, time.perf_counter() - t0, objective.stopped)
+    n = len(objective.eval_seconds)
+    result.summary.update(optimize_s=optimize_s, eval_s=sum(objective.eval_seconds), trials_here=n,
+                          overhead_s_per_trial=(optimize_s - sum(objective.eval_seconds)) / max(n, 1))
+    return result
 

@@ -154,6 +154,8 @@ def finish(study: optuna.Study, prep: Prepared, seed: int, listener: SearchListe
         "pruned": sum(r.state == "PRUNED" for r in records), "failed": sum(r.state == "FAIL" for r in records),
         "early_stop_saved_s": sum(stopped), "wall_s": wall_s,
         "mean_eval_s": sum(evals) / max(len(evals), 1),
+        **{f"mean_{k}": sum(float(r.metrics.get(k, 0.0)) for r in done) / max(len(done), 1)
+           for k in ("time_sample", "time_prune", "time_finetune", "time_measure")},
     }
     if listener is not None:
         listener.on_finish(records, summary)

@@ -1,0 +1,86 @@
+"""The methods a benchmark compares at each sparsity, all under the same fine-tune budget."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoprune.budget import project_to_budget
+from autoprune.evaluate import evaluate
+from autoprune.policy import Policy, Schedule
+from autoprune.search import SearchOptions, run_search
+from autoprune.search.runner import Prepared
+from autoprune.space import SearchSpace
+
+HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform")
+SEARCHES = ("tpe_naive", "autoprune")
+
+
+@dataclass
+class MethodResult:
+    """One method, one seed: test accuracy (and size) at each sparsity level; NaN where it has no point."""
+
+    method: str
+    seed: int
+    test: dict[float, float] = field(default_factory=dict)
+    size: dict[float, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def heuristic_policy(prep: Prepared, name: str, level: float, seed: int) -> Policy:
+    """The policy of a named heuristic at ``level`` (random = random preferences; AGP = uniform, cubic 3 steps)."""
+    space = prep.ws.space
+    base = Policy(model=space.model.name, fingerprint=prep.ws.fingerprint, criterion=space.criteria[0],
+                  granularity=space.granularity,
+                  finetune=space.finetune_recipe(space.finetune.epochs[0], space.finetune.lr_scale[0]))
+    if name == "random":
+        rng = np.random.default_rng(seed)
+        prefs = {f: float(rng.normal(0.0, 1.0)) for f in prep.ws.layers}
+        return base.model_copy(update={"sparsity": project_to_budget(level, prefs, prep.ws.sizes, prep.ws.bounds)})
+    if name == "agp_uniform":
+        return base.model_copy(update={"sparsity": prep.heuristics["uniform"](level),
+                                       "schedule": Schedule(kind="iterative", steps=3)})
+    return base.model_copy(update={"sparsity": prep.heuristics[name](level)})
+
+
+def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> MethodResult:
+    """Evaluate a heuristic at each level with the test split measured."""
+    res = MethodResult(name, seed)
+    for level in levels:
+        ev = evaluate(prep.ws.model, heuristic_policy(prep, name, level, seed), prep.ws.splits, seed=seed,
+                      with_test=True, bn_batches=prep.ws.space.sensitivity.bn_batches)
+        res.test[level] = (ev.test or {})["accuracy"]
+        res.size[level] = ev.size_value(prep.ws.space.size_metric)
+        res.seconds += ev.times["total"]
+    return res
+
+
+def search_space_for(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int) -> SearchSpace:
+    """The space a search method runs with: naive = independent ratios; autoprune = the file's own design,
+    with its target grid set to the benchmark's levels."""
+    if method == "tpe_naive":
+        return space.model_copy(update={"parametrization": "independent", "baselines": [], "trials": trials,
+                                        "seed": seed, "sampler": "tpe", "anchor": "none"})
+    targets = space.targets.model_copy(update={"grid": list(levels), "range": None})
+    return space.model_copy(update={"targets": targets, "trials": trials, "seed": seed})
+
+
+def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int, runs_dir: Path,
+                 track: bool) -> tuple[MethodResult, dict[str, float]]:
+    """Run one search; its answer at a level is the best-validation front point with sparsity ≥ level, on test."""
+    from autoprune.api import search
+
+    sp = search_space_for(space, method, levels, trials, seed)
+    study = f"bench-{space.name}-{method}-s{seed}"
+    result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track) \
+        if track else run_search(sp, SearchOptions(n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir))
+    res = MethodResult(method, seed, seconds=result.summary["wall_s"])
+    for level in levels:
+        pts = [r for r in result.front if r["sparsity"] >= level - 1e-3]
+        best = max(pts, key=lambda r: r["val_accuracy"], default=None)
+        res.test[level] = best["test_accuracy"] if best else math.nan
+        res.size[level] = best["size"] if best else math.nan
+    return res, result.summary

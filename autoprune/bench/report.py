@@ -1,0 +1,89 @@
+"""Benchmark output: rich table (mean ± std, wins bold), PNG curves with error bars, CSV, hypervolumes."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+from rich.table import Table
+
+from autoprune.bench.methods import MethodResult
+from autoprune.pareto import hypervolume
+
+
+def aggregate(results: list[MethodResult], levels: list[float]) -> dict[str, dict[float, tuple[float, float, int]]]:
+    """method -> level -> (mean, std, n) of test accuracy over seeds (NaNs, i.e. level not reached, dropped)."""
+    out: dict[str, dict[float, tuple[float, float, int]]] = {}
+    for method in dict.fromkeys(r.method for r in results):
+        out[method] = {}
+        for level in levels:
+            vals = [r.test[level] for r in results
+                    if r.method == method and not math.isnan(r.test.get(level, math.nan))]
+            mean = statistics.fmean(vals) if vals else math.nan
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            out[method][level] = (mean, std, len(vals))
+    return out
+
+
+def hypervolumes(results: list[MethodResult]) -> dict[str, float]:
+    """Mean over seeds of the hypervolume of each method's (test accuracy, size) points."""
+    out: dict[str, list[float]] = {}
+    for r in results:
+        pts = [(a, r.size[lv]) for lv, a in r.test.items() if not math.isnan(a) and not math.isnan(r.size[lv])]
+        out.setdefault(r.method, []).append(hypervolume(pts) if pts else 0.0)
+    return {k: statistics.fmean(v) for k, v in out.items()}
+
+
+def rich_table(title: str, agg: dict[str, dict[float, tuple[float, float, int]]], levels: list[float],
+               hv: dict[str, float]) -> Table:
+    """Mean ± std per method and level; the best mean per level in bold."""
+    best = {lv: max((agg[m][lv][0] for m in agg if not math.isnan(agg[m][lv][0])), default=math.nan)
+            for lv in levels}
+    t = Table(title=title)
+    t.add_column("method")
+    for lv in levels:
+        t.add_column(f"{lv:.0%}", justify="right")
+    t.add_column("hypervolume", justify="right")
+    for m, row in agg.items():
+        cells = []
+        for lv in levels:
+            mean, std, n = row[lv]
+            text = "n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f} ({n})"
+            cells.append(f"[bold]{text}[/bold]" if not math.isnan(mean) and mean == best[lv] else text)
+        t.add_row(m, *cells, f"{hv.get(m, 0.0):.4f}")
+    return t
+
+
+def write_csv(results: list[MethodResult], path: Path) -> None:
+    """One row per method, seed and level."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "seed", "sparsity", "test_accuracy", "size", "seconds"])
+        for r in results:
+            for lv, a in r.test.items():
+                w.writerow([r.method, r.seed, lv, f"{a:.6f}", f"{r.size.get(lv, math.nan):.6f}", f"{r.seconds:.2f}"])
+
+
+def plot(agg: dict[str, dict[float, tuple[float, float, int]]], levels: list[float], path: Path, title: str) -> None:
+    """Test accuracy vs sparsity with error bars (std over seeds), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for m, row in agg.items():
+        xs = [lv for lv in levels if not math.isnan(row[lv][0])]
+        style = {"lw": 2.5, "c": "black"} if m == "autoprune" else {"lw": 1.2}
+        ax.errorbar(xs, [row[lv][0] for lv in xs], yerr=[row[lv][1] for lv in xs], marker="o", ms=4, capsize=3,
+                    label=m, **style)
+    ax.set_xlabel("global sparsity of prunable layers")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

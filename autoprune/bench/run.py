@@ -1,0 +1,94 @@
+"""``autoprune bench``: search vs heuristics at equal budgets, on the held-out test split, over seeds."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from autoprune.bench.methods import HEURISTICS, SEARCHES, MethodResult, run_heuristic, run_searcher
+from autoprune.bench.overhead import finetune_throughput, projection_seconds
+from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
+from autoprune.search.runner import prepare
+from autoprune.space import SearchSpace
+
+
+@dataclass
+class BenchResult:
+    """Everything one space's benchmark produced."""
+
+    space: str
+    results: list[MethodResult]
+    levels: list[float]
+    overhead: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def aggregated(self) -> dict[str, dict[float, tuple[float, float, int]]]:
+        """method -> level -> (mean, std, n)."""
+        return aggregate(self.results, self.levels)
+
+
+def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
+                log: Any = print) -> BenchResult:
+    """Run every method for every seed on one search space."""
+    t0 = time.perf_counter()
+    results: list[MethodResult] = []
+    overhead: dict[str, float] = {}
+    for seed in range(seeds):
+        sp = space.model_copy(update={"seed": seed})
+        prep = prepare(sp, "cpu", out_dir)
+        for name in HEURISTICS:
+            if name in prep.heuristics or name in ("random", "agp_uniform"):
+                results.append(run_heuristic(prep, name, levels, seed))
+        log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
+        for method in SEARCHES:
+            res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"))
+            results.append(res)
+            if method == "autoprune" and seed == 0:
+                overhead.update({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+            log(f"  seed {seed}: {method} done ({time.perf_counter() - t0:.0f}s)")
+        if seed == 0:
+            overhead.update(finetune_throughput(prep.ws))
+            overhead["projection_s"] = projection_seconds(prep.ws)
+    return BenchResult(space.name, results, levels, overhead, seconds=time.perf_counter() - t0)
+
+
+def write_outputs(res: BenchResult, out_dir: Path) -> Any:
+    """CSV, PNG and the rich table for one space."""
+    agg = res.aggregated
+    csv_path, png_path = out_dir / f"bench-{res.space}.csv", out_dir / f"bench-{res.space}.png"
+    write_csv(res.results, csv_path)
+    seeds = len({r.seed for r in res.results})
+    plot(agg, res.levels, png_path, f"{res.space}: test accuracy vs sparsity ({seeds} seeds)")
+    res.files = [csv_path, png_path]
+    return rich_table(f"{res.space}: test accuracy, mean ± std (n seeds) over {seeds} seeds", agg, res.levels,
+                      hypervolumes(res.results))
+
+
+def overhead_rows(o: dict[str, float]) -> list[dict[str, Any]]:
+    """Per-trial cost breakdown of the autoprune search (seed 0)."""
+    n = max(o.get("trials_here", 1.0), 1.0)
+    per_trial = o.get("optimize_s", math.nan) / n
+    rows = [("sampling + projection (in objective)", o.get("mean_time_sample", math.nan)),
+            ("budget projection alone", o.get("projection_s", math.nan)),
+            ("masking / pruning", o.get("mean_time_prune", math.nan)),
+            ("fine-tune", o.get("mean_time_finetune", math.nan)),
+            ("evaluation (val + size metrics)", o.get("mean_time_measure", math.nan)),
+            ("search machinery: sampler + storage + MLflow", o.get("overhead_s_per_trial", math.nan)),
+            ("  of which MLflow, on the search thread", o.get("tracking_s_per_trial", math.nan)),
+            ("MLflow logging on its background thread", o.get("tracking_background_s_per_trial", math.nan)),
+            ("whole trial (wall)", per_trial)]
+    out = [{"part": k, "ms_per_trial": v * 1e3, "share": v / per_trial if per_trial else math.nan} for k, v in rows]
+    out.append({"part": "fine-tune loop throughput vs plain PyTorch loop", "ms_per_trial": math.nan,
+                "share": o.get("throughput_ratio", math.nan)})
+    return out
+
+
+def default_out_dir() -> Path:
+    """runs/bench/<timestamp>/."""
+    return Path("runs") / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
