@@ -29,14 +29,14 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
                          seed=seed, sampler=sampler, device=device, runs_dir=Path(runs_dir))
     listener = None
     if track:
-        from autoprune.tracking import MlflowListener
+        from autoprune.tracking_worker import MlflowListener
 
         listener = MlflowListener(tracking_uri, Path(runs_dir))
     result = run_search(sp, opts, listener, progress)
     if listener is not None and listener.enqueue_seconds:
         result.summary["tracking_s_per_trial"] = sum(listener.enqueue_seconds) / len(listener.enqueue_seconds)
     if listener is not None and listener.log_seconds:
-        result.summary["tracking_background_s_per_trial"] = sum(listener.log_seconds) / len(listener.log_seconds)
+        result.summary["tracking_worker_s_per_trial"] = sum(listener.log_seconds) / len(listener.log_seconds)
     return result
 
 
@@ -65,11 +65,11 @@ def sync(study: str, *, storage: str | None = None, runs_dir: str | Path = "runs
     """Backfill MLflow from the Optuna study (after MLflow was down); returns the number of child runs added."""
     from autoprune.search import load_existing, make_storage
     from autoprune.search.sync import records_and_info
-    from autoprune.tracking import MlflowListener
+    from autoprune.tracking import MlflowLogger
 
     st = load_existing(study, make_storage(storage, Path(runs_dir)))
     records, info, summary = records_and_info(st, storage or str(Path(runs_dir) / "optuna.journal"))
-    listener = MlflowListener(tracking_uri, Path(runs_dir))
+    listener = MlflowLogger(tracking_uri, Path(runs_dir))
     listener.on_start(info)
     before = len(listener.children)
     listener.on_finish(records, summary)

@@ -83,27 +83,9 @@ def _from_file(path: Path) -> Any:
 
 
 def _torchvision(name: str, kwargs: dict[str, Any]) -> Any:
-    try:
-        import torchvision  # noqa: F401  (optional extra, imported only here)
-        from torchvision import datasets
-    except Exception as err:
-        raise DataError(f"dataset '{name}' needs the optional extra: pip install 'autoprune[vision]' ({err})") from None
-    cls_name = name.split(":", 1)[1]
-    cls = getattr(datasets, cls_name, None)
-    if cls is None:
-        raise DataError(f"dataset '{name}': torchvision.datasets has no '{cls_name}'")
-    root = kwargs.get("root", "data")
-    parts = {}
-    for split, train in (("train", True), ("test", False)):
-        try:
-            ds = cls(root=root, train=train, download=False)
-        except Exception as err:
-            raise DataError(f"dataset '{name}': files not found under '{root}' (autoprune never downloads; "
-                            f"place them there first) ({err})") from None
-        x = np.asarray(ds.data, dtype=np.float32) / 255.0
-        x = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
-        parts[split] = (x, np.asarray(ds.targets))
-    return parts
+    from autoprune.vision import torchvision_dataset  # optional extra, imported only when asked for
+
+    return torchvision_dataset(name, kwargs)
 
 
 def _arrays(obj: Any, source: str) -> tuple[np.ndarray, np.ndarray]:

@@ -172,7 +172,11 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
                 kwargs: dict[str, Any] | None = None, checkpoint: str | None = None) -> nn.Module:
     """Build a built-in model by name or a user's ``module:callable``; optionally load a state_dict."""
     kw = dict(kwargs or {})
-    if ":" in name:
+    if name.startswith("torchvision:"):
+        from autoprune.vision import torchvision_model
+
+        model = torchvision_model(name.split(":", 1)[1], num_classes, kw)
+    elif ":" in name:
         fn = import_callable(name, "model")
         try:
             model = fn(**kw)

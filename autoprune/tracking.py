@@ -2,10 +2,10 @@
 
 One parent run per study (the space YAML, dense metrics, sensitivity plot, and at the end the Pareto
 front as PNG/HTML/CSV/JSON, best-accuracy-at-size metrics and hypervolume) and one child run per trial,
-logged in a single ``log_batch`` on a background thread (the search thread only enqueues, so tracking costs
-it well under a millisecond per trial; the background time is measured too). A failing MLflow never stops the
-search: the error is shown once, logging
-is switched off, and ``autoprune sync`` backfills the missing runs from the Optuna study later.
+logged in a single ``log_batch``. :class:`MlflowLogger` writes synchronously; the search uses it through
+:class:`autoprune.tracking_worker.MlflowListener`, which runs it in a separate process so that MLflow's
+Python work never competes with the search for the GIL. A failing MLflow never stops the search: the error
+is shown once, logging is switched off, and ``autoprune sync`` backfills the missing runs later.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import re
 import sys
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,8 @@ def ensure_experiment(client: MlflowClient, name: str, runs_dir: Path) -> str:
     return str(client.create_experiment(name, artifact_location=location))
 
 
-class MlflowListener:
-    """A :class:`~autoprune.records.SearchListener` writing to MLflow."""
+class MlflowLogger:
+    """A synchronous :class:`~autoprune.records.SearchListener` writing to MLflow."""
 
     def __init__(self, tracking_uri: str | None, runs_dir: Path, experiment: str | None = None) -> None:
         self.runs_dir = runs_dir
@@ -66,10 +65,7 @@ class MlflowListener:
         self.pareto_tags: dict[int, bool] = {}
         self.info: StudyInfo | None = None
         self.failed: str | None = None
-        self.log_seconds: list[float] = []  # background seconds per child run
-        self.enqueue_seconds: list[float] = []  # seconds the search thread spent handing a trial over
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoprune-mlflow")
-        self._pending: list[Future[Any]] = []
+        self.log_seconds: list[float] = []  # seconds per child run
 
     # -- resilience -------------------------------------------------------------------------------
     def _guard(self, what: str, fn: Any, *args: Any) -> Any:
@@ -90,23 +86,12 @@ class MlflowListener:
         self._guard("start", self._start, info)
 
     def on_trial(self, record: TrialRecord) -> None:
-        """Queue one child run for the background thread (skipped if this trial already has one)."""
-        t0 = time.perf_counter()
-        if self.failed is None:
-            self._pending.append(self._pool.submit(self._guard, "trial", self._log_trial, record))
-        self.enqueue_seconds.append(time.perf_counter() - t0)
-
-    def flush(self) -> None:
-        """Wait until every queued child run is written."""
-        for f in self._pending:
-            f.result()
-        self._pending.clear()
+        """Log one child run (skipped if this trial already has one)."""
+        self._guard("trial", self._log_trial, record)
 
     def on_finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
         """Backfill missing child runs, refresh Pareto tags and log the front artifacts."""
-        self.flush()
         self._guard("finish", self._finish, records, summary)
-        self._pool.shutdown(wait=True)
 
     # -- implementation ---------------------------------------------------------------------------
     def _start(self, info: StudyInfo) -> None:
@@ -197,10 +182,7 @@ class MlflowListener:
                 metrics.append(Metric(f"best_accuracy_at_{round(level * 100)}", best, _ms(), 0))
         metrics += [Metric(k, float(v), _ms(), 0) for k, v in summary.items() if isinstance(v, (int, float))]
         if self.log_seconds:
-            metrics.append(Metric("tracking_background_s_per_trial", sum(self.log_seconds) / len(self.log_seconds),
-                                  _ms(), 0))
-        if self.enqueue_seconds:
-            metrics.append(Metric("tracking_s_per_trial", sum(self.enqueue_seconds) / len(self.enqueue_seconds),
+            metrics.append(Metric("tracking_worker_s_per_trial", sum(self.log_seconds) / len(self.log_seconds),
                                   _ms(), 0))
         self.client.log_batch(self.parent_id, metrics=metrics)
         with tempfile.TemporaryDirectory() as tmp:

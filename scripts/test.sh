@@ -20,4 +20,5 @@ start_pg
 
 "$VENV/bin/ruff" check autoprune tests
 "$VENV/bin/mypy"
-"$VENV/bin/pytest" -n 2 --durations=15 "$@"
+"$VENV/bin/pytest" -n 2 --durations=15 -m "not vision" "$@"
+bash scripts/test_vision.sh

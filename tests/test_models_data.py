@@ -83,7 +83,7 @@ def test_bad_datasets(tmp_path: Path) -> None:
 
 
 def test_torchvision_dataset_gives_clear_error_when_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"torchvision:CIFAR10"):
+    with pytest.raises(DataError, match=r"torchvision:CIFAR10.*pip install 'autoprune\[vision\]'"):
         load_data("torchvision:CIFAR10", {"root": str(tmp_path)})
 
 

@@ -80,8 +80,8 @@ def overhead_rows(o: dict[str, float]) -> list[dict[str, Any]]:
             ("fine-tune", o.get("mean_time_finetune", math.nan)),
             ("evaluation (val + size metrics)", o.get("mean_time_measure", math.nan)),
             ("search machinery: sampler + storage + MLflow", o.get("overhead_s_per_trial", math.nan)),
-            ("  of which MLflow, on the search thread", o.get("tracking_s_per_trial", math.nan)),
-            ("MLflow logging on its background thread", o.get("tracking_background_s_per_trial", math.nan)),
+            ("  of which MLflow hand-over", o.get("tracking_s_per_trial", math.nan)),
+            ("MLflow logging in its own process (not on the search)", o.get("tracking_worker_s_per_trial", math.nan)),
             ("whole trial (wall)", per_trial)]
     out = [{"part": k, "ms_per_trial": v * 1e3, "share": v / per_trial if per_trial else math.nan} for k, v in rows]
     out.append({"part": "fine-tune loop throughput vs plain PyTorch loop", "ms_per_trial": math.nan,

@@ -83,7 +83,7 @@ def _open(space: SearchSpace, opts: SearchOptions, offset: int = 0) -> optuna.St
     with contextlib.suppress(KeyError):
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     # seed + trials so far: a resumed study does not replay the first run's random draws
-    sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset)
+    sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset, opts.workers > 1)
     return open_study(name, storage, sampler)
 
 

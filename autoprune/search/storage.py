@@ -37,10 +37,18 @@ def make_storage(url: str | None, runs_dir: Path) -> optuna.storages.BaseStorage
                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, default), NSGA-II, random or GP, seeded."""
+def make_sampler(name: str, seed: int, parallel: bool = False) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, default), NSGA-II, random or GP, seeded.
+
+    TPE uses ``group=True`` because enqueued heuristics that lie outside the searched box carry only the
+    target (no per-layer params); without groups, multivariate TPE would fall back to independent sampling.
+    The constant liar (running trials count as bad) only matters with several workers.
+    """
     if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=10, constant_liar=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # `group` is flagged experimental
+            return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed, n_startup_trials=10,
+                                              constant_liar=parallel)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "gp":
