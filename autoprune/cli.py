@@ -192,8 +192,18 @@ def bench(
     sparsities: Annotated[str, typer.Option(help="Comma-separated global sparsity levels.")] = "0.8,0.9,0.95,0.97,0.98",
     quick: Annotated[bool, typer.Option("--quick", help="CI smoke: 1 seed, 12 trials, 2 levels.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default runs/bench/<time>).")] = None,
+    latency: Annotated[bool, typer.Option("--latency", help="Only time channel-pruned ResNet-20 vs dense.")] = False,
+    channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
 ) -> None:
     """Search vs uniform / global / LAMP / ERK / random / sensitivity / AGP / naive TPE, on test, over seeds."""
+    if latency:
+        from autoprune.bench.latency import channel_speedup
+        from autoprune.console import out as con
+        from autoprune.console import table as tab
+
+        con.print(tab(f"ResNet-20 (CIFAR size, 3×32×32), {channel_ratio:.0%} of channels removed per conv, CPU",
+                      channel_speedup(channel_ratio)))
+        return
     from autoprune.api import load_space
     from autoprune.bench.run import bench_space, default_out_dir, overhead_rows, write_outputs
     from autoprune.console import out as console
