@@ -37,7 +37,7 @@ def test_unknown_torchvision_names() -> None:
     from autoprune.errors import DataError, ModelError
     from autoprune.models import build_model
 
-    with pytest.raises(ModelError, match="torchvision.models has no 'resnet7'"):
+    with pytest.raises(ModelError, match=r"torchvision\.models has no 'resnet7'"):
         build_model("torchvision:resnet7", (3, 16, 16), 4)
     with pytest.raises(DataError, match="files not found under"):
         load_data("torchvision:CIFAR10", {"root": "/nonexistent"})
