@@ -7,14 +7,13 @@ granularity, schedule, fine-tune recipe). It is what the search produces and wha
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoprune.errors import PolicyError
+from autoprune.files import write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -101,7 +100,7 @@ class Policy(BaseModel):
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a temp file in the same folder, then rename (no partial file on error)."""
-        save_text_atomic(Path(path), self.to_json())
+        write_atomic(Path(path), self.to_json().encode())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
@@ -126,16 +125,3 @@ class Policy(BaseModel):
         if not isinstance(data, dict):
             raise PolicyError(f"{p}: expected a JSON object")
         return cls.from_dict(data, source=str(p))
-
-
-def save_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename so a failure leaves nothing half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

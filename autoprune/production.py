@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from autoprune.criteria import importance
 from autoprune.data import Splits
 from autoprune.errors import PolicyError
 from autoprune.evaluate import check_policy_layers, prune_and_finetune
+from autoprune.files import write_atomic
 from autoprune.masks import apply_masks, compute_mask, make_permanent
 from autoprune.metrics import cpu_latency_ms, size_metrics
 from autoprune.models import architecture_fingerprint, layer_shapes
@@ -145,18 +145,6 @@ def decompress_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pruned(model: nn.Module, policy: Policy, path: Path, whole_module: bool | None = None,
                 compress: bool = True) -> int:
     """Save atomically; returns the file size in bytes.
@@ -171,7 +159,7 @@ def save_pruned(model: nn.Module, policy: Policy, path: Path, whole_module: bool
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save({"format": FORMAT, "policy": policy.to_json(),
                     "state": compress_state(state) if compress else state}, buf)
-    _atomic_bytes(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
     return path.stat().st_size
 
 
@@ -195,7 +183,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model.cpu().eval(), (x,), str(out), dynamo=True, external_data=False, verbose=False)
-        _atomic_bytes(path, out.read_bytes())
+        write_atomic(path, out.read_bytes())
 
 
 def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
@@ -203,4 +191,4 @@ def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Pat
     traced = torch.jit.trace(model.cpu().eval(), torch.zeros((1, *input_shape)))
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
-    _atomic_bytes(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())

@@ -102,3 +102,25 @@ def test_unknown_study_is_a_clear_error(runs_dir: Path) -> None:
 
     with pytest.raises(ConfigError, match="study 'nope' not found"):
         front_table("nope", None, runs_dir)
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "random", "gp"])
+def test_other_samplers_run_and_reach_the_targets(sampler: str, space_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(space_path)
+    result = run_search(space, SearchOptions(n_trials=13, runs_dir=runs_dir, device="cpu", sampler=sampler,
+                                             study_name=f"sampler-{sampler}"))
+    trials = [t for t in _trials(runs_dir, f"sampler-{sampler}") if t.state == optuna.trial.TrialState.COMPLETE]
+    searched = [t for t in trials if "baseline" not in t.user_attrs]
+    assert result.n_trials == 13 and searched  # 10 enqueued heuristics + searched trials
+    for t in searched:  # every sampled candidate sits exactly on one of the requested sizes
+        assert min(abs(t.user_attrs["eval"]["sparsity"] - g) for g in (0.8, 0.9)) < 2e-3
+
+
+def test_journal_workers_share_one_study(space_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(space_path)
+    result = run_search(space, SearchOptions(n_trials=6, runs_dir=runs_dir, device="cpu", workers=2,
+                                             study_name="journal-workers"))
+    trials = [t for t in _trials(runs_dir, "journal-workers") if t.state.is_finished()]
+    assert result.n_trials == len(trials) == 6
+    keys = [(t.user_attrs["baseline"], t.user_attrs["target"]) for t in trials if "baseline" in t.user_attrs]
+    assert len(keys) == len(set(keys))
