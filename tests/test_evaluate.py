@@ -73,3 +73,14 @@ def test_size_metrics_on_known_model() -> None:
     s = size_metrics(m, Granularity(), (1, 8, 8))
     assert s["params"] == sum(p.numel() for p in m.parameters())
     assert s["bytes_dense"] == 4 * s["params"]
+
+
+def test_taylor_criterion_scores_and_prunes(workspace) -> None:  # type: ignore[no-untyped-def]
+    from autoprune.criteria import importance
+
+    scores = importance(workspace.model, workspace.layers, "taylor", workspace.splits.train, batches=2)
+    for f in workspace.layers:
+        w = workspace.model.get_submodule(f).weight
+        assert scores[f].shape == w.shape and float(scores[f].sum()) > 0
+    ev = evaluate(workspace.model, _policy(workspace, 0.8, criterion="taylor"), workspace.splits)
+    assert abs(ev.size["sparsity"] - 0.8) < 1e-3

@@ -62,3 +62,14 @@ def test_broken_mlflow_does_not_lose_trials(space_path: Path, tmp_path: Path) ->
     study = load_existing("offline", make_storage(None, runs))
     assert result.n_trials == 4
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 3
+
+
+def test_sync_backfills_runs_after_mlflow_was_down(space_path: Path, tmp_path: Path) -> None:
+    from autoprune.api import sync
+
+    runs = tmp_path / "runs"
+    search(space_path, n_trials=4, study="later", runs_dir=runs, device="cpu", tracking_uri="http://127.0.0.1:9/")
+    assert sync("later", runs_dir=runs) == 4
+    _, _, children = _runs(runs, "later")
+    assert len(children) == 4
+    assert sync("later", runs_dir=runs) == 0  # idempotent: no duplicate child runs
