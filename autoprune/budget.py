@@ -37,7 +37,7 @@ def project_to_budget(
                           f"[{s_min:.4f}, {s_max:.4f}]")
     z = z - z.max()  # shift so that c spans a bounded log-range
     lo_c, hi_c = -60.0, 60.0
-    for _ in range(200):
+    for _ in range(64):  # log-c interval 120 / 2**64: below float precision
         mid = 0.5 * (lo_c + hi_c)
         dens = np.clip(np.exp(mid + z), lo_d, hi_d)
         if n @ dens < want:
