@@ -79,8 +79,3 @@ def allocations(model: nn.Module, layers: list[str], bounds: dict[str, tuple[flo
     if sensitivity_prefs is not None:
         out["sensitivity"] = project(sensitivity_prefs)
     return out
-
-
-def density_of(ratios: dict[str, float]) -> dict[str, float]:
-    """``1 - ratio`` per layer (anchors are expressed as densities)."""
-    return {k: 1.0 - r for k, r in ratios.items()}

@@ -50,5 +50,8 @@ class SearchListener(Protocol):
     def on_trial(self, record: TrialRecord) -> None:
         """A trial finished (complete, pruned or failed)."""
 
+    def on_front(self, front: set[int]) -> None:
+        """The current Pareto front (trial numbers), sent every few trials so tags follow the front."""
+
     def on_finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
         """The search ended: every trial with final Pareto flags and test metrics."""

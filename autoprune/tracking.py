@@ -89,6 +89,17 @@ class MlflowLogger:
         """Log one child run (skipped if this trial already has one)."""
         self._guard("trial", self._log_trial, record)
 
+    def on_front(self, front: set[int]) -> None:
+        """Re-tag child runs whose Pareto membership changed."""
+        self._guard("front", self._retag, front)
+
+    def _retag(self, front: set[int]) -> None:
+        assert self.client is not None
+        for number, run_id in self.children.items():
+            if self.pareto_tags.get(number) != (number in front):
+                self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
+                self.pareto_tags[number] = number in front
+
     def on_finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
         """Backfill missing child runs, refresh Pareto tags and log the front artifacts."""
         self._guard("finish", self._finish, records, summary)

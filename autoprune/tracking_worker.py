@@ -61,6 +61,10 @@ class MlflowListener:
         self._pending.append(self._pool.submit(_call, "on_trial", record))
         self.enqueue_seconds.append(time.perf_counter() - t0)
 
+    def on_front(self, front: set[int]) -> None:
+        """Hand the current front over (tags are updated in the logger process)."""
+        self._pending.append(self._pool.submit(_call, "on_front", front))
+
     def on_finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
         """Backfill, refresh Pareto tags, log the front; then end the logger process."""
         self._pending.append(self._pool.submit(_call, "on_finish", records, summary))

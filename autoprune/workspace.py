@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ class Workspace:
     device: torch.device
     runs_dir: Path
 
-    @property
+    @functools.cached_property
     def bounds(self) -> dict[str, tuple[float, float]]:
         """Per-layer [min, max] ratio from the space file."""
         return self.space.bounds_for(self.layers)

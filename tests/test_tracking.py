@@ -73,3 +73,22 @@ def test_sync_backfills_runs_after_mlflow_was_down(space_path: Path, tmp_path: P
     _, _, children = _runs(runs, "later")
     assert len(children) == 4
     assert sync("later", runs_dir=runs) == 0  # idempotent: no duplicate child runs
+
+
+def test_pareto_tags_follow_the_front_during_a_search(tmp_path: Path) -> None:
+    from autoprune.records import StudyInfo, TrialRecord
+    from autoprune.tracking import MlflowLogger
+
+    runs = tmp_path / "runs"
+    logger = MlflowLogger(None, runs)
+    logger.on_start(StudyInfo("live", "journal", "name: live\n", "live", "tpe", "nonzeros", {"accuracy": 0.9}, {}))
+    for n in range(3):
+        logger.on_trial(TrialRecord(n, "COMPLETE", {"target": 0.9}, (0.5 + n / 10, 0.1), {"sparsity": 0.9}))
+    logger.on_front({2})
+    _, _, children = _runs(runs, "live")
+    tags = {int(c.data.tags["autoprune.trial"]): c.data.tags["pareto"] for c in children}
+    assert tags == {0: "false", 1: "false", 2: "true"}
+    logger.on_front({1, 2})
+    _, _, children = _runs(runs, "live")
+    assert {int(c.data.tags["autoprune.trial"]): c.data.tags["pareto"] for c in children}[1] == "true"
+    assert logger.failed is None

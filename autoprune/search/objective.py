@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
@@ -105,11 +104,3 @@ def eval_attrs(ev: Evaluation, sample_s: float) -> dict[str, object]:
         "epoch_losses": ev.epoch_losses,
         "layer_sparsity": ev.layer_sparsity,
     }
-
-
-def trial_sparsity(trial: optuna.trial.FrozenTrial) -> float:
-    """Measured global sparsity of a finished trial."""
-    return float(trial.user_attrs.get("eval", {}).get("sparsity", float("nan")))
-
-
-ProgressFn = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]

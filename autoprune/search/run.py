@@ -20,6 +20,7 @@ from autoprune.search.runner import (
     prepare,
     spawn_workers,
     study_info,
+    worker_shares,
 )
 from autoprune.space import SearchSpace
 
@@ -35,6 +36,9 @@ class ProgressSink(Protocol):
 
     def stop(self) -> None:
         """End the task."""
+
+
+FRONT_EVERY = 10  # trials between Pareto-tag refreshes in MLflow
 
 
 def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any]:
@@ -53,35 +57,38 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     prep = prepare(space, opts.device, opts.runs_dir)
     study = _open(space, opts)
     seed = space.seed if opts.seed is None else opts.seed
+    info = study_info(prep, study, opts)
     if "space_yaml" not in study.user_attrs:
-        study.set_user_attr("space_yaml", study_info(prep, study, opts).space_yaml)
+        study.set_user_attr("space_yaml", info.space_yaml)
         study.set_user_attr("dense_val", prep.ws.dense_val)
         study.set_user_attr("dense_test", prep.ws.dense_test)
     if listener is not None:
-        listener.on_start(study_info(prep, study, opts))
+        listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials
     enqueue_baselines(study, space, prep.ctx, prep.heuristics)
-    start_count = len(study.trials)
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed)
     targets = list(space.targets.grid or [])
-    procs = spawn_workers(space, opts, n_trials) if opts.workers > 1 else []
-    own = n_trials - sum((n_trials // opts.workers + (1 if i < n_trials % opts.workers else 0))
-                         for i in range(opts.workers - 1))
+    shares = worker_shares(n_trials, opts.workers)
+    procs = spawn_workers(space, opts, shares[:-1])  # the main process runs the last share
     if progress is not None:
         progress.start(n_trials, f"search {study.study_name}")
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if listener is not None:
             listener.on_trial(to_record(trial))
+            handed.append(trial.number)
+            if len(handed) % FRONT_EVERY == 0:
+                listener.on_front({t.number for t in st.best_trials})
         if progress is not None:
             done = len(st.get_trials(deepcopy=False, states=_FINISHED)) - _finished_before
             progress.update(min(done, n_trials), {"best": _best_at_targets(st, targets),
                                                   "stopped": len(objective.stopped)})
 
+    handed: list[int] = []
     _finished_before = len(study.get_trials(deepcopy=False, states=_FINISHED))
     t_opt = time.perf_counter()
     try:
-        study.optimize(objective, n_trials=own, timeout=opts.timeout, callbacks=[on_trial],
+        study.optimize(objective, n_trials=shares[-1], timeout=opts.timeout, callbacks=[on_trial],
                        catch=(RuntimeError, ValueError))
         for p in procs:
             p.join()
@@ -92,7 +99,6 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
             if p.is_alive():
                 p.terminate()
     optimize_s = time.perf_counter() - t_opt
-    del start_count
     result = finish(study, prep, seed, listener, time.perf_counter() - t0, objective.stopped)
     n = len(objective.eval_seconds)
     result.summary.update(optimize_s=optimize_s, eval_s=sum(objective.eval_seconds), trials_here=n,

@@ -174,12 +174,15 @@ def front_row(r: Any) -> dict[str, Any]:
     }
 
 
-def spawn_workers(space: SearchSpace, opts: SearchOptions, n_trials: int) -> list[Any]:
-    """Start ``workers - 1`` extra processes sharing the study storage (the main process is the last worker)."""
+def worker_shares(n_trials: int, workers: int) -> list[int]:
+    """Split ``n_trials`` over ``workers`` processes as evenly as possible."""
+    return [n_trials // workers + (1 if i < n_trials % workers else 0) for i in range(workers)]
+
+
+def spawn_workers(space: SearchSpace, opts: SearchOptions, shares: list[int]) -> list[Any]:
+    """Start one extra process per share, all on the same study storage."""
     ctx = mp.get_context("spawn")
-    k = opts.workers - 1
-    shares = [n_trials // opts.workers + (1 if i < n_trials % opts.workers else 0) for i in range(opts.workers)]
-    procs = [ctx.Process(target=worker_main, args=(space, opts, shares[i], i), daemon=True) for i in range(k)]
+    procs = [ctx.Process(target=worker_main, args=(space, opts, n, i), daemon=True) for i, n in enumerate(shares)]
     for p in procs:
         p.start()
     return procs
