@@ -45,9 +45,14 @@ def search(
     from autoprune.api import search as run
     from autoprune.console import RichProgress, out, table
 
-    result = run(space, n_trials=trials, timeout=timeout, storage=storage, study=study, workers=workers, seed=seed,
-                 sampler=sampler, device=device, runs_dir=runs, tracking_uri=tracking_uri, track=not no_track,
-                 progress=RichProgress())
+    try:
+        result = run(space, n_trials=trials, timeout=timeout, storage=storage, study=study, workers=workers,
+                     seed=seed, sampler=sampler, device=device, runs_dir=runs, tracking_uri=tracking_uri,
+                     track=not no_track, progress=RichProgress())
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept in the study; rerun the same command to resume",
+              file=sys.stderr)
+        raise typer.Exit(130) from None
     out.print(table(f"Pareto front of study '{result.study_name}' (dense val {result.dense_val['accuracy']:.4f}, "
                     f"test {result.dense_test['accuracy']:.4f})", result.front))
     s = result.summary

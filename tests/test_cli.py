@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import write_space
 
 EXE = str(Path(sys.executable).parent / "autoprune")
@@ -58,3 +60,36 @@ def test_search_then_front_then_sensitivity(space_path: Path, tmp_path: Path) ->
     assert list((runs / "sensitivity").glob("*.png")) and list((runs / "sensitivity").glob("*.csv"))
     res = run("front", "--study", "nope", "--runs", str(runs))
     assert res.returncode == 2 and "study 'nope' not found" in res.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_trials_and_rerun_resumes(space_path: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import optuna
+
+    from autoprune.search.storage import load_existing, make_storage
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([EXE, "search", str(space_path), "--trials", "400", "--runs", str(runs), "--no-track",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def complete() -> int:
+        try:
+            study = load_existing("digits_small", make_storage(None, runs))
+        except Exception:
+            return 0
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+    deadline = time.monotonic() + 120
+    while complete() < 5 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun the same command to resume" in err
+    kept = complete()
+    assert kept >= 5
+    res = run("search", str(space_path), "--trials", "3", "--runs", str(runs), "--no-track", "--device", "cpu")
+    assert res.returncode == 0
+    assert complete() >= kept + 2  # resumed: old trials kept, new ones added
