@@ -14,10 +14,11 @@ app = typer.Typer(
     name="autoprune", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
     help="Find how much to prune each layer of a PyTorch model.\n\n"
          "Typical session:\n\n"
-         "  [bold]autoprune search search_spaces/digits_cnn.yaml[/bold]   # Optuna study + MLflow runs in runs/\n\n"
-         "  [bold]autoprune front --study digits_cnn[/bold]                  # the Pareto table again\n\n"
+         "  [bold]autoprune search search_spaces/digits_cnn.yaml[/bold]   (Optuna study + MLflow runs in runs/)\n\n"
+         "  [bold]autoprune front --study digits_cnn[/bold]   (the Pareto table again)\n\n"
          "  [bold]autoprune export --study digits_cnn --min-accuracy 0.9 -o policy.json[/bold]\n\n"
-         "  [bold]autoprune ui[/bold]                                        # MLflow UI on runs/",
+         "  [bold]autoprune apply policy.json --space search_spaces/digits_cnn.yaml -o pruned.pt[/bold]\n\n"
+         "  [bold]autoprune ui --study digits_cnn[/bold]   (MLflow UI on runs/)",
 )
 
 Runs = Annotated[Path, typer.Option("--runs", help="Folder for the study journal, MLflow store and caches.")]
