@@ -42,18 +42,25 @@ def _out_members(model: nn.Module, group: tp.Group, names: dict[int, str], chann
     return sorted(set(out))
 
 
+def _graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    device = next(model.parameters()).device
+    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape), device=device))
+
+
+def _out_channel_group(dg: tp.DependencyGraph, module: nn.Module, idxs: list[int]) -> tp.Group:
+    handler = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+    return dg.get_pruning_group(module, handler, idxs=idxs)
+
+
 def build_groups(model: nn.Module, layers: list[str], input_shape: tuple[int, ...]) -> list[ChannelGroup]:
     """Coupled channel groups of the selected layers (a layer appears in exactly one group)."""
-    device = next(model.parameters()).device
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape), device=device))
+    dg = _graph(model, input_shape)
     names = {id(m): n for n, m in model.named_modules()}
     groups: dict[tuple[str, ...], list[str]] = {}
     sizes: dict[tuple[str, ...], int] = {}
     for fqn in layers:
-        module = model.get_submodule(fqn)
         channels = weight_of(model, fqn).shape[0]
-        handler = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
-        group = dg.get_pruning_group(module, handler, idxs=list(range(channels)))
+        group = _out_channel_group(dg, model.get_submodule(fqn), list(range(channels)))
         key = tuple(_out_members(model, group, names, channels))
         groups.setdefault(key, []).append(fqn)
         sizes[key] = channels
@@ -71,7 +78,7 @@ def groups_for(model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
     return _CACHE[key]
 
 
-def group_keep(model: nn.Module, group: ChannelGroup, ratios: dict[str, float], scores: dict[str, torch.Tensor],
+def group_keep(group: ChannelGroup, ratios: dict[str, float], scores: dict[str, torch.Tensor],
                sizes: dict[str, int]) -> torch.Tensor:
     """0/1 vector over the group's channels: the lowest-scoring ``ratio`` share removed.
 
@@ -104,17 +111,14 @@ def member_masks(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> d
 
 def remove_zero_channels(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...]) -> int:
     """Physically remove channels that are zero in a group's first root (torch-pruning); returns channels removed."""
-    device = next(model.parameters()).device
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape), device=device))
+    dg = _graph(model, input_shape)
     removed = 0
     for group in groups:
-        root = model.get_submodule(group.roots[0])
         w = weight_of(model, group.roots[0])
         idxs = [i for i in range(w.shape[0]) if not torch.any(w[i] != 0)]
         if not idxs or len(idxs) >= w.shape[0]:
             continue
-        handler = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
-        pg = dg.get_pruning_group(root, handler, idxs=idxs)
+        pg = _out_channel_group(dg, model.get_submodule(group.roots[0]), idxs)
         if dg.check_pruning_group(pg):
             pg.prune()
             removed += len(idxs)

@@ -86,7 +86,7 @@ def _prune_channels(model: nn.Module, folded: FoldedMasks, ratios: dict[str, flo
     layers = list(ratios)
     sizes = {f: weight_of(model, f).numel() for f in layers}
     for group in groups_for(model, layers, splits.input_shape):
-        keep = group_keep(model, group, ratios, scores, sizes)
+        keep = group_keep(group, ratios, scores, sizes)
         for param, mask in member_masks(model, group, keep).items():
             layer, _, p_name = param.rpartition(".")
             if p_name == "weight" and layer in folded.masks:

@@ -58,15 +58,11 @@ def check_fingerprint(model: nn.Module, policy: Policy) -> None:
     raise PolicyError(f"policy is for a different model than '{policy.model}' given ({detail})")
 
 
-def _measure(model: nn.Module, policy: Policy, data: Splits | None, latency: bool) -> dict[str, float]:
-    shape = data.input_shape if data is not None else None
-    out: dict[str, float] = {}
-    if data is not None:
-        out.update({f"test_{k}": v for k, v in classification_metrics(model, data.test, data.num_classes).items()})
-    if shape is not None:
-        out.update(size_metrics(model, policy.granularity, shape))
-        if latency:
-            out["latency_ms"] = cpu_latency_ms(model, shape, batch=32)
+def _measure(model: nn.Module, policy: Policy, data: Splits, latency: bool) -> dict[str, float]:
+    out = {f"test_{k}": v for k, v in classification_metrics(model, data.test, data.num_classes).items()}
+    out.update(size_metrics(model, policy.granularity, data.input_shape))
+    if latency:
+        out["latency_ms"] = cpu_latency_ms(model, data.input_shape, batch=32)
     return out
 
 

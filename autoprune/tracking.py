@@ -51,6 +51,13 @@ def ensure_experiment(client: MlflowClient, name: str, runs_dir: Path) -> str:
     return str(client.create_experiment(name, artifact_location=location))
 
 
+def find_parent(client: MlflowClient, experiment_id: str, study_name: str) -> str | None:
+    """Run id of the study's parent run, if one exists."""
+    query = f"tags.`autoprune.study` = '{study_name}' and tags.`autoprune.role` = 'parent'"
+    found = client.search_runs([experiment_id], query)
+    return str(found[0].info.run_id) if found else None
+
+
 class MlflowLogger:
     """A synchronous :class:`~autoprune.records.SearchListener` writing to MLflow."""
 
@@ -113,10 +120,9 @@ class MlflowLogger:
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.experiment_id = ensure_experiment(self.client, self.experiment_name or info.study_name, self.runs_dir)
-        query = f"tags.`autoprune.study` = '{info.study_name}' and tags.`autoprune.role` = 'parent'"
-        found = self.client.search_runs([self.experiment_id], query)
-        if found:
-            self.parent_id = found[0].info.run_id
+        found = find_parent(self.client, self.experiment_id, info.study_name)
+        if found is not None:
+            self.parent_id = found
         else:
             run = self.client.create_run(self.experiment_id, run_name=info.study_name,
                                          tags={"autoprune.study": info.study_name, "autoprune.role": "parent",
@@ -250,13 +256,9 @@ def log_export(tracking_uri: str | None, runs_dir: Path, study_name: str, policy
     """Attach an exported policy to the study's parent run and mark it as the study's exported policy."""
     client = MlflowClient(tracking_uri or default_tracking_uri(runs_dir))
     exp = client.get_experiment_by_name(study_name)
-    if exp is None:
+    run_id = find_parent(client, str(exp.experiment_id), study_name) if exp is not None else None
+    if run_id is None:
         return
-    query = f"tags.`autoprune.study` = '{study_name}' and tags.`autoprune.role` = 'parent'"
-    found = client.search_runs([exp.experiment_id], query)
-    if not found:
-        return
-    run_id = found[0].info.run_id
     client.log_artifact(run_id, str(policy_path), "exported")
     client.set_tag(run_id, "exported_policy", f"trial {trial}: {policy_path.name}")
 

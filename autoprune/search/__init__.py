@@ -1,14 +1,11 @@
 """The search: the only package that imports optuna."""
 
+from autoprune.search.export import choose_trial, policy_from_trial
 from autoprune.search.run import ProgressSink, run_search
 from autoprune.search.runner import SearchOptions, SearchResult, front_table, prepare
 from autoprune.search.storage import load_existing, make_storage
 
 __all__ = [
-    "ProgressSink", "SearchOptions", "SearchResult", "front_table", "load_existing", "make_storage", "prepare",
-    "run_search",
+    "ProgressSink", "SearchOptions", "SearchResult", "choose_trial", "front_table", "load_existing", "make_storage",
+    "policy_from_trial", "prepare", "run_search",
 ]
-
-from autoprune.search.export import choose_trial, policy_from_trial
-
-__all__ += ["choose_trial", "policy_from_trial"]

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import optuna
 
+from autoprune.pareto import best_at
 from autoprune.records import SearchListener
 from autoprune.search.baselines import enqueue_baselines
 from autoprune.search.objective import Objective
@@ -42,12 +43,11 @@ FRONT_EVERY = 10  # trials between Pareto-tag refreshes in MLflow
 
 
 def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any]:
-    best: dict[str, Any] = {}
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    for tgt in targets:
-        accs = [t.values[0] for t in done if t.user_attrs.get("eval", {}).get("sparsity", 0.0) >= tgt - 1e-3]
-        best[f"{tgt:.0%}"] = f"{max(accs):.3f}" if accs else "–"
-    return best
+    points = [(t.values[0], t.values[1]) for t in done]
+    sparsities = [t.user_attrs.get("eval", {}).get("sparsity", 0.0) for t in done]
+    best = {tgt: best_at(points, sparsities, tgt) for tgt in targets}
+    return {f"{tgt:.0%}": "–" if acc is None else f"{acc:.3f}" for tgt, acc in best.items()}
 
 
 def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener | None = None,
@@ -62,6 +62,8 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         study.set_user_attr("space_yaml", info.space_yaml)
         study.set_user_attr("dense_val", prep.ws.dense_val)
         study.set_user_attr("dense_test", prep.ws.dense_test)
+        study.set_user_attr("sampler", info.sampler)
+        study.set_user_attr("size_metric", info.size_metric)
     if listener is not None:
         listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials

@@ -12,17 +12,13 @@ from autoprune.search.records import to_record
 
 def records_and_info(study: optuna.Study, storage: str) -> tuple[list[TrialRecord], StudyInfo, dict[str, Any]]:
     """Records with Pareto flags and stored test metrics, the study description and a small summary."""
+    attrs = study.user_attrs  # written by run_search when it created the study
     front = {t.number for t in study.best_trials}
     finished = [t for t in study.trials if t.state.is_finished()]
-    records = [to_record(t, t.number in front, study.user_attrs.get(f"test/{t.number}")) for t in finished]
-    attrs = study.user_attrs
-    space_yaml = str(attrs.get("space_yaml", ""))
-    size_metric = "nonzeros"
-    for line in space_yaml.splitlines():
-        if line.startswith("size_metric:"):
-            size_metric = line.split(":", 1)[1].split("#")[0].strip() or size_metric
-    info = StudyInfo(study_name=study.study_name, storage=storage, space_yaml=space_yaml,
-                     space_name=study.study_name, sampler=str(attrs.get("sampler", "")), size_metric=size_metric,
+    records = [to_record(t, t.number in front, attrs.get(f"test/{t.number}")) for t in finished]
+    info = StudyInfo(study_name=study.study_name, storage=storage, space_yaml=str(attrs.get("space_yaml", "")),
+                     space_name=study.study_name, sampler=str(attrs.get("sampler", "")),
+                     size_metric=str(attrs.get("size_metric", "nonzeros")),
                      dense_val=dict(attrs.get("dense_val", {})), dense_test=dict(attrs.get("dense_test", {})))
     summary = {"trials": len(records), "complete": sum(r.state == "COMPLETE" for r in records)}
     return records, info, summary
