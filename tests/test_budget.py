@@ -44,3 +44,13 @@ def test_a_layer_can_be_left_dense() -> None:
 def test_unreachable_target_is_an_error() -> None:
     with pytest.raises(BudgetError, match="outside what the layer bounds allow"):
         project_to_budget(0.95, {"a": 0.0}, {"a": 10}, {"a": (0.0, 0.5)})
+
+
+def test_layers_without_a_density_floor_are_solved_exactly() -> None:
+    sizes = {"a": 300, "b": 100}
+    bounds = {"a": (0.0, 1.0), "b": (0.0, 1.0)}  # density may go to 0: no lower breakpoint exists
+    ratios = project_to_budget(0.99, {"a": 0.0, "b": 0.0}, sizes, bounds)
+    assert abs(ratios["a"] - 0.99) < 1e-12 and abs(ratios["b"] - 0.99) < 1e-12
+    skewed = project_to_budget(0.5, {"a": 0.0, "b": 2.0}, sizes, bounds)
+    assert skewed["b"] < skewed["a"]
+    assert abs(weighted_sparsity(skewed, sizes) - 0.5) < 1e-12

@@ -38,10 +38,19 @@ def test_resume_adds_exactly_m_trials_without_duplicates(space_path: Path, runs_
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
 
 
-def test_enqueued_baselines_reproduce_heuristic_ratios(space_path: Path, runs_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def baseline_trials(space_path: Path, runs_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    """The trials of a 10-trial search (the enqueued baselines first), run once for the tests below."""
+    run_search(SearchSpace.from_yaml(space_path),
+               SearchOptions(n_trials=10, runs_dir=runs_dir, device="cpu", study_name="baselines"))
+    return _trials(runs_dir, "baselines")
+
+
+def test_enqueued_baselines_reproduce_heuristic_ratios(space_path: Path, runs_dir: Path,
+                                                       baseline_trials: list[optuna.trial.FrozenTrial]) -> None:
     space = SearchSpace.from_yaml(space_path)
     prep = prepare(space, "cpu", runs_dir)
-    trials = [t for t in _trials_after(space, runs_dir) if "baseline" in t.user_attrs
+    trials = [t for t in baseline_trials if "baseline" in t.user_attrs
               and t.state == optuna.trial.TrialState.COMPLETE]
     assert trials
     for t in trials:
@@ -52,15 +61,8 @@ def test_enqueued_baselines_reproduce_heuristic_ratios(space_path: Path, runs_di
         assert abs(weighted_sparsity(got, prep.ws.sizes) - t.user_attrs["target"]) < 1e-6
 
 
-def _trials_after(space: SearchSpace, runs: Path) -> list[optuna.trial.FrozenTrial]:
-    run_search(space, SearchOptions(n_trials=10, runs_dir=runs, device="cpu", study_name="baselines"))
-    from autoprune.search.storage import load_existing, make_storage
-
-    return load_existing("baselines", make_storage(None, runs)).trials
-
-
-def test_lamp_baseline_carries_zero_offsets(space_path: Path, runs_dir: Path) -> None:
-    trials = [t for t in _trials(runs_dir, "baselines") if t.user_attrs.get("baseline") == "lamp"]
+def test_lamp_baseline_carries_zero_offsets(baseline_trials: list[optuna.trial.FrozenTrial]) -> None:
+    trials = [t for t in baseline_trials if t.user_attrs.get("baseline") == "lamp"]
     assert trials and all(t.user_attrs["via_params"] for t in trials)
     assert all(abs(v) < 1e-9 for t in trials for k, v in t.params.items() if k.startswith("pref/"))
 

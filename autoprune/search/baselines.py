@@ -24,20 +24,21 @@ def baseline_params(space: SearchSpace, ctx: SampleContext, ratios: dict[str, fl
     """Trial params reproducing ``ratios``; the bool says whether the layer params themselves do it.
 
     When the heuristic lies inside the searched box (|δ| ≤ offset) the trial carries real preference
-    params, so TPE learns from it; otherwise only the target is fixed and the objective asks the heuristic.
+    params, so TPE learns from it. Otherwise it carries no params at all (the objective asks the heuristic,
+    at the target stored in the trial's user attrs): a trial with only some of the params would split TPE's
+    search space into two groups sampled independently, which costs twice the sampling time and loses the
+    joint model of target and preferences.
     """
     params: dict[str, Any] = {**fixed_choices(space), "target": target}
     if space.parametrization == "independent":
         inside = all(lo <= ratios[f] <= hi for f, (lo, hi) in ctx.bounds.items())
-        if inside:
-            params.update({f"ratio/{f}": ratios[f] for f in ctx.sizes})
-        return params, inside
-    anchor = ctx.anchor_prefs(target)
-    delta = {f: math.log(max(1.0 - ratios[f], 1e-6)) - anchor[f] for f in ctx.sizes}
-    inside = all(abs(d) <= space.offset for d in delta.values())
-    if inside:
-        params.update({f"pref/{f}": d for f, d in delta.items()})
-    return params, inside
+        layer_params = {f"ratio/{f}": ratios[f] for f in ctx.sizes}
+    else:
+        anchor = ctx.anchor_prefs(target)
+        delta = {f: math.log(max(1.0 - ratios[f], 1e-6)) - anchor[f] for f in ctx.sizes}
+        inside = all(abs(d) <= space.offset for d in delta.values())
+        layer_params = {f"pref/{f}": d for f, d in delta.items()}
+    return ({**params, **layer_params}, True) if inside else ({}, False)
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace, ctx: SampleContext,

@@ -11,7 +11,7 @@ from autoprune.budget import weighted_sparsity
 from autoprune.evaluate import CandidateStopped, EpochCallback, Evaluation, evaluate
 from autoprune.heuristics import Allocation
 from autoprune.policy import Policy
-from autoprune.space import SampleContext, SearchSpace, sample
+from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
 from autoprune.workspace import Workspace
 
 
@@ -35,9 +35,11 @@ class Objective:
     def policy_for(self, trial: optuna.Trial) -> Policy:
         """Sample the trial's policy; enqueued baselines without preference params use their heuristic."""
         baseline = trial.user_attrs.get("baseline")
-        via_params = trial.user_attrs.get("via_params", False)
-        ratios_for = self.heuristics[baseline] if baseline and not via_params else None
-        return sample(self.space, trial, self.ctx, ratios_for)
+        if baseline and not trial.user_attrs.get("via_params", False):
+            # such a baseline carries no params (see baselines.baseline_params): its target is a user attr
+            fixed = optuna.trial.FixedTrial({**fixed_choices(self.space), "target": trial.user_attrs["target"]})
+            return sample(self.space, fixed, self.ctx, self.heuristics[baseline])
+        return sample(self.space, trial, self.ctx)
 
     def early_stop(self, trial: optuna.Trial, sparsity: float) -> EpochCallback | None:
         """Stop after the first fine-tune epoch if accuracy trails the best equally-sparse trial by > margin.

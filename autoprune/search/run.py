@@ -55,7 +55,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
     t0 = time.perf_counter()
     prep = prepare(space, opts.device, opts.runs_dir)
-    study = _open(space, opts)
+    study = _open(space, opts, prep.ctx)
     seed = space.seed if opts.seed is None else opts.seed
     info = study_info(prep, study, opts)
     if "space_yaml" not in study.user_attrs:

@@ -19,7 +19,8 @@ from autoprune.policy import Policy
 from autoprune.records import SearchListener, StudyInfo
 from autoprune.search.objective import Objective
 from autoprune.search.records import to_record
-from autoprune.search.storage import make_sampler, make_storage, open_study
+from autoprune.search.sampler import make_sampler, search_distributions
+from autoprune.search.storage import make_storage, open_study
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.space import SampleContext, SearchSpace
 from autoprune.workspace import Workspace, load_workspace
@@ -75,7 +76,7 @@ def study_name_for(space: SearchSpace, opts: SearchOptions) -> str:
     return opts.study_name or space.name
 
 
-def _open(space: SearchSpace, opts: SearchOptions, offset: int = 0) -> optuna.Study:
+def _open(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: int = 0) -> optuna.Study:
     storage = make_storage(opts.storage, opts.runs_dir)
     seed = space.seed if opts.seed is None else opts.seed
     name = study_name_for(space, opts)
@@ -83,7 +84,8 @@ def _open(space: SearchSpace, opts: SearchOptions, offset: int = 0) -> optuna.St
     with contextlib.suppress(KeyError):
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     # seed + trials so far: a resumed study does not replay the first run's random draws
-    sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset, opts.workers > 1)
+    sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
+                           search_distributions(space, ctx), opts.workers > 1)
     return open_study(name, storage, sampler)
 
 
@@ -91,7 +93,7 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
     """Entry point of a worker process: load everything, then optimize against the shared storage."""
     torch.set_num_threads(1)
     prep = prepare(space, opts.device, opts.runs_dir)
-    study = _open(space, opts, offset=index + 1)
+    study = _open(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
     study.optimize(Objective(prep.ws, prep.ctx, prep.heuristics, seed), n_trials=n_trials, timeout=opts.timeout,
                    catch=(RuntimeError, ValueError))

@@ -1,0 +1,63 @@
+"""The journal storage: fsync once per finished trial, every write visible to other readers at once;
+the TPE sampler's joint search space is exactly what a searched candidate asks for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprune.search import SearchOptions, run_search
+from autoprune.search.runner import prepare
+from autoprune.search.sampler import StaticSpaceTPE, make_sampler, search_distributions
+from autoprune.search.storage import make_storage
+from autoprune.space import SearchSpace
+
+
+def test_journal_fsyncs_once_per_finished_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    study = optuna.create_study(study_name="s", storage=make_storage(None, tmp_path),
+                                directions=["maximize", "minimize"])
+    after_create = len(synced)
+    assert after_create >= 1  # creating the study is durable at once
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        x = trial.suggest_float("x", 0, 1)
+        y = trial.suggest_float("y", 0, 1)
+        trial.set_user_attr("note", {"x": x})
+        # another process reading the journal sees the running trial's params before it finishes
+        peek = optuna.load_study(study_name="s", storage=make_storage(None, tmp_path)).trials[-1]
+        assert peek.state == optuna.trial.TrialState.RUNNING and peek.params == {"x": x, "y": y}
+        return x, y
+
+    study.optimize(objective, n_trials=4)
+    assert len(synced) - after_create == 4  # one fsync per finished trial, not one per write (≈6 per trial)
+    reread = optuna.load_study(study_name="s", storage=make_storage(None, tmp_path))
+    assert [t.user_attrs["note"]["x"] for t in reread.trials] == [t.params["x"] for t in study.trials]
+
+
+def test_tpe_space_is_what_a_searched_candidate_asks(space_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(space_path)
+    prep = prepare(space, "cpu", runs_dir)
+    dists = search_distributions(space, prep.ctx)
+    assert "target" in dists and {f"pref/{f}" for f in prep.ws.layers} <= set(dists)
+    run_search(space, SearchOptions(n_trials=16, runs_dir=runs_dir, device="cpu", study_name="tpe-space"))
+    trials = optuna.load_study(study_name="tpe-space", storage=make_storage(None, runs_dir)).trials
+    searched = [t for t in trials if "baseline" not in t.user_attrs]
+    outside = [t for t in trials if t.user_attrs.get("baseline") and not t.user_attrs["via_params"]]
+    assert searched and all(t.distributions == dists for t in searched)  # TPE's joint space matches exactly
+    assert outside and all(t.params == {} for t in outside)  # no partial param sets to split TPE's space
+    sampler = make_sampler("tpe", 0, dists)
+    assert isinstance(sampler, StaticSpaceTPE)
+    study = optuna.load_study(study_name="tpe-space", storage=make_storage(None, runs_dir), sampler=sampler)
+    assert sampler.infer_relative_search_space(study, trials[-1]) == {k: d for k, d in dists.items()
+                                                                      if not d.single()}
