@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 
@@ -32,16 +33,16 @@ class Objective:
         """The search space being explored."""
         return self.ws.space
 
-    def policy_for(self, trial: optuna.Trial) -> Policy:
+    def policy_for(self, trial: optuna.Trial, attrs: dict[str, Any]) -> Policy:
         """Sample the trial's policy; enqueued baselines without preference params use their heuristic."""
-        baseline = trial.user_attrs.get("baseline")
-        if baseline and not trial.user_attrs.get("via_params", False):
+        baseline = attrs.get("baseline")
+        if baseline and not attrs.get("via_params", False):
             # such a baseline carries no params (see baselines.baseline_params): its target is a user attr
-            fixed = optuna.trial.FixedTrial({**fixed_choices(self.space), "target": trial.user_attrs["target"]})
+            fixed = optuna.trial.FixedTrial({**fixed_choices(self.space), "target": attrs["target"]})
             return sample(self.space, fixed, self.ctx, self.heuristics[baseline])
         return sample(self.space, trial, self.ctx)
 
-    def early_stop(self, trial: optuna.Trial, sparsity: float) -> EpochCallback | None:
+    def early_stop(self, trial: optuna.Trial, sparsity: float, baseline: bool) -> EpochCallback | None:
         """Stop after the first fine-tune epoch if accuracy trails the best equally-sparse trial by > margin.
 
         Valid for multi-objective studies (no ``should_prune``): we raise ``TrialPruned`` ourselves.
@@ -50,8 +51,8 @@ class Objective:
         if not rule.enabled:
             return None
         best: float | None = None
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if len(done) >= rule.min_trials and not trial.user_attrs.get("baseline"):
+        done = [] if baseline else trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(done) >= rule.min_trials and not baseline:
             # like with like: compare first-epoch accuracy with the peers' first-epoch accuracy
             peers = [t.user_attrs["eval"].get("epoch1_val_accuracy", 0.0) for t in done
                      if t.user_attrs.get("eval", {}).get("sparsity", 0.0) >= sparsity - 1e-3]
@@ -65,12 +66,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
-        policy = self.policy_for(trial)
+        attrs = trial.user_attrs  # one storage read (each access re-reads the journal)
+        policy = self.policy_for(trial, attrs)
         sparsity = weighted_sparsity(policy.sparsity, self.ws.sizes)
         sample_s = time.perf_counter() - t0
         try:
             ev = evaluate(self.ws.model, policy, self.ws.splits, seed=self.seed,
-                          on_epoch=self.early_stop(trial, sparsity),
+                          on_epoch=self.early_stop(trial, sparsity, "baseline" in attrs),
                           measure_latency=self.space.size_metric == "latency",
                           bn_batches=self.space.sensitivity.bn_batches)
         except CandidateStopped as stop:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ class ProgressSink(Protocol):
 
 
 FRONT_EVERY = 10  # trials between Pareto-tag refreshes in MLflow
+BEST_EVERY_S = 0.5  # seconds between recomputing the progress bar's best accuracy at each target
 
 
 def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any]:
@@ -83,10 +85,12 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
                 listener.on_front({t.number for t in st.best_trials})
         if progress is not None:
             done = len(st.get_trials(deepcopy=False, states=_FINISHED)) - _finished_before
-            progress.update(min(done, n_trials), {"best": _best_at_targets(st, targets),
-                                                  "stopped": len(objective.stopped)})
+            if time.perf_counter() - best[0] > BEST_EVERY_S or done >= n_trials:  # a scan of all trials: throttled
+                best[:] = [time.perf_counter(), _best_at_targets(st, targets)]
+            progress.update(min(done, n_trials), {"best": best[1], "stopped": len(objective.stopped)})
 
     handed: list[int] = []
+    best: list[Any] = [-math.inf, {}]  # when the best-at-target figures were computed, and their values
     _finished_before = len(study.get_trials(deepcopy=False, states=_FINISHED))
     t_opt = time.perf_counter()
     try:
@@ -103,7 +107,9 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     optimize_s = time.perf_counter() - t_opt
     result = finish(study, prep, seed, listener, time.perf_counter() - t0, objective.stopped)
     n = len(objective.eval_seconds)
-    result.summary.update(optimize_s=optimize_s, eval_s=sum(objective.eval_seconds), trials_here=n,
-                          overhead_s_per_trial=(optimize_s - sum(objective.eval_seconds)) / max(n, 1))
+    eval_s = sum(objective.eval_seconds)
+    overhead = (optimize_s - eval_s) / max(n, 1)  # everything in the loop that is not evaluating a candidate
+    result.summary.update(optimize_s=optimize_s, eval_s=eval_s, trials_here=n, overhead_s_per_trial=overhead,
+                          overhead_share_of_eval=overhead * n / eval_s if eval_s > 0 else 0.0)
     return result
 

@@ -1,8 +1,10 @@
-"""Optuna storages: journal file by default (fsynced per finished trial), any Optuna URL (PostgreSQL for scale-out)."""
+"""Optuna storages: journal file by default (fsynced off the search thread), any URL (PostgreSQL to scale out)."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -22,34 +24,85 @@ _TRIAL_OPS = frozenset({4, 5, 6, 7, 8, 9})
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
-class TrialDurableJournal(JournalFileBackend):
-    """Optuna's journal file, fsynced when a trial finishes (or the study changes) rather than on every write.
+class _BackgroundFsync:
+    """fsyncs one file on a helper thread whenever asked; requests that arrive while it works are merged.
 
-    Why: Optuna fsyncs each of a trial's ~9 writes (create, params, user attrs, tell); on the digits search that
-    was 4.5 ms of the 13.5 ms per-trial machinery cost. Every write still happens under Optuna's file lock and
-    reaches the OS at once, so a crashed or killed process loses nothing; only a power loss can drop the writes
-    of the one trial still running, which a resume runs again. The fsync of a finishing write flushes the whole
-    file, earlier writes included, so a finished trial is always on disk before the next one starts.
+    ``os.fsync`` releases the GIL, so the search thread does not wait for the disk.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._cond = threading.Condition()
+        self._asked = self._done = 0  # requests made / requests covered by a finished fsync
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Ask for an fsync of everything written so far."""
+        with self._cond:
+            self._asked += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="journal-fsync", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Block until every requested fsync is done (True) or ``timeout`` passes (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= self._asked, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._asked > self._done)
+                covers = self._asked
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.fsync(fd)  # flushes the whole file: every write made before the request
+            finally:
+                os.close(fd)
+            with self._cond:
+                self._done = covers
+                self._cond.notify_all()
+
+
+class TrialDurableJournal(JournalFileBackend):
+    """Optuna's journal file, written without an fsync per write; fsynced on a helper thread as trials finish.
+
+    Why: Optuna fsyncs each of a trial's ~9 writes (create, params, user attrs, tell) on the search thread; on
+    the digits search that was 4.5 ms of a 13.5 ms per-trial machinery cost, and one synchronous fsync per
+    finished trial still cost 0.7 ms. Every write still happens under Optuna's own file lock and reaches the OS
+    at once, so other workers see it immediately and a crashed or killed process loses nothing. A finished
+    trial (or a study change) asks the helper thread for an fsync, which lands a millisecond or so later: only a
+    power loss in that window could drop the newest trial, and a resume would run it again.
     """
 
     def __init__(self, file_path: str) -> None:
         self._journal_lock = JournalFileSymlinkLock(file_path)
         super().__init__(file_path, self._journal_lock)
         self._path = file_path
+        self.fsync = _BackgroundFsync(file_path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["fsync"] = None  # a thread does not cross process boundaries; the copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.fsync = _BackgroundFsync(self._path)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        """Append ``logs``; fsync only when one of them finishes a trial or touches the study."""
-        if not all(log["op_code"] in _TRIAL_OPS and log.get("state", TrialState.RUNNING) in _UNFINISHED
-                   for log in logs):
-            super().append_logs(logs)
-            return
+        """Append ``logs`` under the journal lock; a finishing or study-level write also requests an fsync."""
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
         self._journal_lock.acquire()  # blocks (breaking a stale lock after its grace period) like Optuna's own writes
         try:
-            with open(self._path, "ab") as f:  # closing flushes to the OS: visible to other workers at once
+            with open(self._path, "ab") as f:  # closing hands the bytes to the OS: visible to other workers at once
                 f.write(text.encode("utf-8"))
         finally:
             self._journal_lock.release()
+        if not all(log["op_code"] in _TRIAL_OPS and log.get("state", TrialState.RUNNING) in _UNFINISHED
+                   for log in logs):
+            self.fsync.request()
 
 
 def make_storage(url: str | None, runs_dir: Path) -> optuna.storages.BaseStorage:
