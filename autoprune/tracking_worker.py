@@ -7,7 +7,9 @@ hand-over (well under a millisecond), measured as ``tracking_s_per_trial``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -20,6 +22,8 @@ _LOGGER: Any = None
 
 def _init(uri: str | None, runs_dir: Path, experiment: str | None) -> None:
     global _LOGGER
+    with contextlib.suppress(AttributeError, OSError):  # no os.nice on Windows
+        os.nice(10)  # logging is background work: on a busy machine the search's own process goes first
     from autoprune.tracking import MlflowLogger
 
     _LOGGER = MlflowLogger(uri, runs_dir, experiment)
