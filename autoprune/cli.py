@@ -35,7 +35,7 @@ def search(
     study: Annotated[str | None, typer.Option(help="Study name (default: the YAML's name); same = resume.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes sharing the study storage.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed for sampler and fine-tune (default: the YAML's).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe | nsga2 | random | gp (default: the YAML's).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | nsga2 | random | gp | rl (default: the YAML's).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
                                                      help="MLflow server (default sqlite under runs/).")] = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,

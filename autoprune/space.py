@@ -21,7 +21,7 @@ from autoprune.policy import Criterion, FineTune, Granularity, Policy, Schedule
 from autoprune.yamlfile import line_of, load_yaml_with_lines
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
-SamplerName = Literal["tpe", "nsga2", "random", "gp"]
+SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl"]
 Heuristic = Literal["uniform", "global", "lamp", "erk", "sensitivity"]
 
 

@@ -106,7 +106,7 @@ def test_unknown_study_is_a_clear_error(runs_dir: Path) -> None:
         front_table("nope", None, runs_dir)
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "random", "gp"])
+@pytest.mark.parametrize("sampler", ["nsga2", "random", "gp", "rl"])
 def test_other_samplers_run_and_reach_the_targets(sampler: str, space_path: Path, runs_dir: Path) -> None:
     space = SearchSpace.from_yaml(space_path)
     result = run_search(space, SearchOptions(n_trials=13, runs_dir=runs_dir, device="cpu", sampler=sampler,

@@ -16,7 +16,7 @@ from autoprune.search.runner import Prepared
 from autoprune.space import SearchSpace
 
 HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform")
-SEARCHES = ("tpe_naive", "autoprune")
+SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl")  # autoprune_rl: the same design, RL controller sampler
 
 
 @dataclass
@@ -60,12 +60,13 @@ def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> 
 
 def search_space_for(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int) -> SearchSpace:
     """The space a search method runs with: naive = independent ratios; autoprune = the file's own design,
-    with its target grid set to the benchmark's levels."""
+    with its target grid set to the benchmark's levels; autoprune_rl = the same with the RL controller."""
     if method == "tpe_naive":
         return space.model_copy(update={"parametrization": "independent", "baselines": [], "trials": trials,
                                         "seed": seed, "sampler": "tpe", "anchor": "none"})
     targets = space.targets.model_copy(update={"grid": list(levels), "range": None})
-    return space.model_copy(update={"targets": targets, "trials": trials, "seed": seed})
+    sampler = "rl" if method == "autoprune_rl" else space.sampler
+    return space.model_copy(update={"targets": targets, "trials": trials, "seed": seed, "sampler": sampler})
 
 
 def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int, runs_dir: Path,

@@ -1,4 +1,5 @@
-"""Optuna samplers: multivariate TPE over the search space known up front (default), NSGA-II, random, GP."""
+"""Optuna samplers: multivariate TPE over the search space known up front (default), NSGA-II, random, GP, and the
+reinforcement-learning controller (``rl``, in controller.py)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class StaticSpaceTPE(optuna.samplers.TPESampler):
 
 def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False
                  ) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate over ``search_space``, default), NSGA-II, random or GP, seeded.
+    """TPE (multivariate over ``search_space``, default), NSGA-II, random, GP or the RL controller, seeded.
 
     The constant liar (running trials count as bad) only matters with several workers.
     """
@@ -67,10 +68,14 @@ def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # `constant_liar` is flagged experimental
             return StaticSpaceTPE(search_space, seed=seed, n_startup_trials=10, constant_liar=parallel)
+    if name == "rl":
+        from autoprune.search.controller import RLControllerSampler
+
+        return RLControllerSampler(search_space, seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"unknown sampler '{name}' (tpe, nsga2, random, gp)")
+    raise ConfigError(f"unknown sampler '{name}' (tpe, nsga2, random, gp, rl)")
