@@ -55,7 +55,7 @@ def test_enqueued_baselines_reproduce_heuristic_ratios(space_path: Path, runs_di
     assert trials
     for t in trials:
         want = prep.heuristics[t.user_attrs["baseline"]](t.user_attrs["target"])
-        got = Policy.model_validate_json(t.user_attrs["policy"]).sparsity
+        got = Policy.model_validate_json(t.user_attrs["eval"]["policy"]).sparsity
         assert set(got) == set(want)
         assert all(abs(got[k] - want[k]) < 1e-9 for k in want), t.user_attrs["baseline"]
         assert abs(weighted_sparsity(got, prep.ws.sizes) - t.user_attrs["target"]) < 1e-6

@@ -11,6 +11,7 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
+from autoprune.search.records import policy_json
 
 
 def _acc(study: optuna.Study, t: optuna.trial.FrozenTrial) -> float:
@@ -41,7 +42,7 @@ def choose_trial(study: optuna.Study, trial: int | None = None, max_size: float 
         raise ConfigError("export: give exactly one of --trial, --max-size, --min-accuracy, --knee")
     if trial is not None:
         found = [t for t in study.trials if t.number == trial]
-        if not found or found[0].state != optuna.trial.TrialState.COMPLETE or "policy" not in found[0].user_attrs:
+        if not found or found[0].state != optuna.trial.TrialState.COMPLETE or policy_json(found[0]) is None:
             raise ConfigError(f"export: trial {trial} is not a complete trial of study '{study.study_name}'")
         return found[0]
     front = sorted(study.best_trials, key=lambda t: t.values[1])
@@ -70,7 +71,7 @@ def _version(pkg: str) -> str:
 
 def policy_from_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> Policy:
     """The trial's policy with expected metrics and provenance filled in."""
-    pol = Policy.model_validate_json(t.user_attrs["policy"])
+    pol = Policy.model_validate_json(policy_json(t) or "")
     ev = t.user_attrs.get("eval", {})
     expected = {"val_accuracy": float(t.values[0]), "size": float(t.values[1]),
                 "sparsity": float(ev.get("sparsity", float("nan")))}

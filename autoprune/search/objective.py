@@ -84,11 +84,10 @@ class Objective:
             raise optuna.TrialPruned(str(stop)) from None
         self.eval_seconds.append(ev.times["total"])
         size = ev.size_value(self.space.size_metric)
-        trial.set_user_attr("policy", policy.to_json())
         attrs = eval_attrs(ev, sample_s)
         if trial.number in self.epoch1:
             attrs["epoch1_val_accuracy"] = self.epoch1.pop(trial.number)
-        trial.set_user_attr("eval", attrs)
+        trial.set_user_attr("eval", {**attrs, "policy": policy.to_json()})  # one journal write for both
         c = self.space.constraints
         if c.max_size is not None:
             trial.set_constraint("max_size", size - c.max_size)
