@@ -205,7 +205,7 @@ def bench(
     latency: Annotated[bool, typer.Option("--latency", help="Only time channel-pruned ResNet-20 vs dense.")] = False,
     channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
 ) -> None:
-    """Search vs uniform / global / LAMP / ERK / random / sensitivity / AGP / naive TPE, on test, over seeds."""
+    """Search (TPE and RL controller) vs uniform / global / LAMP / ERK / random / sensitivity / AGP / naive TPE."""
     if latency:
         from autoprune.bench.latency import channel_speedup
         from autoprune.console import out as con
