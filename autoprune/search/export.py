@@ -11,7 +11,7 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
-from autoprune.search.records import policy_json
+from autoprune.search.records import policy_json, trial_policy
 
 
 def _acc(study: optuna.Study, t: optuna.trial.FrozenTrial) -> float:
@@ -71,7 +71,7 @@ def _version(pkg: str) -> str:
 
 def policy_from_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> Policy:
     """The trial's policy with expected metrics and provenance filled in."""
-    pol = Policy.model_validate_json(policy_json(t) or "")
+    pol = trial_policy(t)
     ev = t.user_attrs.get("eval", {})
     expected = {"val_accuracy": float(t.values[0]), "size": float(t.values[1]),
                 "sparsity": float(ev.get("sparsity", float("nan")))}

@@ -52,7 +52,7 @@ class Objective:
             return None
         best: float | None = None
         done = [] if baseline else trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if len(done) >= rule.min_trials and not baseline:
+        if len(done) >= rule.min_trials:  # baselines always run to the end
             # like with like: compare first-epoch accuracy with the peers' first-epoch accuracy
             peers = [t.user_attrs["eval"].get("epoch1_val_accuracy", 0.0) for t in done
                      if t.user_attrs.get("eval", {}).get("sparsity", 0.0) >= sparsity - 1e-3]
@@ -84,10 +84,10 @@ class Objective:
             raise optuna.TrialPruned(str(stop)) from None
         self.eval_seconds.append(ev.times["total"])
         size = ev.size_value(self.space.size_metric)
-        attrs = eval_attrs(ev, sample_s)
+        measured = eval_attrs(ev, sample_s)
         if trial.number in self.epoch1:
-            attrs["epoch1_val_accuracy"] = self.epoch1.pop(trial.number)
-        trial.set_user_attr("eval", {**attrs, "policy": policy.to_json()})  # one journal write for both
+            measured["epoch1_val_accuracy"] = self.epoch1.pop(trial.number)
+        trial.set_user_attr("eval", {**measured, "policy": policy.to_json()})  # one journal write for both
         c = self.space.constraints
         if c.max_size is not None:
             trial.set_constraint("max_size", size - c.max_size)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import optuna
 
+from autoprune.errors import ConfigError
+from autoprune.policy import Policy
 from autoprune.records import TrialRecord
 
 
 def policy_json(t: optuna.trial.FrozenTrial) -> str | None:
     """The trial's policy JSON: inside its ``eval`` user attr (one journal write per trial, not two)."""
     return (t.user_attrs.get("eval") or {}).get("policy") or t.user_attrs.get("policy")  # "policy": older studies
+
+
+def trial_policy(t: optuna.trial.FrozenTrial) -> Policy:
+    """The trial's :class:`Policy`; a clear error for a trial that never completed."""
+    text = policy_json(t)
+    if text is None:
+        raise ConfigError(f"trial {t.number} has no policy: it did not complete")
+    return Policy.model_validate_json(text)
 
 
 def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str, float] | None = None

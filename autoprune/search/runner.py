@@ -18,7 +18,7 @@ from autoprune.models import layer_shapes
 from autoprune.policy import Policy
 from autoprune.records import SearchListener, StudyInfo
 from autoprune.search.objective import Objective
-from autoprune.search.records import policy_json, to_record
+from autoprune.search.records import to_record, trial_policy
 from autoprune.search.sampler import make_sampler, search_distributions
 from autoprune.search.storage import make_storage, open_study
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
@@ -119,7 +119,7 @@ def test_front(study: optuna.Study, prep: Prepared, seed: int) -> dict[int, dict
         key = f"test/{t.number}"
         cached = study.user_attrs.get(key)
         if cached is None:
-            policy = Policy.model_validate_json(policy_json(t) or "")
+            policy = trial_policy(t)
             ev = evaluate(prep.ws.model, policy, prep.ws.splits, seed=seed, with_test=True,
                           bn_batches=prep.ws.space.sensitivity.bn_batches)
             cached = {**(ev.test or {}), "val_accuracy_rerun": ev.accuracy}

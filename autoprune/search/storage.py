@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -43,6 +44,7 @@ class _BackgroundFsync:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="journal-fsync", daemon=True)
                 self._thread.start()
+                atexit.register(self.wait, 5.0)  # a process that ends has its last trial on disk too
             self._cond.notify_all()
 
     def wait(self, timeout: float = 10.0) -> bool:
