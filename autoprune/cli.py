@@ -204,8 +204,21 @@ def bench(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default runs/bench/<time>).")] = None,
     latency: Annotated[bool, typer.Option("--latency", help="Only time channel-pruned ResNet-20 vs dense.")] = False,
     channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all but tpe_naive): "
+                                                "uniform, global, lamp, erk, sensitivity, random, agp_uniform, "
+                                                "lamp_cubic3, tpe_naive, autoprune, autoprune_rl.")] = None,
+    final_epochs: Annotated[float | None, typer.Option(help="Production fine-tune epochs (the ladder's last rung; "
+                                                       "every method is scored after it). Default: the space's.")
+                            ] = None,
+    rank_correlation: Annotated[int | None, typer.Option(
+        help="Instead: run N candidates through every rung and print the Spearman rank correlation of each rung "
+             "and proxy with the production score, per target.")] = None,
 ) -> None:
-    """Search (TPE and RL controller) vs uniform / global / LAMP / ERK / random / sensitivity / AGP / naive TPE."""
+    """Search (TPE and RL controller) vs heuristics, every method scored after the production fine-tune.
+
+    Heuristics (uniform / global / LAMP / ERK / sensitivity / random / AGP / LAMP iterative) use the space's
+    default recipe (the first choice of each list) at the production epochs; searches run the space's ladder.
+    """
     if latency:
         from autoprune.bench.latency import channel_speedup
         from autoprune.console import out as con
@@ -215,7 +228,15 @@ def bench(
                       channel_speedup(channel_ratio)))
         return
     from autoprune.api import load_space
-    from autoprune.bench.run import bench_space, default_out_dir, overhead_rows, write_outputs
+    from autoprune.bench.run import (
+        bench_space,
+        compute_rows,
+        default_out_dir,
+        overhead_rows,
+        parse_methods,
+        with_final_epochs,
+        write_outputs,
+    )
     from autoprune.console import out as console
     from autoprune.console import table
     from autoprune.tracking import log_bench
@@ -225,11 +246,22 @@ def bench(
         seeds, trials, levels = 1, 12, levels[1:3] if len(levels) >= 3 else levels
     folder = out_dir or default_out_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    chosen = parse_methods(methods)
     for path in space or [Path("search_spaces/digits_cnn.yaml")]:
-        sp = load_space(path)
-        console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}")
-        res = bench_space(sp, seeds, trials, levels, folder, log=console.print)
+        sp = with_final_epochs(load_space(path), final_epochs)
+        if rank_correlation is not None:
+            from autoprune.bench.fidelity import rank_correlation as correlate
+
+            console.print(table(f"{sp.name}: Spearman ρ of each proxy with the production val score "
+                                f"({rank_correlation} candidates, ladder {sp.ladder.epochs if sp.ladder else ''})",
+                                correlate(sp, rank_correlation, folder)))
+            continue
+        console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
+                      f"recipe {sp.default_recipe().model_dump()}")
+        res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen)
         console.print(write_outputs(res, folder))
+        if sp.ladder is not None:
+            console.print(table("compute of each search (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
         console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
         metrics = {f"{m}_at_{round(lv * 100)}": v[0] for m, row in res.aggregated.items() for lv, v in row.items()}
         metrics.update({k: v for k, v in res.overhead.items()})

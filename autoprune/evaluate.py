@@ -20,7 +20,7 @@ from autoprune.metrics import cpu_latency_ms, size_metrics
 from autoprune.models import prunable_layers, weight_of
 from autoprune.policy import Policy
 from autoprune.schedules import ratios_per_step
-from autoprune.training import classification_metrics, recalibrate_bn, seed_everything, train_epoch
+from autoprune.training import classification_metrics, predict, recalibrate_bn, seed_everything, train_epoch
 
 # on_epoch(epoch, val_accuracy, size) -> True to stop this candidate now (called at final sparsity only)
 EpochCallback = Callable[[int, float, float], bool]
@@ -108,6 +108,28 @@ def _epoch_plan(epochs: float, steps: int, batches_per_epoch: int) -> list[list[
     return plan
 
 
+def _total_steps(plan: list[list[int | None]], batches_per_epoch: int) -> int:
+    """Optimizer steps of a whole fine-tune plan (for the LR decay)."""
+    return sum(batches_per_epoch if cap is None else min(cap, batches_per_epoch) for caps in plan for cap in caps)
+
+
+def _after_step(folded: FoldedMasks, opt: torch.optim.Optimizer, decay: str, total: int) -> Callable[[], None]:
+    """After each optimizer step: re-apply the masks and, for ``cosine``, decay the LR toward 0 over ``total``."""
+    if decay == "constant":
+        return folded.reapply
+    base = [g["lr"] for g in opt.param_groups]
+    done = [0]
+
+    def step() -> None:
+        folded.reapply()
+        done[0] += 1
+        scale = 0.5 * (1.0 + math.cos(math.pi * min(done[0] / max(total, 1), 1.0)))
+        for g, lr in zip(opt.param_groups, base, strict=True):
+            g["lr"] = lr * scale
+
+    return step
+
+
 def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: int = 0,
                        on_epoch: EpochCallback | None = None, size_hint: float = 1.0,
                        progress: Callable[[], None] | None = None) -> tuple[list[float], dict[str, float]]:
@@ -117,19 +139,21 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
     gen = seed_everything(seed)
     ft = policy.finetune
     steps = ratios_per_step(policy.sparsity, policy.schedule)
-    plan = _epoch_plan(ft.epochs, len(steps), math.ceil(len(splits.train) / ft.batch_size))
+    per_epoch = math.ceil(len(splits.train) / ft.batch_size)
+    plan = _epoch_plan(ft.epochs, len(steps), per_epoch)
     t_prune = t_ft = 0.0
     losses: list[float] = []
     t_start = time.perf_counter()
     with folded_masks(model) as folded:
         opt = torch.optim.Adam(model.parameters(), lr=ft.lr)
+        after_step = _after_step(folded, opt, ft.decay, _total_steps(plan, per_epoch))
         for i, (ratios, caps) in enumerate(zip(steps, plan, strict=True)):
             t0 = time.perf_counter()
             prune_step(model, folded, ratios, policy, splits, seed + i)
             t1 = time.perf_counter()
             t_prune += t1 - t0
             for e, cap in enumerate(caps):
-                losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, folded.reapply, cap))
+                losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, after_step, cap))
                 if progress is not None:
                     progress()
                 if on_epoch is not None and i == len(steps) - 1 and e == 0:
@@ -142,16 +166,29 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
     return losses, {"prune": t_prune, "finetune": t_ft}
 
 
-def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int = 0,
-             on_epoch: EpochCallback | None = None, size_hint: float = 1.0, bn_batches: int = 4,
-             measure_latency: bool = False, with_test: bool = False) -> Evaluation:
-    """Prune a deep copy of the dense ``model`` under ``policy``, fine-tune, recalibrate BN, and measure."""
+def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | None = None,
+             on_epoch: EpochCallback | None = None, size_hint: float = 1.0, bn_batches: int | None = None,
+             measure_latency: bool = False, with_test: bool = False, epochs: float | None = None,
+             reference: DenseReference | None = None) -> Evaluation:
+    """Prune a deep copy of the dense ``model`` under ``policy``, fine-tune, recalibrate BN, and measure.
+
+    ``seed`` and ``bn_batches`` default to the policy's recipe (so ``apply`` reproduces the result);
+    ``epochs`` shortens the fine-tune (a lower rung of the fidelity ladder; 0 = no fine-tune); ``reference``
+    adds the KL divergence of the pruned model's outputs to the dense model's on calibration inputs.
+    """
+    ft = policy.finetune
+    seed = ft.seed if seed is None else seed
+    bn_batches = ft.bn_batches if bn_batches is None else bn_batches
+    if epochs is not None:
+        policy = policy.model_copy(update={"finetune": ft.model_copy(update={"epochs": epochs})})
     t0 = time.perf_counter()
     m = copy.deepcopy(model)
     losses, times = prune_and_finetune(m, policy, splits, seed, on_epoch, size_hint)
     t1 = time.perf_counter()
     recalibrate_bn(m, splits.train, bn_batches, policy.finetune.batch_size, seed)
     val = classification_metrics(m, splits.val, splits.num_classes)
+    if reference is not None:
+        val["kl_to_dense"] = reference.divergence(m)
     test = classification_metrics(m, splits.test, splits.num_classes) if with_test else None
     size = size_metrics(m, policy.granularity, splits.input_shape)
     latency = cpu_latency_ms(m, splits.input_shape) if measure_latency else None
@@ -160,3 +197,22 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int = 0,
     times.update(measure=t2 - t1, total=t2 - t0)
     return Evaluation(val=val, size=size, times=times, epoch_losses=losses, layer_sparsity=sparsity,
                       test=test, latency_ms=latency)
+
+
+@dataclass(frozen=True)
+class DenseReference:
+    """The dense model's outputs on fixed calibration inputs, to score a pruned copy without fine-tuning."""
+
+    inputs: torch.Tensor
+    log_probs: torch.Tensor
+
+    @classmethod
+    def of(cls, model: nn.Module, splits: Splits, n: int = 256) -> DenseReference:
+        """Cache the dense log-probabilities on the first ``n`` training examples (the search's calibration set)."""
+        x = splits.train.x[:n]
+        return cls(x, torch.log_softmax(predict(model, x), dim=1))
+
+    def divergence(self, model: nn.Module) -> float:
+        """Mean KL(dense ‖ pruned) of the class distributions on the calibration inputs (0 = same outputs)."""
+        logq = torch.log_softmax(predict(model, self.inputs), dim=1)
+        return float(torch.nn.functional.kl_div(logq, self.log_probs, log_target=True, reduction="batchmean"))

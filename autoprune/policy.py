@@ -19,6 +19,7 @@ SCHEMA_VERSION = 1
 
 Criterion = Literal["magnitude", "taylor", "random"]
 GranularityKind = Literal["unstructured", "channel", "nm"]
+LrDecay = Literal["constant", "cosine"]
 
 
 class Granularity(BaseModel):
@@ -61,6 +62,9 @@ class FineTune(BaseModel):
     epochs: float = Field(default=2.0, ge=0.0)
     lr: float = Field(default=3e-4, gt=0.0)
     batch_size: int = Field(default=64, ge=1)
+    decay: LrDecay = "constant"  # LR over the whole fine-tune: constant, or cosine from ``lr`` to 0
+    seed: int = 0  # seeds the batch order and any random criterion: the same seed reproduces the same model
+    bn_batches: int = Field(default=4, ge=0)  # BatchNorm recalibration batches after the fine-tune
 
 
 class Policy(BaseModel):

@@ -26,7 +26,7 @@ from autoprune.files import write_atomic
 from autoprune.masks import apply_masks, compute_mask, make_permanent
 from autoprune.metrics import cpu_latency_ms, size_metrics
 from autoprune.models import architecture_fingerprint, layer_shapes
-from autoprune.policy import FineTune, Policy
+from autoprune.policy import Policy
 from autoprune.training import classification_metrics, recalibrate_bn
 
 FORMAT = "autoprune-bitmask-v1"
@@ -67,24 +67,26 @@ def _measure(model: nn.Module, policy: Policy, data: Splits, latency: bool) -> d
 
 
 def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finetune_epochs: float | None = None,
-          seed: int = 0, remove_channels: bool = True, measure_latency: bool = True,
+          seed: int | None = None, remove_channels: bool = True, measure_latency: bool = True,
           progress: Any = None) -> ApplyResult:
     """Prune a copy of ``model`` with ``policy``; fine-tune on ``data`` (full budget) when given.
 
     Unstructured and N:M: masks are made permanent (zeros in plain weights). Channel: zeroed coupled channels
-    are removed physically with torch-pruning, so the model really shrinks and runs faster.
+    are removed physically with torch-pruning, so the model really shrinks and runs faster. The fine-tune
+    follows the policy's recipe (LR, decay, seed, BN recalibration), so the searched score is reproduced.
     """
     check_fingerprint(model, policy)
+    seed = policy.finetune.seed if seed is None else seed
     m = copy.deepcopy(model)
     if data is None:
         _mask_without_data(m, policy, finetune_epochs, seed)
         return ApplyResult(m.eval())
     before = _measure(model, policy, data, measure_latency)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
-    ft = FineTune(epochs=epochs, lr=policy.finetune.lr, batch_size=policy.finetune.batch_size)
+    ft = policy.finetune.model_copy(update={"epochs": epochs})
     prune_and_finetune(m, policy.model_copy(update={"finetune": ft}), data, seed, progress=progress)
     make_permanent(m)
-    recalibrate_bn(m, data.train, 4, policy.finetune.batch_size, seed)
+    recalibrate_bn(m, data.train, ft.bn_batches, ft.batch_size, seed)
     removed = 0
     if policy.granularity.kind == "channel" and remove_channels:
         from autoprune.channels import groups_for, remove_zero_channels

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autoprune.budget import project_to_budget
 from autoprune.errors import ConfigError
-from autoprune.policy import Criterion, FineTune, Granularity, Policy, Schedule
+from autoprune.policy import Criterion, FineTune, Granularity, LrDecay, Policy, Schedule
 from autoprune.yamlfile import line_of, load_yaml_with_lines
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
@@ -91,11 +91,46 @@ class TargetSpec(_Strict):
 
 
 class FineTuneSpec(_Strict):
-    """Short fine-tune used to score each candidate: epochs and LR scale (× train.lr) to choose from."""
+    """The fine-tune recipe choices: epochs (without a ladder), LR scale (× train.lr) and LR decay.
 
-    epochs: list[float] = Field(default_factory=lambda: [2.0])
-    lr_scale: list[float] = Field(default_factory=lambda: [0.3])
+    The first choice of each list is the space's default recipe: enqueued heuristics use it.
+    """
+
+    epochs: list[float] = Field(default_factory=lambda: [2.0], min_length=1)
+    lr_scale: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
+    decay: list[LrDecay] = Field(default_factory=lambda: list[LrDecay](["constant"]), min_length=1)
     batch_size: int = Field(default=64, ge=1)
+
+    @field_validator("epochs")
+    @classmethod
+    def _check_epochs(cls, v: list[float]) -> list[float]:
+        if any(e < 0 for e in v):
+            raise ValueError(f"epochs must be ≥ 0, got {v}")
+        return v
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _check_lr(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"lr_scale must be > 0, got {v}")
+        return v
+
+
+class LadderSpec(_Strict):
+    """The fidelity ladder: each candidate climbs rungs of growing fine-tune budget; per target, only the best
+    ``keep`` fraction of a rung's scores climbs to the next (asynchronous successive halving). The last rung is
+    the production fine-tune: exactly what ``apply`` does with an exported policy."""
+
+    epochs: list[float] = Field(default_factory=lambda: [0.0, 2.0, 20.0], min_length=2)  # fine-tune epochs per rung
+    keep: float = Field(default=0.34, gt=0.0, le=1.0)  # fraction of each rung promoted (per target)
+    min_peers: int = Field(default=4, ge=1)  # below this many scores at a rung and target, everyone climbs
+
+    @field_validator("epochs")
+    @classmethod
+    def _check_epochs(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)) or v[0] < 0:
+            raise ValueError(f"rung epochs must be ≥ 0 and strictly increasing, got {v}")
+        return v
 
 
 class ConstraintSpec(_Strict):
@@ -139,6 +174,7 @@ class SearchSpace(_Strict):
     granularity: Granularity = Granularity()
     schedules: list[Schedule] = Field(default_factory=lambda: [Schedule()], min_length=1)
     finetune: FineTuneSpec = FineTuneSpec()
+    ladder: LadderSpec | None = None  # None: one rung, the short fine-tune (no production-fidelity scores)
     targets: TargetSpec = TargetSpec()
     size_metric: SizeMetric = "nonzeros"
     parametrization: Literal["projected", "independent"] = "projected"
@@ -153,6 +189,13 @@ class SearchSpace(_Strict):
     early_stop: EarlyStopSpec = EarlyStopSpec()
     sensitivity: SensitivitySpec = SensitivitySpec()
     source: str = Field(default="", exclude=True)  # the file it came from (for error messages)
+
+    @model_validator(mode="after")
+    def _check_ladder(self) -> SearchSpace:
+        if self.ladder is not None and "epochs" in self.finetune.model_fields_set:
+            raise ValueError("finetune.epochs and ladder.epochs both given: with a ladder, the rungs' epochs "
+                             "come from ladder.epochs (the last one is the production fine-tune)")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
@@ -202,9 +245,16 @@ class SearchSpace(_Strict):
             out[fqn] = match if match is not None else (0.0, 0.99)
         return out
 
-    def finetune_recipe(self, epochs: float, lr_scale: float) -> FineTune:
-        """The fine-tune recipe for a candidate."""
-        return FineTune(epochs=epochs, lr=self.train.lr * lr_scale, batch_size=self.finetune.batch_size)
+    def finetune_recipe(self, epochs: float, lr_scale: float, decay: LrDecay = "constant") -> FineTune:
+        """The fine-tune recipe for a candidate (seeded with the space's seed, BN recalibrated as in the scan)."""
+        return FineTune(epochs=epochs, lr=self.train.lr * lr_scale, batch_size=self.finetune.batch_size,
+                        decay=decay, seed=self.seed, bn_batches=self.sensitivity.bn_batches)
+
+    def default_recipe(self) -> FineTune:
+        """The recipe heuristics are scored with: the first choice of every list, at the last rung's epochs."""
+        ft = self.finetune
+        epochs = self.ladder.epochs[-1] if self.ladder is not None else ft.epochs[0]
+        return self.finetune_recipe(epochs, ft.lr_scale[0], ft.decay[0])
 
 
 class Suggest(Protocol):
@@ -242,12 +292,16 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
     criterion = choose(suggest, "criterion", list(space.criteria))
     sched_labels = [s.label for s in space.schedules]
     schedule = space.schedules[sched_labels.index(choose(suggest, "schedule", sched_labels))]
-    epochs = float(choose(suggest, "ft_epochs", list(space.finetune.epochs)))
+    if space.ladder is not None:  # the production epochs are fixed; rungs only shorten them
+        epochs = space.ladder.epochs[-1]
+    else:
+        epochs = float(choose(suggest, "ft_epochs", list(space.finetune.epochs)))
     lr_scale = float(choose(suggest, "ft_lr_scale", list(space.finetune.lr_scale)))
+    decay = choose(suggest, "ft_decay", list(space.finetune.decay))
     ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
     return Policy(model=ctx.model, fingerprint=ctx.fingerprint, shapes=ctx.shapes or {}, criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
-                  finetune=space.finetune_recipe(epochs, lr_scale), sparsity=ratios)
+                  finetune=space.finetune_recipe(epochs, lr_scale, decay), sparsity=ratios)
 
 
 def choose(suggest: Suggest, name: str, choices: list[Any]) -> Any:
@@ -258,7 +312,8 @@ def choose(suggest: Suggest, name: str, choices: list[Any]) -> Any:
 def fixed_choices(space: SearchSpace) -> dict[str, Any]:
     """The categorical params a trial of ``space`` carries (single-option ones are left out)."""
     cats: dict[str, list[Any]] = {"criterion": list(space.criteria), "schedule": [s.label for s in space.schedules],
-            "ft_epochs": list(space.finetune.epochs), "ft_lr_scale": list(space.finetune.lr_scale)}
+            "ft_epochs": [] if space.ladder is not None else list(space.finetune.epochs),
+            "ft_lr_scale": list(space.finetune.lr_scale), "ft_decay": list(space.finetune.decay)}
     return {k: v[0] for k, v in cats.items() if len(v) > 1}
 
 

@@ -15,8 +15,9 @@ from autoprune.search import SearchOptions, run_search
 from autoprune.search.runner import Prepared
 from autoprune.space import SearchSpace
 
-HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform")
+HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform", "lamp_cubic3")
 SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl")  # autoprune_rl: the same design, RL controller sampler
+DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES if m != "tpe_naive")
 
 
 @dataclass
@@ -28,21 +29,24 @@ class MethodResult:
     test: dict[float, float] = field(default_factory=dict)
     size: dict[float, float] = field(default_factory=dict)
     seconds: float = 0.0
+    compute: dict[str, float] = field(default_factory=dict)  # searches: fine-tune epochs, evaluation seconds
 
 
 def heuristic_policy(prep: Prepared, name: str, level: float, seed: int) -> Policy:
-    """The policy of a named heuristic at ``level`` (random = random preferences; AGP = uniform, cubic 3 steps)."""
+    """The policy of a named heuristic at ``level``, with the space's default recipe at its production epochs
+    (random = random preferences; AGP = uniform, cubic 3 steps; lamp_cubic3 = LAMP, cubic 3 steps: iterative
+    against one-shot pruning at an equal total fine-tune budget)."""
     space = prep.ws.space
     base = Policy(model=space.model.name, fingerprint=prep.ws.fingerprint, criterion=space.criteria[0],
                   granularity=space.granularity,
-                  finetune=space.finetune_recipe(space.finetune.epochs[0], space.finetune.lr_scale[0]))
+                  finetune=space.default_recipe())
     if name == "random":
         rng = np.random.default_rng(seed)
         prefs = {f: float(rng.normal(0.0, 1.0)) for f in prep.ws.layers}
         return base.model_copy(update={"sparsity": project_to_budget(level, prefs, prep.ws.sizes, prep.ws.bounds)})
-    if name == "agp_uniform":
-        return base.model_copy(update={"sparsity": prep.heuristics["uniform"](level),
-                                       "schedule": Schedule(kind="iterative", steps=3)})
+    if name in ("agp_uniform", "lamp_cubic3"):
+        alloc = prep.heuristics["uniform" if name == "agp_uniform" else "lamp"]
+        return base.model_copy(update={"sparsity": alloc(level), "schedule": Schedule(kind="iterative", steps=3)})
     return base.model_copy(update={"sparsity": prep.heuristics[name](level)})
 
 
@@ -50,8 +54,7 @@ def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> 
     """Evaluate a heuristic at each level with the test split measured."""
     res = MethodResult(name, seed)
     for level in levels:
-        ev = evaluate(prep.ws.model, heuristic_policy(prep, name, level, seed), prep.ws.splits, seed=seed,
-                      with_test=True, bn_batches=prep.ws.space.sensitivity.bn_batches)
+        ev = evaluate(prep.ws.model, heuristic_policy(prep, name, level, seed), prep.ws.splits, with_test=True)
         res.test[level] = (ev.test or {})["accuracy"]
         res.size[level] = ev.size_value(prep.ws.space.size_metric)
         res.seconds += ev.times["total"]
@@ -78,7 +81,9 @@ def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: i
     study = f"bench-{space.name}-{method}-s{seed}"
     result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track) \
         if track else run_search(sp, SearchOptions(n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir))
-    res = MethodResult(method, seed, seconds=result.summary["wall_s"])
+    res = MethodResult(method, seed, seconds=result.summary["wall_s"],
+                       compute={k: float(v) for k, v in result.summary.items()
+                                if k in ("finetune_epochs", "eval_seconds", "rung1_s", "complete", "trials")})
     for level in levels:
         pts = [r for r in result.front if r["sparsity"] >= level - 1e-3]
         best = max(pts, key=lambda r: r["val_accuracy"], default=None)

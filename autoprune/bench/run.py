@@ -9,11 +9,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autoprune.bench.methods import HEURISTICS, SEARCHES, MethodResult, run_heuristic, run_searcher
+from autoprune.bench.methods import (
+    DEFAULT_METHODS,
+    HEURISTICS,
+    SEARCHES,
+    MethodResult,
+    run_heuristic,
+    run_searcher,
+)
 from autoprune.bench.overhead import finetune_throughput, projection_seconds
 from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
+from autoprune.errors import ConfigError
 from autoprune.search.runner import prepare
-from autoprune.space import SearchSpace
+from autoprune.space import LadderSpec, SearchSpace
 
 
 @dataclass
@@ -34,7 +42,7 @@ class BenchResult:
 
 
 def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
-                log: Any = print) -> BenchResult:
+                log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS) -> BenchResult:
     """Run every method for every seed on one search space."""
     t0 = time.perf_counter()
     results: list[MethodResult] = []
@@ -43,10 +51,10 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
         sp = space.model_copy(update={"seed": seed})
         prep = prepare(sp, "cpu", out_dir)
         for name in HEURISTICS:
-            if name in prep.heuristics or name in ("random", "agp_uniform"):
+            if name in methods and (name in prep.heuristics or name in ("random", "agp_uniform", "lamp_cubic3")):
                 results.append(run_heuristic(prep, name, levels, seed))
         log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
-        for method in SEARCHES:
+        for method in (m for m in SEARCHES if m in methods):
             res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"))
             results.append(res)
             if method == "autoprune" and seed == 0:
@@ -96,3 +104,42 @@ def overhead_rows(o: dict[str, float]) -> list[dict[str, Any]]:
 def default_out_dir() -> Path:
     """runs/bench/<timestamp>/."""
     return Path("runs") / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def compute_rows(res: BenchResult, short_epochs: float, reference_trials: int = 200) -> list[dict[str, Any]]:
+    """Each search's compute (mean over seeds) against ``reference_trials`` short-fine-tune trials measured in the
+    same run: fine-tune epochs, and evaluation seconds against as many rung-1 (short fine-tune) evaluations."""
+    rows = []
+    for method in dict.fromkeys(r.method for r in res.results if r.compute):
+        runs = [r.compute for r in res.results if r.method == method and r.compute]
+        epochs = sum(c.get("finetune_epochs", math.nan) for c in runs) / len(runs)
+        seconds = sum(c.get("eval_seconds", math.nan) for c in runs) / len(runs)
+        short_s = sum(c.get("rung1_s", math.nan) for c in runs) / len(runs)
+        rows.append({"method": method, "fine-tune epochs": epochs,
+                     f"× {reference_trials} short trials (epochs)": epochs / (reference_trials * short_epochs),
+                     "evaluation s": seconds,
+                     f"× {reference_trials} short trials (s)": seconds / (reference_trials * short_s)})
+    return rows
+
+
+def parse_methods(text: str | None) -> tuple[str, ...]:
+    """``--methods a,b`` → a tuple of known method names (a clear error names an unknown one)."""
+    if text is None:
+        return DEFAULT_METHODS
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in HEURISTICS + SEARCHES]
+    if unknown or not names:
+        raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'} "
+                          f"(known: {', '.join(HEURISTICS + SEARCHES)})")
+    return names
+
+
+def with_final_epochs(space: SearchSpace, epochs: float | None) -> SearchSpace:
+    """The space with its production fine-tune set to ``epochs`` (a ladder [0, short, epochs] if it had none)."""
+    if epochs is None:
+        return space
+    rungs = list(space.ladder.epochs[:-1]) if space.ladder is not None else [0.0, space.finetune.epochs[0]]
+    if epochs <= rungs[-1]:
+        raise ConfigError(f"--final-epochs {epochs:g}: must exceed the rung below it ({rungs[-1]:g} epochs)")
+    ladder = (space.ladder or LadderSpec()).model_copy(update={"epochs": [*rungs, epochs]})
+    return space.model_copy(update={"ladder": ladder})

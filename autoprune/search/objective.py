@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,9 +10,10 @@ from typing import Any
 import optuna
 
 from autoprune.budget import weighted_sparsity
-from autoprune.evaluate import CandidateStopped, EpochCallback, Evaluation, evaluate
+from autoprune.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.heuristics import Allocation
 from autoprune.policy import Policy
+from autoprune.search.ladder import climbs, peers, rung_key, scores_of
 from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
 from autoprune.workspace import Workspace
 
@@ -26,7 +28,12 @@ class Objective:
     seed: int
     stopped: list[float] = field(default_factory=list)  # seconds saved by each early stop
     epoch1: dict[int, float] = field(default_factory=dict)  # trial number -> val accuracy after epoch 1
-    eval_seconds: list[float] = field(default_factory=list)  # evaluation time of each trial run here
+    eval_seconds: list[float] = field(default_factory=list)  # evaluation time of each trial (or rung) run here
+    reference: DenseReference | None = None  # dense outputs on calibration inputs (rung 0's divergence)
+
+    def __post_init__(self) -> None:
+        if self.space.ladder is not None and self.reference is None:
+            self.reference = DenseReference.of(self.ws.model, self.ws.splits)
 
     @property
     def space(self) -> SearchSpace:
@@ -39,8 +46,12 @@ class Objective:
         if baseline and not attrs.get("via_params", False):
             # such a baseline carries no params (see baselines.baseline_params): its target is a user attr
             fixed = optuna.trial.FixedTrial({**fixed_choices(self.space), "target": attrs["target"]})
-            return sample(self.space, fixed, self.ctx, self.heuristics[baseline])
-        return sample(self.space, trial, self.ctx)
+            policy = sample(self.space, fixed, self.ctx, self.heuristics[baseline])
+        else:
+            policy = sample(self.space, trial, self.ctx)
+        if policy.finetune.seed == self.seed:
+            return policy
+        return policy.model_copy(update={"finetune": policy.finetune.model_copy(update={"seed": self.seed})})
 
     def early_stop(self, trial: optuna.Trial, sparsity: float, baseline: bool) -> EpochCallback | None:
         """Stop after the first fine-tune epoch if accuracy trails the best equally-sparse trial by > margin.
@@ -70,11 +81,44 @@ class Objective:
         policy = self.policy_for(trial, attrs)
         sparsity = weighted_sparsity(policy.sparsity, self.ws.sizes)
         sample_s = time.perf_counter() - t0
+        if self.space.ladder is not None:
+            ev = self.climb(trial, attrs, policy, sparsity)
+        else:
+            ev = self.single_rung(trial, attrs, policy, sparsity)
+        return self.record(trial, ev, policy, sample_s)
+
+    def climb(self, trial: optuna.Trial, attrs: dict[str, Any], policy: Policy, sparsity: float) -> Evaluation:
+        """Climb the fidelity ladder from ``start_rung`` (a late promotion) or 0; stop where the candidate is not
+        among the best fraction of its size at a rung (baselines always climb). Returns the last rung's result."""
+        ladder = self.space.ladder
+        assert ladder is not None
+        last = len(ladder.epochs) - 1
+        always = "baseline" in attrs
+        for r in range(int(attrs.get("start_rung", 0)), last + 1):
+            ev = evaluate(self.ws.model, policy, self.ws.splits, epochs=ladder.epochs[r],
+                          measure_latency=r == last and self.space.size_metric == "latency",
+                          reference=self.reference if r == 0 else None)
+            self.eval_seconds.append(ev.times["total"])
+            trial.set_user_attr(rung_key(r), rung_record(ev, sparsity, ladder.epochs[r]))
+            if r == last:
+                return ev
+            if always:
+                continue
+            done = trial.study.get_trials(deepcopy=False)
+            scores = scores_of(((t.number, t.user_attrs) for t in done), last + 1)
+            if not climbs(ev.accuracy, peers(scores, r, sparsity, exclude=trial.number), ladder.keep,
+                          ladder.min_peers):
+                trial.set_user_attr("ladder_stop", r)
+                raise optuna.TrialPruned(f"stopped at rung {r}: val accuracy {ev.accuracy:.3f}")
+        raise AssertionError("unreachable: the last rung returns")
+
+    def single_rung(self, trial: optuna.Trial, attrs: dict[str, Any], policy: Policy, sparsity: float
+                    ) -> Evaluation:
+        """No ladder: one short fine-tune per candidate, with the epoch-1 early-stop rule."""
         try:
-            ev = evaluate(self.ws.model, policy, self.ws.splits, seed=self.seed,
+            ev = evaluate(self.ws.model, policy, self.ws.splits,
                           on_epoch=self.early_stop(trial, sparsity, "baseline" in attrs),
-                          measure_latency=self.space.size_metric == "latency",
-                          bn_batches=self.space.sensitivity.bn_batches)
+                          measure_latency=self.space.size_metric == "latency")
         except CandidateStopped as stop:
             self.stopped.append(stop.saved_s)
             self.eval_seconds.append(stop.elapsed_s)
@@ -83,6 +127,10 @@ class Objective:
                                             "sparsity": sparsity})
             raise optuna.TrialPruned(str(stop)) from None
         self.eval_seconds.append(ev.times["total"])
+        return ev
+
+    def record(self, trial: optuna.Trial, ev: Evaluation, policy: Policy, sample_s: float) -> tuple[float, float]:
+        """Store what was measured (one user attr), set the constraints, return (val accuracy, size)."""
         size = ev.size_value(self.space.size_metric)
         measured = eval_attrs(ev, sample_s)
         if trial.number in self.epoch1:
@@ -94,6 +142,15 @@ class Objective:
         if c.min_accuracy is not None:
             trial.set_constraint("min_accuracy", c.min_accuracy - ev.accuracy)
         return ev.accuracy, size
+
+
+def rung_record(ev: Evaluation, sparsity: float, epochs: float) -> dict[str, float]:
+    """What a rung stores: its score (val accuracy) and the proxies whose rank correlation we measure."""
+    rec = {"sparsity": sparsity, "epochs": epochs, "score": ev.accuracy, "val_loss": ev.val["loss"],
+           "train_loss": ev.epoch_losses[-1] if ev.epoch_losses else math.nan, "time_s": ev.times["total"]}
+    if "kl_to_dense" in ev.val:
+        rec["kl_to_dense"] = ev.val["kl_to_dense"]
+    return rec
 
 
 def eval_attrs(ev: Evaluation, sample_s: float) -> dict[str, object]:

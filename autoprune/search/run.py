@@ -11,6 +11,7 @@ import optuna
 from autoprune.pareto import best_at
 from autoprune.records import SearchListener
 from autoprune.search.baselines import enqueue_baselines
+from autoprune.search.ladder import enqueue_promotions
 from autoprune.search.objective import Objective
 from autoprune.search.records import to_record
 from autoprune.search.runner import (
@@ -70,6 +71,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials
     enqueue_baselines(study, space, prep.ctx, prep.heuristics)
+    enqueue_promotions(study, space)  # a resumed study continues its ladder first
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed)
     targets = list(space.targets.grid or [])
     shares = worker_shares(n_trials, opts.workers)
@@ -78,6 +80,8 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         progress.start(n_trials, f"search {study.study_name}")
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if space.ladder is not None:
+            enqueue_promotions(st, space)  # new scores at a rung may lift a stopped candidate into its best part
         if listener is not None:
             listener.on_trial(to_record(trial))
             handed.append(trial.number)
@@ -105,7 +109,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
             if p.is_alive():
                 p.terminate()
     optimize_s = time.perf_counter() - t_opt
-    result = finish(study, prep, seed, listener, time.perf_counter() - t0, objective.stopped)
+    result = finish(study, prep, listener, time.perf_counter() - t0, objective.stopped)
     n = len(objective.eval_seconds)
     eval_s = sum(objective.eval_seconds)
     overhead = (optimize_s - eval_s) / max(n, 1)  # everything in the loop that is not evaluating a candidate

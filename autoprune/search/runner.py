@@ -17,6 +17,7 @@ from autoprune.heuristics import Allocation, allocations
 from autoprune.models import layer_shapes
 from autoprune.policy import Policy
 from autoprune.records import SearchListener, StudyInfo
+from autoprune.search.ladder import compute_spent
 from autoprune.search.objective import Objective
 from autoprune.search.records import to_record, trial_policy
 from autoprune.search.sampler import make_sampler, search_distributions
@@ -112,7 +113,7 @@ class SearchResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def test_front(study: optuna.Study, prep: Prepared, seed: int) -> dict[int, dict[str, float]]:
+def test_front(study: optuna.Study, prep: Prepared) -> dict[int, dict[str, float]]:
     """Re-evaluate every Pareto trial on the held-out test split (stored as study user attrs ``test/<n>``)."""
     out: dict[int, dict[str, float]] = {}
     for t in study.best_trials:
@@ -120,8 +121,7 @@ def test_front(study: optuna.Study, prep: Prepared, seed: int) -> dict[int, dict
         cached = study.user_attrs.get(key)
         if cached is None:
             policy = trial_policy(t)
-            ev = evaluate(prep.ws.model, policy, prep.ws.splits, seed=seed, with_test=True,
-                          bn_batches=prep.ws.space.sensitivity.bn_batches)
+            ev = evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True)
             cached = {**(ev.test or {}), "val_accuracy_rerun": ev.accuracy}
             study.set_user_attr(key, cached)
         out[t.number] = cached
@@ -140,10 +140,10 @@ def study_info(prep: Prepared, study: optuna.Study, opts: SearchOptions) -> Stud
                      dense_val=prep.ws.dense_val, dense_test=prep.ws.dense_test, sensitivity_files=files)
 
 
-def finish(study: optuna.Study, prep: Prepared, seed: int, listener: SearchListener | None,
+def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
            wall_s: float, stopped: list[float]) -> SearchResult:
     """Test-evaluate the front, build records and the summary, notify the listener."""
-    tests = test_front(study, prep, seed)
+    tests = test_front(study, prep)
     front_ids = set(tests)
     finished = study.get_trials(deepcopy=False, states=_FINISHED)  # enqueued-but-unrun trials wait for a resume
     records = [to_record(t, t.number in front_ids, tests.get(t.number)) for t in finished]
@@ -159,6 +159,9 @@ def finish(study: optuna.Study, prep: Prepared, seed: int, listener: SearchListe
         **{f"mean_{k}": sum(float(r.metrics.get(k, 0.0)) for r in done) / max(len(done), 1)
            for k in ("time_sample", "time_prune", "time_finetune", "time_measure")},
     }
+    if prep.ws.space.ladder is not None:
+        summary.update(compute_spent((t.user_attrs for t in study.get_trials(deepcopy=False)),
+                                     len(prep.ws.space.ladder.epochs)))
     if listener is not None:
         listener.on_finish(records, summary)
     return SearchResult(study.study_name, str(prep.ws.runs_dir), len(records), front_rows, prep.ws.dense_val,
@@ -199,3 +202,11 @@ def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[di
     for t in study.best_trials:
         rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}"))))
     return sorted(rows, key=lambda r: r["sparsity"])
+
+
+def study_user_attrs(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
+    """The user attrs of every complete trial of an existing study, as plain dicts (rung records included)."""
+    from autoprune.search.storage import load_existing
+
+    study = load_existing(study_name, make_storage(storage, runs_dir))
+    return [dict(t.user_attrs) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]

@@ -1,0 +1,65 @@
+"""Which cheap score predicts the production result? Spearman rank correlation of every rung's score and of
+other proxies (loss, divergence to the dense model) with the last rung's validation score, per target.
+
+The study behind it runs the space's ladder with ``keep: 1`` (every candidate climbs to the production
+fine-tune), so each candidate has every rung's measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import ConfigError
+from autoprune.search import SearchOptions, run_search, study_user_attrs
+from autoprune.search.ladder import rung_key
+from autoprune.space import SearchSpace
+
+# proxy field of a rung record -> sign that makes "higher predicts better" (losses and divergences are lower-better)
+PROXIES = {"score": 1.0, "val_loss": -1.0, "train_loss": -1.0, "kl_to_dense": -1.0}
+
+
+def proxy_values(attrs: list[dict[str, Any]], n_rungs: int) -> dict[str, list[float]]:
+    """``rung<r>/<field>`` -> one signed value per trial (NaN where the trial lacks it); plus ``final``."""
+    last = n_rungs - 1
+    out: dict[str, list[float]] = {}
+    for r in range(last):
+        for name, sign in PROXIES.items():
+            vals = [sign * float(a[rung_key(r)].get(name, math.nan)) for a in attrs]
+            if not all(math.isnan(v) for v in vals):
+                out[f"rung{r}/{name}"] = vals
+    out["final"] = [float(a[rung_key(last)]["score"]) for a in attrs]
+    return out
+
+
+def correlation_rows(attrs: list[dict[str, Any]], n_rungs: int) -> list[dict[str, Any]]:
+    """One row per proxy: Spearman ρ with the final validation score at each target (and n)."""
+    from scipy.stats import spearmanr
+
+    done = [a for a in attrs if rung_key(n_rungs - 1) in a]
+    targets = sorted({round(float(a[rung_key(0)]["sparsity"]), 4) for a in done if rung_key(0) in a})
+    rows: list[dict[str, Any]] = []
+    by_target = {t: [a for a in done if rung_key(0) in a and abs(a[rung_key(0)]["sparsity"] - t) < 5e-3]
+                 for t in targets}
+    values = {t: proxy_values(group, n_rungs) for t, group in by_target.items()}
+    names = [k for k in values[targets[0]] if k != "final"] if targets else []
+    for name in names:
+        row: dict[str, Any] = {"proxy": name}
+        for t in targets:
+            pairs = [(x, y) for x, y in zip(values[t][name], values[t]["final"], strict=True) if not math.isnan(x)]
+            rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic if len(pairs) > 2 else math.nan
+            row[f"ρ at {t:.0%} (n)"] = f"{rho:+.2f} ({len(pairs)})"
+        rows.append(row)
+    return rows
+
+
+def rank_correlation(space: SearchSpace, trials: int, out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """Run ``trials`` candidates through every rung of the space's ladder and correlate each proxy with the last."""
+    if space.ladder is None:
+        raise ConfigError(f"{space.source or space.name}: field 'ladder': the rank correlation needs a ladder")
+    sp = space.model_copy(update={"ladder": space.ladder.model_copy(update={"keep": 1.0}), "seed": seed})
+    name = f"fidelity-{space.name}-s{seed}"
+    run_search(sp, SearchOptions(n_trials=trials, study_name=name, seed=seed, runs_dir=out_dir, device="cpu"))
+    attrs = study_user_attrs(name, None, out_dir)
+    return correlation_rows(attrs, len(space.ladder.epochs))

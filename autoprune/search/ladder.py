@@ -1,0 +1,125 @@
+"""The fidelity ladder: asynchronous successive halving per target, valid for two objectives.
+
+Every candidate is scored on rung 0 (cheapest: no fine-tune), and climbs to the next rung only while its score
+is among the best ``keep`` fraction of the scores recorded at that rung *for candidates of the same size* (so
+only equally sparse candidates are compared, which keeps the rule valid for the size objective). The last rung
+is the production fine-tune; only trials that reach it complete, so the Pareto front is made of production
+scores only. Heuristic baselines always climb. Like ASHA (Li et al. 2020), a candidate stopped early is
+promoted later when enough worse scores arrive at its rung: :func:`late_promotions` finds those, and the
+search enqueues them to resume at the next rung, without re-running the rungs they already finished.
+
+Each rung's measurements are stored on the trial as the user attr ``rung/<r>``; the rung where a trial stopped
+as ``ladder_stop``. The rules read plain dicts, so they are testable without a study; only
+:func:`enqueue_promotions` touches one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from autoprune.space import SearchSpace
+
+SAME_SIZE = 5e-3  # candidates whose global sparsities differ by less than this are compared with each other
+
+
+def rung_key(rung: int) -> str:
+    """The user-attr name of a rung's measurements."""
+    return f"rung/{rung}"
+
+
+@dataclass(frozen=True)
+class RungScore:
+    """One trial's score at one rung."""
+
+    trial: int
+    rung: int
+    sparsity: float
+    score: float  # higher is better (validation accuracy)
+
+
+def scores_of(trials: Iterable[tuple[int, dict[str, Any]]], n_rungs: int) -> list[RungScore]:
+    """Every rung score recorded in ``(trial number, user attrs)`` pairs."""
+    out = []
+    for number, attrs in trials:
+        for r in range(n_rungs):
+            rec = attrs.get(rung_key(r))
+            if rec is not None and not math.isnan(rec["score"]):
+                out.append(RungScore(number, r, float(rec["sparsity"]), float(rec["score"])))
+    return out
+
+
+def peers(scores: list[RungScore], rung: int, sparsity: float, exclude: int | None = None) -> list[float]:
+    """Scores at ``rung`` of the other candidates of the same size."""
+    return [s.score for s in scores
+            if s.rung == rung and abs(s.sparsity - sparsity) < SAME_SIZE and s.trial != exclude]
+
+
+def climbs(score: float, others: list[float], keep: float, min_peers: int) -> bool:
+    """Whether a score is among the best ``keep`` fraction of itself plus ``others`` (everyone climbs while
+    fewer than ``min_peers`` scores exist). A NaN score never climbs."""
+    if math.isnan(score):
+        return False
+    n = len(others) + 1
+    if n < min_peers:
+        return True
+    better = sum(o > score for o in others)
+    return better < math.ceil(keep * n)
+
+
+def late_promotions(scores: list[RungScore], stopped: dict[int, int], promoted: set[int], keep: float,
+                    min_peers: int) -> list[tuple[int, int]]:
+    """``(trial, rung to resume at)`` for every stopped trial that now belongs to its rung's best fraction.
+
+    ``stopped`` maps a trial to the rung where it stopped; ``promoted`` holds trials already re-enqueued.
+    """
+    out = []
+    by_trial = {(s.trial, s.rung): s for s in scores}
+    for number, rung in sorted(stopped.items()):
+        mine = by_trial.get((number, rung))
+        if number in promoted or mine is None:
+            continue
+        if climbs(mine.score, peers(scores, rung, mine.sparsity, exclude=number), keep, min_peers):
+            out.append((number, rung + 1))
+    return out
+
+
+def enqueue_promotions(study: optuna.Study, space: SearchSpace) -> int:
+    """Enqueue every late promotion (same params and attrs, resuming at the next rung); returns how many."""
+    if space.ladder is None:
+        return 0
+    trials = study.get_trials(deepcopy=False)
+    n_rungs = len(space.ladder.epochs)
+    scores = scores_of(((t.number, t.user_attrs) for t in trials), n_rungs)
+    stopped = {t.number: int(t.user_attrs["ladder_stop"]) for t in trials
+               if t.state == optuna.trial.TrialState.PRUNED and "ladder_stop" in t.user_attrs}
+    promoted = {int(t.user_attrs["promoted_from"]) for t in trials if "promoted_from" in t.user_attrs}
+    by_number = {t.number: t for t in trials}
+    todo = late_promotions(scores, stopped, promoted, space.ladder.keep, space.ladder.min_peers)
+    for number, rung in todo:
+        t = by_number[number]
+        keep_attrs = {k: v for k, v in t.user_attrs.items() if k in ("baseline", "target", "via_params")}
+        study.enqueue_trial(dict(t.params), user_attrs={**keep_attrs, "promoted_from": number, "start_rung": rung})
+    return len(todo)
+
+
+def compute_spent(trials: Iterable[dict[str, Any]], n_rungs: int) -> dict[str, float]:
+    """Fine-tune epochs and evaluation seconds spent on every rung of the given trials' user attrs, and the mean
+    seconds of one evaluation at each rung (``rung<r>_s``), to express the search's compute in short trials."""
+    epochs = seconds = 0.0
+    per_rung: dict[int, list[float]] = {}
+    for attrs in trials:
+        for r in range(n_rungs):
+            rec = attrs.get(rung_key(r))
+            if rec is not None:
+                epochs += float(rec["epochs"])
+                seconds += float(rec["time_s"])
+                per_rung.setdefault(r, []).append(float(rec["time_s"]))
+    out = {"finetune_epochs": epochs, "eval_seconds": seconds}
+    out.update({f"rung{r}_s": sum(v) / len(v) for r, v in per_rung.items()})
+    out.update({f"rung{r}_n": float(len(v)) for r, v in per_rung.items()})
+    return out

@@ -1,0 +1,148 @@
+"""The fidelity ladder: promotion rules, per-target halving replayed on a real study, exact reproduction by
+``apply`` of a last-rung score, baselines always promoted, and a resumed study continuing the ladder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprune.api import export
+from autoprune.errors import ConfigError
+from autoprune.policy import Policy
+from autoprune.production import apply
+from autoprune.search import SearchOptions, run_search
+from autoprune.search.ladder import RungScore, climbs, late_promotions, peers, rung_key, scores_of
+from autoprune.space import SearchSpace
+from autoprune.training import classification_metrics
+from autoprune.workspace import load_workspace
+from conftest import write_space
+
+LADDER = {"epochs": [0, 1, 2], "keep": 0.5, "min_peers": 2}
+N_RUNGS = len(LADDER["epochs"])
+
+
+def _space(tmp_path: Path, name: str, **ladder: object) -> SearchSpace:
+    return SearchSpace.from_yaml(write_space(
+        tmp_path / f"{name}.yaml", name=name, finetune={"lr_scale": [1.0, 0.3], "decay": ["constant", "cosine"]},
+        ladder={**LADDER, **ladder}))
+
+
+def _trials(runs: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    from autoprune.search.storage import load_existing, make_storage
+
+    return load_existing(name, make_storage(None, runs)).trials
+
+
+def test_climbs_keeps_the_best_fraction_only() -> None:
+    assert climbs(0.5, [], keep=0.5, min_peers=3)  # too few peers: everyone climbs
+    assert climbs(0.1, [0.9], keep=0.5, min_peers=3)
+    others = [0.9, 0.8, 0.7, 0.6, 0.5]  # with itself: 6 scores, the best 3 climb
+    assert climbs(0.75, others, keep=0.5, min_peers=3)
+    assert not climbs(0.65, others, keep=0.5, min_peers=3)
+    assert not climbs(math.nan, [], keep=1.0, min_peers=1)
+
+
+def test_peers_are_equally_sized_candidates_only() -> None:
+    scores = [RungScore(0, 0, 0.9, 0.8), RungScore(1, 0, 0.8, 0.99), RungScore(2, 1, 0.9, 0.7),
+              RungScore(3, 0, 0.9001, 0.6)]
+    assert sorted(peers(scores, 0, 0.9)) == [0.6, 0.8]
+    assert peers(scores, 0, 0.9, exclude=0) == [0.6]
+
+
+def test_late_promotion_lifts_a_stopped_candidate_once() -> None:
+    scores = [RungScore(0, 0, 0.9, 0.9), RungScore(1, 0, 0.9, 0.5)]  # trial 1 stopped: 2nd of 2, keep 0.5
+    assert late_promotions(scores, {1: 0}, set(), keep=0.5, min_peers=1) == []
+    scores += [RungScore(n, 0, 0.9, 0.1) for n in (2, 3)]  # two worse scores arrive: 1 is now in the best half
+    assert late_promotions(scores, {1: 0, 2: 0, 3: 0}, set(), keep=0.5, min_peers=1) == [(1, 1)]
+    assert late_promotions(scores, {1: 0, 2: 0, 3: 0}, {1}, keep=0.5, min_peers=1) == []
+
+
+def test_ladder_yaml_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"field 'ladder.epochs'.*strictly increasing"):
+        SearchSpace.from_yaml(write_space(tmp_path / "a.yaml", ladder={"epochs": [0, 4, 2]}))
+    with pytest.raises(ConfigError, match=r"finetune.epochs and ladder.epochs both given"):
+        SearchSpace.from_yaml(write_space(tmp_path / "b.yaml", ladder={"epochs": [0, 2]},
+                                          finetune={"epochs": [1]}))
+    with pytest.raises(ConfigError, match=r"field 'finetune.lr_scale'.*> 0"):
+        SearchSpace.from_yaml(write_space(tmp_path / "c.yaml", finetune={"lr_scale": [-1]}))
+
+
+@pytest.fixture(scope="module")
+def laddered(tmp_path_factory: pytest.TempPathFactory, runs_dir: Path) -> tuple[SearchSpace, str]:
+    space = _space(tmp_path_factory.mktemp("ladder"), "ladder")
+    run_search(space, SearchOptions(n_trials=30, runs_dir=runs_dir, device="cpu"))
+    return space, "ladder"
+
+
+def test_halving_per_target_replays_exactly(laddered: tuple[SearchSpace, str], runs_dir: Path) -> None:
+    """Replay the study in trial order: each non-baseline candidate climbed iff its score was in the best half
+    of the equally sized scores recorded before it, and only the last rung completes a trial."""
+    trials = sorted(_trials(runs_dir, laddered[1]), key=lambda t: t.number)
+    stops, climbs_seen = 0, 0
+    for t in trials:
+        attrs = t.user_attrs
+        earlier = scores_of(((u.number, u.user_attrs) for u in trials if u.number < t.number), N_RUNGS)
+        last_rung = max(r for r in range(N_RUNGS) if rung_key(r) in attrs)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert last_rung == N_RUNGS - 1 and t.values[0] == attrs[rung_key(last_rung)]["score"]
+        else:
+            assert t.state == optuna.trial.TrialState.PRUNED and attrs["ladder_stop"] == last_rung
+        if "baseline" in attrs:
+            assert t.state == optuna.trial.TrialState.COMPLETE  # baselines always reach the production rung
+            continue
+        for r in range(int(attrs.get("start_rung", 0)), last_rung + 1):
+            rec = attrs[rung_key(r)]
+            went_on = rung_key(r + 1) in attrs
+            if r < N_RUNGS - 1:
+                want = climbs(rec["score"], peers(earlier, r, rec["sparsity"]), LADDER["keep"], LADDER["min_peers"])
+                assert went_on == want, (t.number, r)
+                stops += not went_on
+                climbs_seen += went_on
+    assert stops > 0 and climbs_seen > 0  # both decisions were exercised
+
+
+def test_rungs_use_their_epochs_and_rung_zero_has_a_divergence(laddered: tuple[SearchSpace, str],
+                                                               runs_dir: Path) -> None:
+    for t in _trials(runs_dir, laddered[1]):
+        for r, epochs in enumerate(LADDER["epochs"]):
+            rec = t.user_attrs.get(rung_key(r))
+            if rec is not None:
+                assert rec["epochs"] == epochs
+                assert ("kl_to_dense" in rec) == (r == 0)
+                assert rec["kl_to_dense"] >= 0 if r == 0 else math.isfinite(rec["train_loss"])
+
+
+def test_last_rung_score_is_reproduced_exactly_by_apply(laddered: tuple[SearchSpace, str], runs_dir: Path,
+                                                        tmp_path: Path) -> None:
+    space, name = laddered
+    done = [t for t in _trials(runs_dir, name) if t.state == optuna.trial.TrialState.COMPLETE
+            and "baseline" not in t.user_attrs]
+    t = max(done, key=lambda t: t.values[0])
+    pol = export(name, tmp_path / "p.json", trial=t.number, runs_dir=runs_dir, track=False)
+    assert pol.finetune.epochs == LADDER["epochs"][-1]  # the policy carries the production recipe
+    ws = load_workspace(space, "cpu", runs_dir)
+    res = apply(ws.model, Policy.load(tmp_path / "p.json"), ws.splits, measure_latency=False)
+    val = classification_metrics(res.model, ws.splits.val, ws.splits.num_classes)["accuracy"]
+    assert val == t.values[0]
+
+
+def test_resume_continues_the_ladder_without_rerunning_rungs(tmp_path: Path, runs_dir: Path) -> None:
+    space = _space(tmp_path, "resume_ladder")
+    run_search(space, SearchOptions(n_trials=16, runs_dir=runs_dir, device="cpu"))
+    before = _trials(runs_dir, "resume_ladder")
+    stopped = {t.number: t for t in before if t.state == optuna.trial.TrialState.PRUNED}
+    assert stopped
+    # resume with keep = 1: every stopped candidate now belongs to the best fraction of its rung
+    resumed = space.model_copy(update={"ladder": space.ladder.model_copy(update={"keep": 1.0})})
+    run_search(resumed, SearchOptions(n_trials=len(stopped), runs_dir=runs_dir, device="cpu"))
+    after = _trials(runs_dir, "resume_ladder")[len(before):]
+    promoted = {t.user_attrs["promoted_from"]: t for t in after if "promoted_from" in t.user_attrs}
+    assert set(promoted) == set(stopped)
+    for number, t in promoted.items():
+        start = stopped[number].user_attrs["ladder_stop"] + 1
+        assert t.user_attrs["start_rung"] == start
+        assert [r for r in range(N_RUNGS) if rung_key(r) in t.user_attrs] == list(range(start, N_RUNGS))
+        assert t.params == stopped[number].params and t.state == optuna.trial.TrialState.COMPLETE
