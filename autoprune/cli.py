@@ -57,9 +57,15 @@ def search(
     out.print(table(f"Pareto front of study '{result.study_name}' (dense val {result.dense_val['accuracy']:.4f}, "
                     f"test {result.dense_test['accuracy']:.4f})", result.front))
     s = result.summary
-    out.print(f"{s['trials']} trials in the study ({s['complete']} complete, {s['pruned']} stopped early saving "
-              f"{s['early_stop_saved_s']:.1f}s, {s['failed']} failed); this run took {s['wall_s']:.1f}s, "
-              f"{s['mean_eval_s']:.3f}s per evaluation.")
+    if s["stopped_on_rung"]:
+        rungs = ", ".join(f"{n} on rung {r}" for r, n in s["stopped_on_rung"].items())
+        out.print(f"{s['trials']} trials in the study: {s['complete']} reached the production fine-tune (the front "
+                  f"uses only those), {s['pruned']} stopped lower ({rungs}), {s['failed']} failed; "
+                  f"{s['finetune_epochs']:.0f} fine-tune epochs in all; this run took {s['wall_s']:.1f}s.")
+    else:
+        out.print(f"{s['trials']} trials in the study ({s['complete']} complete, {s['pruned']} stopped early saving "
+                  f"{s['early_stop_saved_s']:.1f}s, {s['failed']} failed); this run took {s['wall_s']:.1f}s, "
+                  f"{s['mean_eval_s']:.3f}s per evaluation.")
     if s.get("trials_here"):
         out.print(f"search machinery (sampling, projection, storage, tracking hand-over, progress): "
                   f"{s['overhead_s_per_trial'] * 1e3:.1f} ms per trial = {s['overhead_share_of_eval']:.1%} of the "
@@ -211,8 +217,8 @@ def bench(
                                                        "every method is scored after it). Default: the space's.")
                             ] = None,
     rank_correlation: Annotated[int | None, typer.Option(
-        help="Instead: run N candidates through every rung and print the Spearman rank correlation of each rung "
-             "and proxy with the production score, per target.")] = None,
+        help="Instead: run N candidates per target through every rung and print the Spearman rank correlation "
+             "of each rung's scores (and proxies: losses, divergence to dense) with the production score.")] = None,
 ) -> None:
     """Search (TPE and RL controller) vs heuristics, every method scored after the production fine-tune.
 
@@ -252,9 +258,10 @@ def bench(
         if rank_correlation is not None:
             from autoprune.bench.fidelity import rank_correlation as correlate
 
+            rows = correlate(sp, rank_correlation, folder)
             console.print(table(f"{sp.name}: Spearman ρ of each proxy with the production val score "
-                                f"({rank_correlation} candidates, ladder {sp.ladder.epochs if sp.ladder else ''})",
-                                correlate(sp, rank_correlation, folder)))
+                                f"({rank_correlation} candidates per target, rung epochs "
+                                f"{sp.ladder.epochs if sp.ladder else ''})", rows))
             continue
         console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
                       f"recipe {sp.default_recipe().model_dump()}")

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+SIZE_TOLERANCE = 1e-3  # sizes within 0.1 % of each other count as equal: a point one weight smaller is not smaller
 
-def nondominated(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points (accuracy, size) not dominated by any other (higher-or-equal acc, lower-or-equal size)."""
+
+def dominates(p: tuple[float, float], q: tuple[float, float], size_tol: float = 0.0) -> bool:
+    """Whether (accuracy, size) point ``p`` dominates ``q``; sizes within ``size_tol`` (relative) count as equal."""
+    (a2, s2), (a, s) = p, q
+    if abs(s2 - s) <= size_tol * max(abs(s), abs(s2)):
+        return a2 > a
+    return a2 >= a and s2 < s
+
+
+def nondominated(points: Sequence[tuple[float, float]], size_tol: float = 0.0) -> list[int]:
+    """Indices of points (accuracy, size) not dominated by any other (higher-or-equal acc, lower-or-equal size).
+
+    With ``size_tol`` (relative), a size no more than that fraction from another counts as equal, so a less
+    accurate point that is smaller by a hair (one weight) is dominated; of exact duplicates the first is kept.
+    """
     out = []
-    for i, (a, s) in enumerate(points):
-        dominated = any((a2 >= a and s2 <= s) and (a2 > a or s2 < s) for j, (a2, s2) in enumerate(points) if j != i)
-        if not dominated:
+    for i, q in enumerate(points):
+        beaten = any(dominates(p, q, size_tol) or (p == q and j < i) for j, p in enumerate(points) if j != i)
+        if not beaten:
             out.append(i)
     return out
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from autoprune.policy import Criterion, FineTune, Granularity, LrDecay, Policy, 
 from autoprune.yamlfile import line_of, load_yaml_with_lines
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
+RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
 SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl"]
 Heuristic = Literal["uniform", "global", "lamp", "erk", "sensitivity"]
 
@@ -124,11 +126,32 @@ class LadderSpec(_Strict):
     epochs: list[float] = Field(default_factory=lambda: [0.0, 2.0, 20.0], min_length=2)  # fine-tune epochs per rung
     keep: float = Field(default=0.34, gt=0.0, le=1.0)  # fraction of each rung promoted (per target)
     min_peers: int = Field(default=4, ge=1)  # below this many scores at a rung and target, everyone climbs
+    # what ranks candidates at each rung below the last (one name for all, or one per rung): the rung's validation
+    # metric, its validation or training loss, or the KL divergence of its outputs to the dense model's.
+    # Default: kl_to_dense on a rung without fine-tune, val_loss after one (they predicted the production
+    # score best in README's rank-correlation table)
+    rank_by: RankBy | list[RankBy] | None = None
+
+    def rank_field(self, rung: int) -> RankBy:
+        """The measurement that ranks candidates at ``rung`` (below the last)."""
+        if self.rank_by is None:
+            return "kl_to_dense" if self.epochs[rung] == 0 else "val_loss"
+        return self.rank_by if isinstance(self.rank_by, str) else self.rank_by[rung]
+
+    @model_validator(mode="after")
+    def _check_rank_by(self) -> LadderSpec:
+        below = len(self.epochs) - 1
+        if isinstance(self.rank_by, list) and len(self.rank_by) != below:
+            raise ValueError(f"rank_by: give one name, or one per rung below the last ({below}), got {self.rank_by}")
+        for r in range(below):
+            if self.rank_field(r) == "train_loss" and self.epochs[r] == 0:
+                raise ValueError(f"rank_by: rung {r} has no fine-tune, so no training loss")
+        return self
 
     @field_validator("epochs")
     @classmethod
     def _check_epochs(cls, v: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)) or v[0] < 0:
+        if any(b <= a for a, b in itertools.pairwise(v)) or v[0] < 0:
             raise ValueError(f"rung epochs must be ≥ 0 and strictly increasing, got {v}")
         return v
 

@@ -14,7 +14,16 @@ from autoprune.errors import ConfigError
 from autoprune.policy import Policy
 from autoprune.production import apply
 from autoprune.search import SearchOptions, run_search
-from autoprune.search.ladder import RungScore, climbs, late_promotions, peers, rung_key, scores_of
+from autoprune.search.ladder import (
+    RungScore,
+    climbs,
+    late_promotions,
+    peers,
+    rank_fields,
+    rank_value,
+    rung_key,
+    scores_of,
+)
 from autoprune.space import SearchSpace
 from autoprune.training import classification_metrics
 from autoprune.workspace import load_workspace
@@ -66,6 +75,10 @@ def test_ladder_yaml_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"finetune.epochs and ladder.epochs both given"):
         SearchSpace.from_yaml(write_space(tmp_path / "b.yaml", ladder={"epochs": [0, 2]},
                                           finetune={"epochs": [1]}))
+    with pytest.raises(ConfigError, match=r"rank_by: give one name, or one per rung below the last \(2\)"):
+        SearchSpace.from_yaml(write_space(tmp_path / "d.yaml", ladder={"epochs": [0, 1, 2], "rank_by": ["metric"]}))
+    with pytest.raises(ConfigError, match=r"rung 0 has no fine-tune, so no training loss"):
+        SearchSpace.from_yaml(write_space(tmp_path / "e.yaml", ladder={"epochs": [0, 1], "rank_by": "train_loss"}))
     with pytest.raises(ConfigError, match=r"field 'finetune.lr_scale'.*> 0"):
         SearchSpace.from_yaml(write_space(tmp_path / "c.yaml", finetune={"lr_scale": [-1]}))
 
@@ -81,10 +94,12 @@ def test_halving_per_target_replays_exactly(laddered: tuple[SearchSpace, str], r
     """Replay the study in trial order: each non-baseline candidate climbed iff its score was in the best half
     of the equally sized scores recorded before it, and only the last rung completes a trial."""
     trials = sorted(_trials(runs_dir, laddered[1]), key=lambda t: t.number)
+    fields = rank_fields(laddered[0].ladder)
+    assert fields == ["kl_to_dense", "val_loss"]  # the default: what ranked best in the rank-correlation study
     stops, climbs_seen = 0, 0
     for t in trials:
         attrs = t.user_attrs
-        earlier = scores_of(((u.number, u.user_attrs) for u in trials if u.number < t.number), N_RUNGS)
+        earlier = scores_of(((u.number, u.user_attrs) for u in trials if u.number < t.number), fields)
         last_rung = max(r for r in range(N_RUNGS) if rung_key(r) in attrs)
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert last_rung == N_RUNGS - 1 and t.values[0] == attrs[rung_key(last_rung)]["score"]
@@ -97,22 +112,23 @@ def test_halving_per_target_replays_exactly(laddered: tuple[SearchSpace, str], r
             rec = attrs[rung_key(r)]
             went_on = rung_key(r + 1) in attrs
             if r < N_RUNGS - 1:
-                want = climbs(rec["score"], peers(earlier, r, rec["sparsity"]), LADDER["keep"], LADDER["min_peers"])
+                want = climbs(rank_value(rec, fields[r]), peers(earlier, r, rec["sparsity"]), LADDER["keep"],
+                              LADDER["min_peers"])
                 assert went_on == want, (t.number, r)
                 stops += not went_on
                 climbs_seen += went_on
     assert stops > 0 and climbs_seen > 0  # both decisions were exercised
 
 
-def test_rungs_use_their_epochs_and_rung_zero_has_a_divergence(laddered: tuple[SearchSpace, str],
+def test_rungs_record_their_epochs_losses_and_divergence(laddered: tuple[SearchSpace, str],
                                                                runs_dir: Path) -> None:
     for t in _trials(runs_dir, laddered[1]):
         for r, epochs in enumerate(LADDER["epochs"]):
             rec = t.user_attrs.get(rung_key(r))
             if rec is not None:
                 assert rec["epochs"] == epochs
-                assert ("kl_to_dense" in rec) == (r == 0)
-                assert rec["kl_to_dense"] >= 0 if r == 0 else math.isfinite(rec["train_loss"])
+                assert rec["kl_to_dense"] >= 0 and math.isfinite(rec["val_loss"])
+                assert math.isnan(rec["train_loss"]) if epochs == 0 else math.isfinite(rec["train_loss"])
 
 
 def test_last_rung_score_is_reproduced_exactly_by_apply(laddered: tuple[SearchSpace, str], runs_dir: Path,
@@ -138,9 +154,10 @@ def test_resume_continues_the_ladder_without_rerunning_rungs(tmp_path: Path, run
     # resume with keep = 1: every stopped candidate now belongs to the best fraction of its rung
     resumed = space.model_copy(update={"ladder": space.ladder.model_copy(update={"keep": 1.0})})
     run_search(resumed, SearchOptions(n_trials=len(stopped), runs_dir=runs_dir, device="cpu"))
-    after = _trials(runs_dir, "resume_ladder")[len(before):]
-    promoted = {t.user_attrs["promoted_from"]: t for t in after if "promoted_from" in t.user_attrs}
-    assert set(promoted) == set(stopped)
+    every = _trials(runs_dir, "resume_ladder")
+    promotions = [t for t in every if "promoted_from" in t.user_attrs]
+    promoted = {t.user_attrs["promoted_from"]: t for t in promotions}
+    assert set(promoted) == set(stopped) and len(promotions) == len(stopped)  # each exactly once
     for number, t in promoted.items():
         start = stopped[number].user_attrs["ladder_stop"] + 1
         assert t.user_attrs["start_rung"] == start

@@ -12,21 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import ConfigError
-from autoprune.search import SearchOptions, run_search, study_user_attrs
-from autoprune.search.ladder import rung_key
+from autoprune.search import SearchOptions, baseline_targets, run_search, study_user_attrs
+from autoprune.search.ladder import rank_value, rung_key
 from autoprune.space import SearchSpace
 
-# proxy field of a rung record -> sign that makes "higher predicts better" (losses and divergences are lower-better)
-PROXIES = {"score": 1.0, "val_loss": -1.0, "train_loss": -1.0, "kl_to_dense": -1.0}
+PROXIES = ("metric", "val_loss", "train_loss", "kl_to_dense")  # rung-record measurements that could rank
 
 
 def proxy_values(attrs: list[dict[str, Any]], n_rungs: int) -> dict[str, list[float]]:
-    """``rung<r>/<field>`` -> one signed value per trial (NaN where the trial lacks it); plus ``final``."""
+    """``rung<r>/<proxy>`` -> one value per trial, signed so that higher predicts better (NaN where the trial
+    lacks it); plus ``final``, the last rung's validation metric."""
     last = n_rungs - 1
     out: dict[str, list[float]] = {}
     for r in range(last):
-        for name, sign in PROXIES.items():
-            vals = [sign * float(a[rung_key(r)].get(name, math.nan)) for a in attrs]
+        for name in PROXIES:
+            vals = [rank_value(a[rung_key(r)], name) for a in attrs]
             if not all(math.isnan(v) for v in vals):
                 out[f"rung{r}/{name}"] = vals
     out["final"] = [float(a[rung_key(last)]["score"]) for a in attrs]
@@ -54,12 +54,18 @@ def correlation_rows(attrs: list[dict[str, Any]], n_rungs: int) -> list[dict[str
     return rows
 
 
-def rank_correlation(space: SearchSpace, trials: int, out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
-    """Run ``trials`` candidates through every rung of the space's ladder and correlate each proxy with the last."""
+def rank_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """Run ``per_target`` candidates at each target (one study per target, so every size gets as many) through
+    every rung of the space's ladder, and correlate each proxy with the last rung's score."""
     if space.ladder is None:
         raise ConfigError(f"{space.source or space.name}: field 'ladder': the rank correlation needs a ladder")
-    sp = space.model_copy(update={"ladder": space.ladder.model_copy(update={"keep": 1.0}), "seed": seed})
-    name = f"fidelity-{space.name}-s{seed}"
-    run_search(sp, SearchOptions(n_trials=trials, study_name=name, seed=seed, runs_dir=out_dir, device="cpu"))
-    attrs = study_user_attrs(name, None, out_dir)
+    ladder = space.ladder.model_copy(update={"keep": 1.0})
+    attrs: list[dict[str, Any]] = []
+    for target in baseline_targets(space):
+        grid = space.targets.model_copy(update={"grid": [target], "range": None})
+        sp = space.model_copy(update={"ladder": ladder, "seed": seed, "targets": grid})
+        name = f"fidelity-{space.name}-{target:g}-s{seed}"
+        run_search(sp, SearchOptions(n_trials=per_target, study_name=name, seed=seed, runs_dir=out_dir,
+                                     device="cpu"))
+        attrs += study_user_attrs(name, None, out_dir)
     return correlation_rows(attrs, len(space.ladder.epochs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from autoprune.search import SearchOptions, run_search
 from autoprune.search.runner import Prepared
 from autoprune.space import SearchSpace
 
-HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform", "lamp_cubic3")
+HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform", "lamp_cubic3",
+              "lamp_tuned")
 SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl")  # autoprune_rl: the same design, RL controller sampler
 DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES if m != "tpe_naive")
 
@@ -50,8 +52,21 @@ def heuristic_policy(prep: Prepared, name: str, level: float, seed: int) -> Poli
     return base.model_copy(update={"sparsity": prep.heuristics[name](level)})
 
 
+def recipe_grid(space: SearchSpace, policy: Policy) -> list[Policy]:
+    """``policy`` under every combination of the space's recipe choices (LR scale, decay, schedule, criterion)."""
+    out = []
+    for crit, sched, lr_scale, decay in itertools.product(space.criteria, space.schedules, space.finetune.lr_scale,
+                                                          space.finetune.decay):
+        recipe = space.finetune_recipe(policy.finetune.epochs, lr_scale, decay)
+        out.append(policy.model_copy(update={"criterion": crit, "schedule": sched, "finetune": recipe}))
+    return out
+
+
 def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> MethodResult:
-    """Evaluate a heuristic at each level with the test split measured."""
+    """Evaluate a heuristic at each level with the test split measured. ``lamp_tuned``: LAMP under every recipe
+    the space offers, the best on validation reported (does the search win by its allocation or its recipe?)."""
+    if name == "lamp_tuned":
+        return _tuned(prep, "lamp", levels, seed)
     res = MethodResult(name, seed)
     for level in levels:
         ev = evaluate(prep.ws.model, heuristic_policy(prep, name, level, seed), prep.ws.splits, with_test=True)
@@ -90,3 +105,17 @@ def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: i
         res.test[level] = best["test_accuracy"] if best else math.nan
         res.size[level] = best["size"] if best else math.nan
     return res, result.summary
+
+
+def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int) -> MethodResult:
+    """A heuristic's allocation with its recipe grid-searched on validation; test reported for the chosen one."""
+    res = MethodResult(f"{heuristic}_tuned", seed)
+    for level in levels:
+        grid = recipe_grid(prep.ws.space, heuristic_policy(prep, heuristic, level, seed))
+        evs = [evaluate(prep.ws.model, p, prep.ws.splits, with_test=True) for p in grid]
+        best = max(evs, key=lambda ev: ev.accuracy)  # first best on validation: a deterministic choice
+        res.test[level] = (best.test or {})["accuracy"]
+        res.size[level] = best.size_value(prep.ws.space.size_metric)
+        res.seconds += sum(ev.times["total"] for ev in evs)
+        res.compute["finetune_epochs"] = res.compute.get("finetune_epochs", 0.0) + sum(p.finetune.epochs for p in grid)
+    return res

@@ -51,7 +51,8 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
         sp = space.model_copy(update={"seed": seed})
         prep = prepare(sp, "cpu", out_dir)
         for name in HEURISTICS:
-            if name in methods and (name in prep.heuristics or name in ("random", "agp_uniform", "lamp_cubic3")):
+            if name in methods and (name in prep.heuristics or name in ("random", "agp_uniform", "lamp_cubic3",
+                                                                         "lamp_tuned")):
                 results.append(run_heuristic(prep, name, levels, seed))
         log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
         for method in (m for m in SEARCHES if m in methods):

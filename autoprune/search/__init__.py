@@ -1,11 +1,22 @@
 """The search: the only package that imports optuna."""
 
+from autoprune.search.baselines import baseline_targets
 from autoprune.search.export import choose_trial, policy_from_trial
 from autoprune.search.run import ProgressSink, run_search
 from autoprune.search.runner import SearchOptions, SearchResult, front_table, prepare, study_user_attrs
 from autoprune.search.storage import load_existing, make_storage
 
 __all__ = [
-    "ProgressSink", "SearchOptions", "SearchResult", "choose_trial", "front_table", "load_existing", "make_storage",
-    "policy_from_trial", "prepare", "run_search", "study_user_attrs",
+    "ProgressSink",
+    "SearchOptions",
+    "SearchResult",
+    "baseline_targets",
+    "choose_trial",
+    "front_table",
+    "load_existing",
+    "make_storage",
+    "policy_from_trial",
+    "prepare",
+    "run_search",
+    "study_user_attrs",
 ]

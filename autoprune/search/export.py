@@ -11,7 +11,7 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
-from autoprune.search.records import policy_json, trial_policy
+from autoprune.search.records import front_trials, policy_json, trial_policy
 
 
 def _acc(study: optuna.Study, t: optuna.trial.FrozenTrial) -> float:
@@ -45,7 +45,7 @@ def choose_trial(study: optuna.Study, trial: int | None = None, max_size: float 
         if not found or found[0].state != optuna.trial.TrialState.COMPLETE or policy_json(found[0]) is None:
             raise ConfigError(f"export: trial {trial} is not a complete trial of study '{study.study_name}'")
         return found[0]
-    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    front = sorted(front_trials(study), key=lambda t: t.values[1])
     if not front:
         raise ConfigError(f"export: study '{study.study_name}' has no complete trial yet")
     if max_size is not None:

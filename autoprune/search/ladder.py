@@ -22,7 +22,7 @@ from typing import Any
 
 import optuna
 
-from autoprune.space import SearchSpace
+from autoprune.space import LadderSpec, SearchSpace
 
 SAME_SIZE = 5e-3  # candidates whose global sparsities differ by less than this are compared with each other
 
@@ -39,17 +39,28 @@ class RungScore:
     trial: int
     rung: int
     sparsity: float
-    score: float  # higher is better (validation accuracy)
+    score: float  # the rung's ranking value, higher is better (see ``rank_value``)
 
 
-def scores_of(trials: Iterable[tuple[int, dict[str, Any]]], n_rungs: int) -> list[RungScore]:
-    """Every rung score recorded in ``(trial number, user attrs)`` pairs."""
+# sign that makes a rung record's field "higher is better" (losses and divergences are lower-better)
+SIGNS = {"metric": 1.0, "score": 1.0, "val_loss": -1.0, "train_loss": -1.0, "kl_to_dense": -1.0}
+
+
+def rank_value(rec: dict[str, Any], by: str) -> float:
+    """A rung record's ranking value under ``by`` (higher is better; NaN when it was not measured)."""
+    value = rec.get("score" if by == "metric" else by)
+    return math.nan if value is None else SIGNS[by] * float(value)
+
+
+def scores_of(trials: Iterable[tuple[int, dict[str, Any]]], rank_by: list[str]) -> list[RungScore]:
+    """Every rung's ranking value recorded in ``(trial number, user attrs)`` pairs; ``rank_by[r]`` names the
+    measurement that ranks rung ``r`` (the last rung, never ranked, is left out)."""
     out = []
     for number, attrs in trials:
-        for r in range(n_rungs):
+        for r, by in enumerate(rank_by):
             rec = attrs.get(rung_key(r))
-            if rec is not None and not math.isnan(rec["score"]):
-                out.append(RungScore(number, r, float(rec["sparsity"]), float(rec["score"])))
+            if rec is not None and not math.isnan(value := rank_value(rec, by)):
+                out.append(RungScore(number, r, float(rec["sparsity"]), value))
     return out
 
 
@@ -88,13 +99,17 @@ def late_promotions(scores: list[RungScore], stopped: dict[int, int], promoted: 
     return out
 
 
+def rank_fields(ladder: LadderSpec) -> list[str]:
+    """The ranking measurement of every rung below the last."""
+    return [ladder.rank_field(r) for r in range(len(ladder.epochs) - 1)]
+
+
 def enqueue_promotions(study: optuna.Study, space: SearchSpace) -> int:
     """Enqueue every late promotion (same params and attrs, resuming at the next rung); returns how many."""
     if space.ladder is None:
         return 0
     trials = study.get_trials(deepcopy=False)
-    n_rungs = len(space.ladder.epochs)
-    scores = scores_of(((t.number, t.user_attrs) for t in trials), n_rungs)
+    scores = scores_of(((t.number, t.user_attrs) for t in trials), rank_fields(space.ladder))
     stopped = {t.number: int(t.user_attrs["ladder_stop"]) for t in trials
                if t.state == optuna.trial.TrialState.PRUNED and "ladder_stop" in t.user_attrs}
     promoted = {int(t.user_attrs["promoted_from"]) for t in trials if "promoted_from" in t.user_attrs}

@@ -13,7 +13,7 @@ from autoprune.budget import weighted_sparsity
 from autoprune.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.heuristics import Allocation
 from autoprune.policy import Policy
-from autoprune.search.ladder import climbs, peers, rung_key, scores_of
+from autoprune.search.ladder import climbs, peers, rank_fields, rank_value, rung_key, scores_of
 from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
 from autoprune.workspace import Workspace
 
@@ -97,19 +97,22 @@ class Objective:
         for r in range(int(attrs.get("start_rung", 0)), last + 1):
             ev = evaluate(self.ws.model, policy, self.ws.splits, epochs=ladder.epochs[r],
                           measure_latency=r == last and self.space.size_metric == "latency",
-                          reference=self.reference if r == 0 else None)
+                          reference=self.reference)
             self.eval_seconds.append(ev.times["total"])
-            trial.set_user_attr(rung_key(r), rung_record(ev, sparsity, ladder.epochs[r]))
+            record = rung_record(ev, sparsity, ladder.epochs[r])
+            trial.set_user_attr(rung_key(r), record)
             if r == last:
                 return ev
             if always:
                 continue
             done = trial.study.get_trials(deepcopy=False)
-            scores = scores_of(((t.number, t.user_attrs) for t in done), last + 1)
-            if not climbs(ev.accuracy, peers(scores, r, sparsity, exclude=trial.number), ladder.keep,
-                          ladder.min_peers):
+            scores = scores_of(((t.number, t.user_attrs) for t in done), rank_fields(ladder))
+            by = ladder.rank_field(r)
+            mine = rank_value(record, by)
+            if not climbs(mine, peers(scores, r, sparsity, exclude=trial.number), ladder.keep, ladder.min_peers):
                 trial.set_user_attr("ladder_stop", r)
-                raise optuna.TrialPruned(f"stopped at rung {r}: val accuracy {ev.accuracy:.3f}")
+                raise optuna.TrialPruned(f"stopped at rung {r}: {by} {abs(mine):.4f} not in the best "
+                                         f"{ladder.keep:.0%} at this size")
         raise AssertionError("unreachable: the last rung returns")
 
     def single_rung(self, trial: optuna.Trial, attrs: dict[str, Any], policy: Policy, sparsity: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from autoprune.errors import ConfigError
+from autoprune.pareto import SIZE_TOLERANCE, nondominated
 from autoprune.policy import Policy
 from autoprune.records import TrialRecord
 
@@ -27,10 +28,26 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
     """Plain-data view of a finished trial."""
     values = (float(t.values[0]), float(t.values[1])) if t.values else None
     metrics = {k: v for k, v in (t.user_attrs.get("eval") or {}).items() if k != "policy"}
-    if not metrics and "stopped" in t.user_attrs:
+    rungs = {k: v for k, v in t.user_attrs.items() if k.startswith("rung/")}
+    for key, rec in rungs.items():  # every rung's measurements, e.g. rung1_val_loss (the ladder's record)
+        metrics.update({f"rung{key[5:]}_{k}": v for k, v in rec.items() if k != "sparsity"})
+    if rungs:
+        metrics["rung"] = max(int(k[5:]) for k in rungs)  # the highest rung this trial reached
+        metrics.setdefault("sparsity", next(iter(rungs.values()))["sparsity"])
+    if not rungs and not metrics and "stopped" in t.user_attrs:
         stopped = t.user_attrs["stopped"]
         metrics = {"sparsity": stopped.get("sparsity"), "stopped_epoch": stopped.get("epoch"),
                    "val_accuracy": stopped.get("val_accuracy"), "early_stop_saved_s": stopped.get("saved_s")}
     return TrialRecord(number=t.number, state=t.state.name, params=dict(t.params), values=values, metrics=metrics,
                        policy_json=policy_json(t), baseline=t.user_attrs.get("baseline"),
                        pareto=pareto, test=test)
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's Pareto front (val metric ↑, size ↓) among complete, feasible trials, with sizes within
+    :data:`~autoprune.pareto.SIZE_TOLERANCE` of each other treated as equal (Optuna's ``best_trials`` keeps a
+    less accurate point that is one weight smaller)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if all(c <= 0 for c in t.system_attrs.get("constraints", None) or [])]
+    keep = nondominated([(t.values[0], t.values[1]) for t in done], SIZE_TOLERANCE)
+    return [done[i] for i in keep]

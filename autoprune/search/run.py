@@ -13,7 +13,7 @@ from autoprune.records import SearchListener
 from autoprune.search.baselines import enqueue_baselines
 from autoprune.search.ladder import enqueue_promotions
 from autoprune.search.objective import Objective
-from autoprune.search.records import to_record
+from autoprune.search.records import front_trials, to_record
 from autoprune.search.runner import (
     _FINISHED,
     SearchOptions,
@@ -86,7 +86,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
             listener.on_trial(to_record(trial))
             handed.append(trial.number)
             if len(handed) % FRONT_EVERY == 0:
-                listener.on_front({t.number for t in st.best_trials})
+                listener.on_front({t.number for t in front_trials(st)})
         if progress is not None:
             done = len(st.get_trials(deepcopy=False, states=_FINISHED)) - _finished_before
             if time.perf_counter() - best[0] > BEST_EVERY_S or done >= n_trials:  # a scan of all trials: throttled

@@ -19,7 +19,7 @@ from autoprune.policy import Policy
 from autoprune.records import SearchListener, StudyInfo
 from autoprune.search.ladder import compute_spent
 from autoprune.search.objective import Objective
-from autoprune.search.records import to_record, trial_policy
+from autoprune.search.records import front_trials, to_record, trial_policy
 from autoprune.search.sampler import make_sampler, search_distributions
 from autoprune.search.storage import make_storage, open_study
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
@@ -116,7 +116,7 @@ class SearchResult:
 def test_front(study: optuna.Study, prep: Prepared) -> dict[int, dict[str, float]]:
     """Re-evaluate every Pareto trial on the held-out test split (stored as study user attrs ``test/<n>``)."""
     out: dict[int, dict[str, float]] = {}
-    for t in study.best_trials:
+    for t in front_trials(study):
         key = f"test/{t.number}"
         cached = study.user_attrs.get(key)
         if cached is None:
@@ -153,6 +153,8 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
     evals = [float(r.metrics.get("time_total", 0.0)) for r in done]
     summary = {
         "trials": len(records), "complete": len(done),
+        "stopped_on_rung": {r: sum(x.state == "PRUNED" and x.metrics.get("rung") == r for x in records)
+                            for r in range(len(prep.ws.space.ladder.epochs) - 1)} if prep.ws.space.ladder else {},
         "pruned": sum(r.state == "PRUNED" for r in records), "failed": sum(r.state == "FAIL" for r in records),
         "early_stop_saved_s": sum(stopped), "wall_s": wall_s,
         "mean_eval_s": sum(evals) / max(len(evals), 1),
@@ -199,7 +201,7 @@ def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[di
 
     study = load_existing(study_name, make_storage(storage, runs_dir))
     rows = []
-    for t in study.best_trials:
+    for t in front_trials(study):
         rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}"))))
     return sorted(rows, key=lambda r: r["sparsity"])
 

@@ -7,13 +7,13 @@ from typing import Any
 import optuna
 
 from autoprune.records import StudyInfo, TrialRecord
-from autoprune.search.records import to_record
+from autoprune.search.records import front_trials, to_record
 
 
 def records_and_info(study: optuna.Study, storage: str) -> tuple[list[TrialRecord], StudyInfo, dict[str, Any]]:
     """Records with Pareto flags and stored test metrics, the study description and a small summary."""
     attrs = study.user_attrs  # written by run_search when it created the study
-    front = {t.number for t in study.best_trials}
+    front = {t.number for t in front_trials(study)}
     finished = [t for t in study.trials if t.state.is_finished()]
     records = [to_record(t, t.number in front, attrs.get(f"test/{t.number}")) for t in finished]
     info = StudyInfo(study_name=study.study_name, storage=storage, space_yaml=str(attrs.get("space_yaml", "")),

@@ -1,0 +1,26 @@
+"""The front: a point one weight smaller but less accurate is not on it (size tolerance)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from autoprune.pareto import SIZE_TOLERANCE, nondominated
+from autoprune.search.records import front_trials
+
+
+def test_size_tolerance_drops_a_worse_point_one_weight_smaller() -> None:
+    pts = [(0.98, 1817 / 53000), (0.80, 1816 / 53000), (0.99, 0.10), (0.5, 0.01)]
+    assert nondominated(pts) == [0, 1, 2, 3]  # without a tolerance the hair-smaller point survives
+    assert nondominated(pts, SIZE_TOLERANCE) == [0, 2, 3]
+    assert nondominated([(0.9, 0.1), (0.9, 0.1)], SIZE_TOLERANCE) == [0]  # duplicates: the first is kept
+
+
+def test_front_trials_applies_the_tolerance_and_constraints(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, size in [(0.98, 0.034282), (0.80, 0.034263), (0.70, 0.01)]:
+        study.add_trial(optuna.trial.create_trial(values=[acc, size]))
+    study.add_trial(optuna.trial.create_trial(values=[0.99, 0.005], system_attrs={"constraints": [0.5]}))
+    assert [t.values[0] for t in study.best_trials] == [0.98, 0.80, 0.70]  # Optuna keeps the hair-smaller trial
+    assert [t.values[0] for t in front_trials(study)] == [0.98, 0.70]
