@@ -119,13 +119,14 @@ def export(
     out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the policy JSON.")] = Path("policy.json"),
     trial: Annotated[int | None, typer.Option(help="Export this trial number.")] = None,
     max_size: Annotated[float | None, typer.Option(help="Most accurate front point with size ≤ this.")] = None,
-    min_accuracy: Annotated[float | None, typer.Option(help="Smallest front point with accuracy ≥ this.")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help="Smallest front point with validation accuracy ≥ this.")
+                            ] = None,
     knee: Annotated[bool, typer.Option("--knee", help="The front's knee (best trade-off).")] = False,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI")] = None,
     runs: Runs = Path("runs"),
 ) -> None:
-    """Pick a point on the Pareto front (test accuracy where known) and write its versioned policy."""
+    """Pick a point on the Pareto front by validation accuracy and write its versioned policy (test only reported)."""
     from autoprune.api import export as do_export
     from autoprune.console import out as console
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoprune.bench.methods import HEURISTICS, SEARCHES
+from autoprune.bench.methods import DEFAULT_METHODS
 
 EXE = str(Path(sys.executable).parent / "autoprune")
 
@@ -19,15 +19,15 @@ def test_bench_quick_produces_a_complete_table(space_path: Path, tmp_path: Path)
     res = subprocess.run([EXE, "bench", "--quick", "--space", str(space_path), "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    for method in (*HEURISTICS, *SEARCHES):
+    for method in DEFAULT_METHODS:
         assert method in res.stdout
     assert "fine-tune loop throughput vs plain PyTorch loop" in res.stdout
     rows = list(csv.DictReader((tmp_path / "bench-digits_small.csv").open()))
     methods = {r["method"] for r in rows}
-    assert methods == set(HEURISTICS) | set(SEARCHES)
+    assert methods == set(DEFAULT_METHODS)
     levels = {float(r["sparsity"]) for r in rows}
     assert levels == {0.9, 0.95} and len(rows) == 2 * len(methods)  # --quick: 1 seed, 2 levels
-    assert all(r["test_accuracy"] != "nan" for r in rows if r["method"] != "tpe_naive")
+    assert all(r["test_accuracy"] != "nan" for r in rows)
     assert (tmp_path / "bench-digits_small.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "mlflow.db").exists()
 
@@ -38,3 +38,42 @@ def test_bench_latency_measures_a_real_shrink() -> None:
     rows = channel_speedup(0.3, width=8, input_shape=(3, 16, 16), batches=(8,), runs=5)
     assert rows[0]["macs_ratio"] < 0.6 and rows[0]["params_ratio"] < 0.6
     assert rows[0]["pruned_ms"] > 0
+
+
+def test_correlation_rows_rank_proxies_against_the_production_score() -> None:
+    from autoprune.bench.fidelity import correlation_rows
+    from autoprune.search.ladder import rung_key
+
+    attrs = []
+    for i in range(6):  # rung-0 KL falls as the final score rises (a perfect proxy); rung-0 accuracy is reversed
+        rec0 = {"sparsity": 0.9, "score": 0.1 * i, "val_loss": 1.0, "kl_to_dense": 1.0 - 0.1 * i,
+                "train_loss": float("nan")}
+        attrs.append({rung_key(0): rec0, rung_key(1): {"sparsity": 0.9, "score": 1.0 - 0.1 * i}})
+    rows = {r["proxy"]: r["ρ at 90% (n)"] for r in correlation_rows(attrs, 2)}
+    assert rows["rung0/kl_to_dense"] == "+1.00 (6)" and rows["rung0/metric"] == "-1.00 (6)"
+    assert "rung0/train_loss" not in rows  # never measured without a fine-tune
+
+
+def test_final_epochs_sets_the_production_rung(space_path: Path) -> None:
+    from autoprune.bench.run import with_final_epochs
+    from autoprune.errors import ConfigError
+    from autoprune.space import SearchSpace
+
+    space = SearchSpace.from_yaml(space_path)  # no ladder: one becomes [0, short, final]
+    assert with_final_epochs(space, 5).ladder.epochs == [0.0, 1.0, 5.0]
+    assert with_final_epochs(space, 5).default_recipe().epochs == 5.0
+    with pytest.raises(ConfigError, match="must exceed"):
+        with_final_epochs(space, 1)
+
+
+@pytest.mark.slow
+def test_rank_correlation_runs_every_candidate_through_every_rung(space_path: Path, tmp_path: Path) -> None:
+    from autoprune.bench.fidelity import rank_correlation
+    from autoprune.bench.run import with_final_epochs
+    from autoprune.space import SearchSpace
+
+    space = with_final_epochs(SearchSpace.from_yaml(space_path), 2)
+    rows = rank_correlation(space, 12, tmp_path)
+    assert {r["proxy"] for r in rows} >= {"rung0/kl_to_dense", "rung1/train_loss", "rung1/metric"}
+    for r in rows:  # 12 candidates per target, every one scored at the production rung
+        assert r["ρ at 80% (n)"].endswith("(12)") and r["ρ at 90% (n)"].endswith("(12)")

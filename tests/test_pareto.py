@@ -24,3 +24,17 @@ def test_front_trials_applies_the_tolerance_and_constraints(tmp_path: Path) -> N
     study.add_trial(optuna.trial.create_trial(values=[0.99, 0.005], system_attrs={"constraints": [0.5]}))
     assert [t.values[0] for t in study.best_trials] == [0.98, 0.80, 0.70]  # Optuna keeps the hair-smaller trial
     assert [t.values[0] for t in front_trials(study)] == [0.98, 0.70]
+
+
+def test_export_choices_follow_validation_not_test() -> None:
+    from autoprune.search.export import choose_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, size in [(0.95, 0.10), (0.90, 0.05), (0.80, 0.02)]:
+        study.add_trial(optuna.trial.create_trial(values=[acc, size]))
+    # test accuracies that disagree with validation: the smallest point looks best on test
+    for number, test_acc in [(0, 0.70), (1, 0.75), (2, 0.99)]:
+        study.set_user_attr(f"test/{number}", {"accuracy": test_acc})
+    assert choose_trial(study, max_size=0.2).number == 0  # most accurate on validation, not on test
+    assert choose_trial(study, min_accuracy=0.85).number == 1  # 0.99 test of trial 2 does not qualify it
+    assert choose_trial(study, min_accuracy=0.95).number == 0

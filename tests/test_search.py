@@ -126,3 +126,24 @@ def test_journal_workers_share_one_study(space_path: Path, runs_dir: Path) -> No
     assert result.n_trials == len(trials) == 6
     keys = [(t.user_attrs["baseline"], t.user_attrs["target"]) for t in trials if "baseline" in t.user_attrs]
     assert len(keys) == len(set(keys))
+
+
+def test_reused_study_name_with_another_space_is_refused(tmp_path: Path, runs_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from autoprune.errors import ConfigError
+
+    first = SearchSpace.from_yaml(write_space(tmp_path / "a.yaml", name="ident"))
+    run_search(first, SearchOptions(n_trials=2, runs_dir=runs_dir, device="cpu"))
+    grid = SearchSpace.from_yaml(write_space(tmp_path / "b.yaml", name="ident", targets={"grid": [0.7, 0.9]}))
+    with pytest.raises(ConfigError, match=r"study 'ident' was created with another searched distributions, "
+                                          r"targets; .* Use --study NEW"):
+        run_search(grid, SearchOptions(n_trials=2, runs_dir=runs_dir, device="cpu"))
+    wider = write_space(tmp_path / "c.yaml", name="ident", model={"name": "digits_cnn", "kwargs": {"width": 12}})
+    exe = str(Path(sys.executable).parent / "autoprune")
+    res = subprocess.run([exe, "search", str(wider), "--no-track", "--runs", str(runs_dir), "--trials", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "created with another model, layers" in res.stderr and "Traceback" not in res.stderr
+    assert sum(t.state.is_finished() for t in _trials(runs_dir, "ident")) == 2  # nothing added to the study

@@ -14,12 +14,6 @@ from autoprune.policy import Policy
 from autoprune.search.records import front_trials, policy_json, trial_policy
 
 
-def _acc(study: optuna.Study, t: optuna.trial.FrozenTrial) -> float:
-    """Test accuracy when the search stored it (the front is chosen on validation, so test is fairer)."""
-    test = study.user_attrs.get(f"test/{t.number}")
-    return float(test["accuracy"]) if test else float(t.values[0])
-
-
 def knee(points: list[tuple[float, float]]) -> int:
     """Index of the front point farthest from the chord between its extremes (accuracy vs log size)."""
     if len(points) <= 2:
@@ -37,7 +31,10 @@ def knee(points: list[tuple[float, float]]) -> int:
 
 def choose_trial(study: optuna.Study, trial: int | None = None, max_size: float | None = None,
                  min_accuracy: float | None = None, use_knee: bool = False) -> optuna.trial.FrozenTrial:
-    """Exactly one selector: a trial number, the most accurate under a size, the smallest over an accuracy, the knee."""
+    """Exactly one selector: a trial number, the most accurate under a size, the smallest over an accuracy, the knee.
+
+    Every choice reads the validation accuracy (of the production rung with a ladder); test is only reported.
+    """
     if sum(x is not None for x in (trial, max_size, min_accuracy)) + int(use_knee) != 1:
         raise ConfigError("export: give exactly one of --trial, --max-size, --min-accuracy, --knee")
     if trial is not None:
@@ -52,14 +49,14 @@ def choose_trial(study: optuna.Study, trial: int | None = None, max_size: float 
         fit = [t for t in front if t.values[1] <= max_size]
         if not fit:
             raise ConfigError(f"export: no front trial has size ≤ {max_size} (smallest: {front[0].values[1]:.4f})")
-        return max(fit, key=lambda t: _acc(study, t))
+        return max(fit, key=lambda t: t.values[0])
     if min_accuracy is not None:
-        fit = [t for t in front if _acc(study, t) >= min_accuracy]
+        fit = [t for t in front if t.values[0] >= min_accuracy]
         if not fit:
-            best = max(_acc(study, t) for t in front)
+            best = max(t.values[0] for t in front)
             raise ConfigError(f"export: no front trial reaches accuracy {min_accuracy} (best: {best:.4f})")
         return min(fit, key=lambda t: t.values[1])
-    return front[knee([(_acc(study, t), t.values[1]) for t in front])]
+    return front[knee([(t.values[0], t.values[1]) for t in front])]
 
 
 def _version(pkg: str) -> str:

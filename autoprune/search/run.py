@@ -11,6 +11,7 @@ import optuna
 from autoprune.pareto import best_at
 from autoprune.records import SearchListener
 from autoprune.search.baselines import enqueue_baselines
+from autoprune.search.identity import check_study_parts, study_parts
 from autoprune.search.ladder import enqueue_promotions
 from autoprune.search.objective import Objective
 from autoprune.search.records import front_trials, to_record
@@ -25,6 +26,7 @@ from autoprune.search.runner import (
     study_info,
     worker_shares,
 )
+from autoprune.search.sampler import search_distributions
 from autoprune.space import SearchSpace
 
 
@@ -59,6 +61,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     t0 = time.perf_counter()
     prep = prepare(space, opts.device, opts.runs_dir)
     study = _open(space, opts, prep.ctx)
+    check_study_parts(study, study_parts(space, prep.ws.sizes, search_distributions(space, prep.ctx)), space)
     seed = space.seed if opts.seed is None else opts.seed
     info = study_info(prep, study, opts)
     if "space_yaml" not in study.user_attrs:
@@ -91,9 +94,11 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
             done = len(st.get_trials(deepcopy=False, states=_FINISHED)) - _finished_before
             if time.perf_counter() - best[0] > BEST_EVERY_S or done >= n_trials:  # a scan of all trials: throttled
                 best[:] = [time.perf_counter(), _best_at_targets(st, targets)]
-            progress.update(min(done, n_trials), {"best": best[1], "stopped": len(objective.stopped)})
+            stopped[0] += trial.state == optuna.trial.TrialState.PRUNED  # early stop, or a lower ladder rung
+            progress.update(min(done, n_trials), {"best": best[1], "stopped": stopped[0]})
 
     handed: list[int] = []
+    stopped = [0]  # trials of this run that stopped before the last rung (or early)
     best: list[Any] = [-math.inf, {}]  # when the best-at-target figures were computed, and their values
     _finished_before = len(study.get_trials(deepcopy=False, states=_FINISHED))
     t_opt = time.perf_counter()
