@@ -100,6 +100,9 @@ class Objective:
                           reference=self.reference)
             self.eval_seconds.append(ev.times["total"])
             record = rung_record(ev, sparsity, ladder.epochs[r])
+            if r < last:
+                by = ladder.rank_field(r)
+                record["rank"] = mine = rank_value(record, by)  # what the ladder (and TPE) rank this rung by
             trial.set_user_attr(rung_key(r), record)
             if r == last:
                 return ev
@@ -107,8 +110,6 @@ class Objective:
                 continue
             done = trial.study.get_trials(deepcopy=False)
             scores = scores_of(((t.number, t.user_attrs) for t in done), rank_fields(ladder))
-            by = ladder.rank_field(r)
-            mine = rank_value(record, by)
             if not climbs(mine, peers(scores, r, sparsity, exclude=trial.number), ladder.keep, ladder.min_peers):
                 trial.set_user_attr("ladder_stop", r)
                 raise optuna.TrialPruned(f"stopped at rung {r}: {by} {abs(mine):.4f} not in the best "

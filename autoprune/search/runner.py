@@ -86,7 +86,7 @@ def _open(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: i
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     # seed + trials so far: a resumed study does not replay the first run's random draws
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
-                           search_distributions(space, ctx), opts.workers > 1)
+                           search_distributions(space, ctx), opts.workers > 1, space.targets.grid)
     return open_study(name, storage, sampler)
 
 

@@ -3,6 +3,8 @@ reinforcement-learning controller (``rl``, in controller.py)."""
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +13,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from autoprune.errors import ConfigError
+from autoprune.search.ladder import rung_key
 from autoprune.space import SampleContext, SearchSpace, sample
 
 
@@ -58,15 +61,99 @@ class StaticSpaceTPE(optuna.samplers.TPESampler):
         return dict(self._static)
 
 
-def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False
-                 ) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate over ``search_space``, default), NSGA-II, random, GP or the RL controller, seeded.
+class PerTargetTPE(StaticSpaceTPE):
+    """TPE that, for a grid of targets, gives every target an equal share of trials and models each one on its own.
 
-    The constant liar (running trials count as bad) only matters with several workers.
+    Why: with two objectives, Optuna's TPE calls "good" the trials on the first non-dominated fronts. Across a
+    grid of sizes that is every size's best trial however poor (nothing beats the smallest size on size), and
+    early on it is the enqueued heuristics, whose recipe choices then look good everywhere. For a grid the real
+    question is one single-objective problem per size: the most accurate model at that size. So the target is
+    assigned (the size with the fewest trials), and TPE sees only that size's trials, as single-objective trials
+    valued by their validation accuracy; a trial stopped on a lower ladder rung is an Optuna pruned trial whose
+    intermediate value is its rung's ranking value, so a higher rung reached counts as better.
+    """
+
+    def __init__(self, search_space: dict[str, BaseDistribution], targets: list[float], **kwargs: Any) -> None:
+        super().__init__({k: d for k, d in search_space.items() if k != "target"}, **kwargs)
+        self._targets = list(targets)
+        self._assigned: dict[int, float] = {}
+
+    def _target_of(self, t: optuna.trial.FrozenTrial) -> float | None:
+        value = t.params.get("target", t.user_attrs.get("target"))
+        return None if value is None else float(value)
+
+    def _assign(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> float:
+        fixed = trial.system_attrs.get("fixed_params", {})
+        if "target" in fixed:
+            return float(fixed["target"])
+        if trial.number not in self._assigned:
+            counts = dict.fromkeys(self._targets, 0)
+            for t in study.get_trials(deepcopy=False):
+                tgt = self._target_of(t)
+                if tgt in counts and t.number != trial.number:
+                    counts[tgt] += 1
+            self._assigned[trial.number] = min(self._targets, key=lambda g: counts[g])  # first of the fewest
+        return self._assigned[trial.number]
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """Sample the layer and recipe params from this trial's target's trials only."""
+        view = _TargetView(study, self._assign(study, trial), self._target_of)
+        return super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        """The target is assigned, not sampled; anything else falls back to TPE's independent sampling."""
+        if param_name == "target":
+            return self._assign(study, trial)
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+class _TargetView:
+    """The part of a Study that TPE reads, restricted to one target's trials and made single-objective."""
+
+    def __init__(self, study: optuna.Study, target: float, target_of: Any) -> None:
+        self._study, self._target, self._target_of = study, target, target_of
+        self._storage = study._storage  # the constant liar shares relative params through it
+        self.directions = [optuna.study.StudyDirection.MAXIMIZE]
+        self.direction = optuna.study.StudyDirection.MAXIMIZE
+        self.study_name = study.study_name
+
+    def _is_multi_objective(self) -> bool:
+        return False
+
+    def _get_trials(self, deepcopy: bool = False, states: Any = None, use_cache: bool = False
+                    ) -> list[optuna.trial.FrozenTrial]:
+        out = []
+        for t in self._study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
+            if self._target_of(t) != self._target:
+                continue
+            view = copy.copy(t)
+            if t.values is not None:
+                view._values = [t.values[0]]
+            view.intermediate_values = _rung_values(t)
+            out.append(view)
+        return out
+
+
+def _rung_values(t: optuna.trial.FrozenTrial) -> dict[int, float]:
+    """A stopped trial's ranking value at the rung where it stopped (its step), for TPE's pruned-trial order."""
+    if "ladder_stop" not in t.user_attrs:
+        return {}
+    r = int(t.user_attrs["ladder_stop"])
+    return {r: float(t.user_attrs.get(rung_key(r), {}).get("rank", -math.inf))}
+
+
+def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False,
+                 targets: list[float] | None = None) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate over ``search_space``, default; per target for a grid of targets), NSGA-II, random, GP or
+    the RL controller, seeded. The constant liar (running trials count as bad) only matters with several workers.
     """
     if name == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # `constant_liar` is flagged experimental
+            if targets and "target" in search_space:
+                return PerTargetTPE(search_space, targets, seed=seed, n_startup_trials=10, constant_liar=parallel)
             return StaticSpaceTPE(search_space, seed=seed, n_startup_trials=10, constant_liar=parallel)
     if name == "rl":
         from autoprune.search.controller import RLControllerSampler
