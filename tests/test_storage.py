@@ -63,3 +63,52 @@ def test_tpe_space_is_what_a_searched_candidate_asks(space_path: Path, runs_dir:
     study = optuna.load_study(study_name="tpe-space", storage=make_storage(None, runs_dir), sampler=sampler)
     assert sampler.infer_relative_search_space(study, trials[-1]) == {k: d for k, d in dists.items()
                                                                       if not d.single()}
+
+
+def _damage(journal: Path, kind: str) -> None:
+    data = journal.read_bytes()
+    if kind == "truncated tail":
+        journal.write_bytes(data[:-120])
+    elif kind == "garbage line appended":
+        journal.write_bytes(data + b"garbage\n")
+    else:  # a bad line in the middle: the 40th line cut in half
+        lines = data.split(b"\n")
+        lines[40] = lines[40][: len(lines[40]) // 2]
+        journal.write_bytes(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("kind", ["truncated tail", "garbage line appended", "bad line in the middle"])
+def test_a_damaged_journal_is_cut_back_never_appended_to(kind: str, space_path: Path, runs_dir: Path,
+                                                          tmp_path: Path, workspace: object) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from autoprune.search.storage import first_damage, load_existing
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir / "models", runs / "models")  # the dense model the workspace fixture trained
+    exe = str(Path(sys.executable).parent / "autoprune")
+    cmd = [exe, "search", str(space_path), "--no-track", "--runs", str(runs), "--study", "cj", "--trials"]
+    assert subprocess.run([*cmd, "4"], capture_output=True, text=True, timeout=900).returncode == 0
+    journal = runs / "optuna.journal"
+    before = {t.number: t.values for t in load_existing("cj", make_storage(None, runs)).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    _damage(journal, kind)
+    cut = first_damage(journal.read_bytes())
+    assert cut is not None
+    res = subprocess.run([*cmd, "3"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = [line for line in res.stderr.splitlines() if "was damaged" in line]
+    assert len(report) == 1 and f"at byte {cut[0]}" in report[0]
+    assert first_damage(journal.read_bytes()) is None  # whole again, and every later command reads it
+    copies = list(runs.glob("optuna.journal.damaged-*"))
+    assert len(copies) == 1 and first_damage(copies[0].read_bytes()) == cut
+    after = {t.number: t.values for t in load_existing("cj", make_storage(None, runs)).trials
+             if t.state == optuna.trial.TrialState.COMPLETE}
+    kept = {n: v for n, v in before.items() if n in after}
+    assert all(after[n] == v for n, v in kept.items())  # what survived the cut is unchanged
+    if kind != "bad line in the middle":  # a damaged tail loses no complete trial at all
+        assert set(before) <= set(after)
+    front = subprocess.run([exe, "front", "--study", "cj", "--runs", str(runs)], capture_output=True, text=True)
+    assert front.returncode == 0 and "Pareto front" in front.stdout

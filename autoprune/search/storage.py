@@ -5,7 +5,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -107,17 +109,68 @@ class TrialDurableJournal(JournalFileBackend):
             self.fsync.request()
 
 
+def first_damage(data: bytes) -> tuple[int, int, int] | None:
+    """(byte offset, line number, operations after it) of the first line that is not one complete JSON operation."""
+    offset = 0
+    lines = data.split(b"\n")
+    complete = lines[:-1]  # the text after the last newline is an unfinished line (b"" when the file ends well)
+    for i, line in enumerate(complete):
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            return offset, i + 1, len(complete) - i - 1
+        offset += len(line) + 1
+    return (offset, len(complete) + 1, 0) if lines[-1] else None
+
+
+def repair_journal(path: Path) -> str | None:
+    """Cut a damaged journal back to its last complete operation, keeping a copy of the damaged file.
+
+    Optuna skips an unreadable last line when reading but appends the next operation right after it, which buries
+    the damage mid-file and makes every later read fail: so a damaged journal is never appended to. Returns the
+    one-line report, or None when the file is whole. Runs under Optuna's journal lock (no writer is mid-append).
+    """
+    if not path.exists():
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        damage = first_damage(data)
+        if damage is None:
+            return None
+        offset, line, dropped = damage
+        copy = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        copy.write_bytes(data)
+        with open(path, "r+b") as f:
+            f.truncate(offset)
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    return (f"warning: {path} was damaged at byte {offset} (line {line}); cut back to the last complete operation "
+            f"({dropped} later operation(s) dropped, the damaged line too); the damaged file is kept as {copy}")
+
+
+def _journal(path: Path) -> JournalStorage:
+    """A journal storage on ``path``, repaired first if a crash or an edit left it damaged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = repair_journal(path)
+    if report:
+        print(report, file=sys.stderr)
+    return JournalStorage(TrialDurableJournal(str(path)))
+
+
 def make_storage(url: str | None, runs_dir: Path) -> optuna.storages.BaseStorage:
     """``None`` → ``runs/optuna.journal``; a ``*.journal``/``*.log`` path → journal file; else an RDB URL.
 
     RDB storages get heartbeats so trials of a crashed worker are marked failed and retried once.
     """
     if url is None:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(TrialDurableJournal(str(runs_dir / "optuna.journal")))
+        return _journal(runs_dir / "optuna.journal")
     if url.endswith((".journal", ".log")) and "://" not in url:
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(TrialDurableJournal(url))
+        return _journal(Path(url))
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but are the documented way
             warnings.simplefilter("ignore")
