@@ -112,3 +112,54 @@ def test_a_damaged_journal_is_cut_back_never_appended_to(kind: str, space_path: 
         assert set(before) <= set(after)
     front = subprocess.run([exe, "front", "--study", "cj", "--runs", str(runs)], capture_output=True, text=True)
     assert front.returncode == 0 and "Pareto front" in front.stdout
+
+
+def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trial(tmp_path: Path, runs_dir: Path,
+                                                              workspace: object) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from autoprune.search.liveness import REASON, RETRY_OF, WORKER
+    from autoprune.search.storage import load_existing
+    from conftest import write_space
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir / "models", runs / "models")
+    space = write_space(tmp_path / "slow.yaml", name="killed", ladder={"epochs": [0, 40], "keep": 1.0},
+                        finetune={"lr_scale": [0.3]})
+    exe = str(Path(sys.executable).parent / "autoprune")
+    cmd = [exe, "search", str(space), "--no-track", "--runs", str(runs), "--trials"]
+    proc = subprocess.Popen([*cmd, "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running = None
+    while running is None and proc.poll() is None:  # wait for a condition: a trial mid-fine-tune after 2 complete
+        time.sleep(0.2)
+        if not (runs / "optuna.journal").exists():
+            continue
+        trials = load_existing("killed", make_storage(None, runs)).trials if "killed" in (
+            runs / "optuna.journal").read_text() else []
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        busy = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "rung/0" in t.user_attrs]
+        if len(done) >= 2 and busy:
+            running = busy[0]
+            proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert running is not None and WORKER in running.user_attrs
+    before = load_existing("killed", make_storage(None, runs)).trials
+    waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in before)  # enqueued baselines not run yet
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in before)
+    res = subprocess.run([*cmd, str(waiting + 1)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    trials = load_existing("killed", make_storage(None, runs)).trials
+    killed = trials[running.number]
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs[REASON] == "worker died"
+    retries = [t for t in trials if t.user_attrs.get(RETRY_OF) == running.number]
+    assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
+    assert retries[0].params == killed.params
+    assert {k: killed.user_attrs.get(k) for k in ("baseline", "target")} == \
+        {k: retries[0].user_attrs.get(k) for k in ("baseline", "target")}
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    # exactly the trials asked for: every waiting one and the re-run of the killed one
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == complete + waiting + 1

@@ -14,6 +14,7 @@ from autoprune.evaluate import CandidateStopped, DenseReference, EpochCallback, 
 from autoprune.heuristics import Allocation
 from autoprune.policy import Policy
 from autoprune.search.ladder import climbs, peers, rank_fields, rank_value, rung_key, scores_of
+from autoprune.search.liveness import REASON, WORKER, this_worker
 from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
 from autoprune.workspace import Workspace
 
@@ -30,6 +31,8 @@ class Objective:
     epoch1: dict[int, float] = field(default_factory=dict)  # trial number -> val accuracy after epoch 1
     eval_seconds: list[float] = field(default_factory=list)  # evaluation time of each trial (or rung) run here
     reference: DenseReference | None = None  # dense outputs on calibration inputs (rung 0's divergence)
+
+    worker: dict[str, Any] = field(default_factory=this_worker)  # this process (host, pid, start time)
 
     def __post_init__(self) -> None:
         if self.space.ladder is not None and self.reference is None:
@@ -77,14 +80,19 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
+        trial.set_user_attr(WORKER, self.worker)  # who runs it: a later open re-runs it if this process dies
         attrs = trial.user_attrs  # one storage read (each access re-reads the journal)
         policy = self.policy_for(trial, attrs)
         sparsity = weighted_sparsity(policy.sparsity, self.ws.sizes)
         sample_s = time.perf_counter() - t0
-        if self.space.ladder is not None:
-            ev = self.climb(trial, attrs, policy, sparsity)
-        else:
-            ev = self.single_rung(trial, attrs, policy, sparsity)
+        try:
+            if self.space.ladder is not None:
+                ev = self.climb(trial, attrs, policy, sparsity)
+            else:
+                ev = self.single_rung(trial, attrs, policy, sparsity)
+        except KeyboardInterrupt:
+            trial.set_user_attr(REASON, "interrupted")  # Optuna marks it FAIL; a resume runs it again
+            raise
         return self.record(trial, ev, policy, sample_s)
 
     def climb(self, trial: optuna.Trial, attrs: dict[str, Any], policy: Policy, sparsity: float) -> Evaluation:

@@ -13,6 +13,7 @@ from autoprune.records import SearchListener
 from autoprune.search.baselines import enqueue_baselines
 from autoprune.search.identity import check_study_parts, study_parts
 from autoprune.search.ladder import enqueue_promotions
+from autoprune.search.liveness import recover
 from autoprune.search.objective import Objective
 from autoprune.search.records import front_trials, to_record
 from autoprune.search.runner import (
@@ -73,6 +74,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     if listener is not None:
         listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials
+    recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
     enqueue_baselines(study, space, prep.ctx, prep.heuristics)
     enqueue_promotions(study, space)  # a resumed study continues its ladder first
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed)
