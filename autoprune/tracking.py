@@ -48,7 +48,9 @@ def ensure_experiment(client: MlflowClient, name: str, runs_dir: Path) -> str:
     if exp is not None:
         return str(exp.experiment_id)
     location = (runs_dir / "artifacts").resolve().as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    # MLflow 3's UI opens an experiment in its model-training pages (not the GenAI ones) with this tag
+    return str(client.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"}))
 
 
 def find_parent(client: MlflowClient, experiment_id: str, study_name: str) -> str | None:

@@ -158,6 +158,7 @@ def test_per_target_tpe_shares_trials_evenly_and_models_each_size_alone(space_pa
     space = SearchSpace.from_yaml(space_path)  # targets 0.8 and 0.9
     run_search(space, SearchOptions(n_trials=25, runs_dir=runs_dir, device="cpu", study_name="per-target"))
     study = load_existing("per-target", make_storage(None, runs_dir))
+    assert study.metric_names == ["val_accuracy", "size (fraction of dense)"]  # dashboards name the axes
     sampler = PerTargetTPE({}, [0.8, 0.9])
     targets = Counter(sampler._target_of(t) for t in study.trials if t.state.is_finished())
     assert set(targets) == {0.8, 0.9} and abs(targets[0.8] - targets[0.9]) <= 1 and sum(targets.values()) == 25

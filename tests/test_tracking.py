@@ -30,6 +30,8 @@ def test_trials_become_child_runs_with_front_artifacts(space_path: Path, tmp_pat
     search(space_path, n_trials=8, study="tracked", runs_dir=runs, device="cpu")
     search(space_path, n_trials=3, study="tracked", runs_dir=runs, device="cpu")  # resume: same parent
     client, parent, children = _runs(runs, "tracked")
+    exp = client.get_experiment_by_name("tracked")
+    assert exp is not None and exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI pages
     study = load_existing("tracked", make_storage(None, runs))
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(children) == len(finished) == 11

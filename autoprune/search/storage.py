@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from autoprune.errors import ConfigError
 
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # validation accuracy ↑, size ↓
+METRIC_NAMES = ["val_accuracy", "size (fraction of dense)"]
 
 # Op codes of Optuna's journal file format (optuna.storages.journal._storage.JournalOperation, a stable on-disk
 # format): create trial, set param, set state/values, intermediate value, user attr, system attr.
@@ -186,8 +187,11 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.
                ) -> optuna.Study:
     """Create the two-objective study or resume it if it exists."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
-                               load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
+                                load_if_exists=True)
+    if study.metric_names is None:  # dashboards label the axes with these instead of "Objective 0/1"
+        study.set_metric_names(METRIC_NAMES)
+    return study
 
 
 def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
