@@ -1,4 +1,4 @@
-"""The Python API, mirroring the CLI: ``autoprune.search(...)``."""
+"""The Python API, mirroring the CLI: ``autoprune.study(...)``."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
            storage: str | None = None, study: str | None = None, workers: int = 1, seed: int | None = None,
            sampler: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
            tracking_uri: str | None = None, track: bool = True, progress: Any = None) -> Any:
-    """Run (or resume) a search; returns a :class:`~autoprune.search.SearchResult`.
+    """Run (or resume) a search; returns a :class:`~autoprune.study.SearchResult`.
 
     ``track=False`` skips MLflow; ``tracking_uri`` points at a real MLflow server instead of runs/mlflow.db.
     """
-    from autoprune.search import SearchOptions, run_search
+    from autoprune.study import SearchOptions, run_search
 
     sp = load_space(space)
     opts = SearchOptions(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, workers=workers,
@@ -44,7 +44,7 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
            min_accuracy: float | None = None, knee: bool = False, storage: str | None = None,
            runs_dir: str | Path = "runs", tracking_uri: str | None = None, track: bool = True) -> Any:
     """Pick a front point and write its policy JSON atomically; returns the :class:`Policy`."""
-    from autoprune.search import choose_trial, load_existing, make_storage, policy_from_trial
+    from autoprune.study import choose_trial, load_existing, make_storage, policy_from_trial
 
     st = load_existing(study, make_storage(storage, Path(runs_dir)))
     t = choose_trial(st, trial, max_size, min_accuracy, knee)
@@ -63,8 +63,8 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
 def sync(study: str, *, storage: str | None = None, runs_dir: str | Path = "runs",
          tracking_uri: str | None = None) -> int:
     """Backfill MLflow from the Optuna study (after MLflow was down); returns the number of child runs added."""
-    from autoprune.search import load_existing, make_storage
-    from autoprune.search.sync import records_and_info
+    from autoprune.study import load_existing, make_storage
+    from autoprune.study.sync import records_and_info
     from autoprune.tracking import MlflowLogger
 
     st = load_existing(study, make_storage(storage, Path(runs_dir)))

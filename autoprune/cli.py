@@ -107,7 +107,7 @@ def front(
 ) -> None:
     """Print the Pareto table of an existing study."""
     from autoprune.console import out, table
-    from autoprune.search import front_table
+    from autoprune.study import front_table
 
     rows = front_table(study, storage, runs)
     out.print(table(f"Pareto front of study '{study}'", rows))

@@ -15,7 +15,7 @@ out = Console() if Console().is_terminal else Console(width=160)  # pipes/CI: do
 
 
 class RichProgress:
-    """A :class:`~autoprune.search.ProgressSink` drawing one bar with status fields (best accuracy, ETA)."""
+    """A :class:`~autoprune.study.ProgressSink` drawing one bar with status fields (best accuracy, ETA)."""
 
     def __init__(self) -> None:
         self._progress: Progress | None = None

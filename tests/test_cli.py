@@ -69,7 +69,7 @@ def test_ctrl_c_keeps_finished_trials_and_rerun_resumes(space_path: Path, tmp_pa
 
     import optuna
 
-    from autoprune.search.storage import load_existing, make_storage
+    from autoprune.study.storage import load_existing, make_storage
 
     runs = tmp_path / "runs"
     proc = subprocess.Popen([EXE, "search", str(space_path), "--trials", "400", "--runs", str(runs), "--no-track",
@@ -93,3 +93,14 @@ def test_ctrl_c_keeps_finished_trials_and_rerun_resumes(space_path: Path, tmp_pa
     res = run("search", str(space_path), "--trials", "3", "--runs", str(runs), "--no-track", "--device", "cpu")
     assert res.returncode == 0
     assert complete() >= kept + 2  # resumed: old trials kept, new ones added
+
+
+def test_api_search_can_be_called_twice_in_one_process(space_path: Path, runs_dir: Path) -> None:
+    code = (f"import autoprune\n"
+            f"for n in (1, 2):\n"
+            f"    r = autoprune.search({str(space_path)!r}, n_trials=1, study='twice', runs_dir={str(runs_dir)!r}, "
+            f"device='cpu', track=False)\n"
+            f"    print(r.n_trials)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["1", "2"]  # the second call resumed the same study

@@ -7,7 +7,7 @@ import math
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from autoprune.search.controller import RLControllerSampler
+from autoprune.study.controller import RLControllerSampler
 
 SPACE = {"target": CategoricalDistribution([0.9, 0.95]), "pref/a": FloatDistribution(-2.0, 2.0),
          "pref/b": FloatDistribution(-2.0, 2.0)}

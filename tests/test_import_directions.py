@@ -1,4 +1,4 @@
-"""The seams: plain-data modules never import torch; only search/ imports optuna; only tracking imports mlflow."""
+"""The seams: plain-data modules never import torch; only study/ imports optuna; only tracking imports mlflow."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def test_plain_data_modules_do_not_import_torch() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_only_search_package_imports_optuna() -> None:
-    offenders = [str(p.relative_to(PKG)) for p in _modules() if "search" not in p.relative_to(PKG).parts
+def test_only_study_package_imports_optuna() -> None:
+    offenders = [str(p.relative_to(PKG)) for p in _modules() if "study" not in p.relative_to(PKG).parts
                  and any(m.split(".")[0] == "optuna" for m, _ in _imports(p))]
     assert offenders == []
 

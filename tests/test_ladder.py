@@ -13,8 +13,9 @@ from autoprune.api import export
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
 from autoprune.production import apply
-from autoprune.search import SearchOptions, run_search
-from autoprune.search.ladder import (
+from autoprune.space import SearchSpace
+from autoprune.study import SearchOptions, run_search
+from autoprune.study.ladder import (
     RungScore,
     climbs,
     late_promotions,
@@ -24,7 +25,6 @@ from autoprune.search.ladder import (
     rung_key,
     scores_of,
 )
-from autoprune.space import SearchSpace
 from autoprune.training import classification_metrics
 from autoprune.workspace import load_workspace
 from conftest import write_space
@@ -40,7 +40,7 @@ def _space(tmp_path: Path, name: str, **ladder: object) -> SearchSpace:
 
 
 def _trials(runs: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    from autoprune.search.storage import load_existing, make_storage
+    from autoprune.study.storage import load_existing, make_storage
 
     return load_existing(name, make_storage(None, runs)).trials
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.search import SearchOptions, run_search
 from autoprune.space import SearchSpace
+from autoprune.study import SearchOptions, run_search
 
 PG_URL = os.environ.get("AUTOPRUNE_TEST_PG_URL")
 
@@ -44,7 +44,7 @@ def test_two_workers_share_one_postgres_study(space_path: Path, runs_dir: Path) 
 
 def test_bad_storage_url_is_one_clear_line(space_path: Path, runs_dir: Path) -> None:
     from autoprune.errors import ConfigError
-    from autoprune.search.storage import make_storage
+    from autoprune.study.storage import make_storage
 
     with pytest.raises(ConfigError, match=r"--storage 'postgresql\+psycopg://nobody@127.0.0.1:9/x'"):
         make_storage("postgresql+psycopg://nobody@127.0.0.1:9/x", runs_dir)

@@ -9,15 +9,15 @@ import pytest
 
 from autoprune.budget import weighted_sparsity
 from autoprune.policy import Policy
-from autoprune.search import SearchOptions, run_search
-from autoprune.search.objective import Objective
-from autoprune.search.runner import prepare
 from autoprune.space import SearchSpace
+from autoprune.study import SearchOptions, run_search
+from autoprune.study.objective import Objective
+from autoprune.study.runner import prepare
 from conftest import write_space
 
 
 def _trials(runs: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    from autoprune.search.storage import load_existing, make_storage
+    from autoprune.study.storage import load_existing, make_storage
 
     return load_existing(name, make_storage(None, runs)).trials
 
@@ -100,7 +100,7 @@ def test_constraints_mark_infeasible_trials(tmp_path: Path, runs_dir: Path) -> N
 
 def test_unknown_study_is_a_clear_error(runs_dir: Path) -> None:
     from autoprune.errors import ConfigError
-    from autoprune.search import front_table
+    from autoprune.study import front_table
 
     with pytest.raises(ConfigError, match="study 'nope' not found"):
         front_table("nope", None, runs_dir)
@@ -152,8 +152,8 @@ def test_reused_study_name_with_another_space_is_refused(tmp_path: Path, runs_di
 def test_per_target_tpe_shares_trials_evenly_and_models_each_size_alone(space_path: Path, runs_dir: Path) -> None:
     from collections import Counter
 
-    from autoprune.search.sampler import PerTargetTPE, _TargetView
-    from autoprune.search.storage import load_existing, make_storage
+    from autoprune.study.sampler import PerTargetTPE, _TargetView
+    from autoprune.study.storage import load_existing, make_storage
 
     space = SearchSpace.from_yaml(space_path)  # targets 0.8 and 0.9
     run_search(space, SearchOptions(n_trials=25, runs_dir=runs_dir, device="cpu", study_name="per-target"))

@@ -11,11 +11,11 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 
-from autoprune.search import SearchOptions, run_search
-from autoprune.search.runner import prepare
-from autoprune.search.sampler import StaticSpaceTPE, make_sampler, search_distributions
-from autoprune.search.storage import TrialDurableJournal, make_storage
 from autoprune.space import SearchSpace
+from autoprune.study import SearchOptions, run_search
+from autoprune.study.runner import prepare
+from autoprune.study.sampler import StaticSpaceTPE, make_sampler, search_distributions
+from autoprune.study.storage import TrialDurableJournal, make_storage
 
 
 def test_journal_fsyncs_off_the_search_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +84,7 @@ def test_a_damaged_journal_is_cut_back_never_appended_to(kind: str, space_path: 
     import subprocess
     import sys
 
-    from autoprune.search.storage import first_damage, load_existing
+    from autoprune.study.storage import first_damage, load_existing
 
     runs = tmp_path / "runs"
     shutil.copytree(runs_dir / "models", runs / "models")  # the dense model the workspace fixture trained
@@ -122,8 +122,8 @@ def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trial(tmp_path: Path, run
     import sys
     import time
 
-    from autoprune.search.liveness import REASON, RETRY_OF, WORKER
-    from autoprune.search.storage import load_existing
+    from autoprune.study.liveness import REASON, RETRY_OF, WORKER
+    from autoprune.study.storage import load_existing
     from conftest import write_space
 
     runs = tmp_path / "runs"

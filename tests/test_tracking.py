@@ -9,8 +9,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from autoprune.api import search
-from autoprune.search.records import front_trials
-from autoprune.search.storage import load_existing, make_storage
+from autoprune.study.records import front_trials
+from autoprune.study.storage import load_existing, make_storage
 from autoprune.tracking import default_tracking_uri, safe_key
 
 

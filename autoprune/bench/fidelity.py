@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import ConfigError
-from autoprune.search import SearchOptions, baseline_targets, run_search, study_user_attrs
-from autoprune.search.ladder import rank_value, rung_key
 from autoprune.space import SearchSpace
+from autoprune.study import SearchOptions, baseline_targets, run_search, study_user_attrs
+from autoprune.study.ladder import rank_value, rung_key
 
 PROXIES = ("metric", "val_loss", "train_loss", "kl_to_dense")  # rung-record measurements that could rank
 

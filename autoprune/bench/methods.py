@@ -12,9 +12,9 @@ import numpy as np
 from autoprune.budget import project_to_budget
 from autoprune.evaluate import evaluate
 from autoprune.policy import Policy, Schedule
-from autoprune.search import SearchOptions, run_search
-from autoprune.search.runner import Prepared
 from autoprune.space import SearchSpace
+from autoprune.study import SearchOptions, run_search
+from autoprune.study.runner import Prepared
 
 HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform", "lamp_cubic3",
               "lamp_tuned")

@@ -20,8 +20,8 @@ from autoprune.bench.methods import (
 from autoprune.bench.overhead import finetune_throughput, projection_seconds
 from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
 from autoprune.errors import ConfigError
-from autoprune.search.runner import prepare
 from autoprune.space import LadderSpec, SearchSpace
+from autoprune.study.runner import prepare
 
 
 @dataclass

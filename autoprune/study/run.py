@@ -10,13 +10,14 @@ import optuna
 
 from autoprune.pareto import best_at
 from autoprune.records import SearchListener
-from autoprune.search.baselines import enqueue_baselines
-from autoprune.search.identity import check_study_parts, study_parts
-from autoprune.search.ladder import enqueue_promotions
-from autoprune.search.liveness import recover
-from autoprune.search.objective import Objective
-from autoprune.search.records import front_trials, to_record
-from autoprune.search.runner import (
+from autoprune.space import SearchSpace
+from autoprune.study.baselines import enqueue_baselines
+from autoprune.study.identity import check_study_parts, study_parts
+from autoprune.study.ladder import enqueue_promotions
+from autoprune.study.liveness import recover
+from autoprune.study.objective import Objective
+from autoprune.study.records import front_trials, to_record
+from autoprune.study.runner import (
     _FINISHED,
     SearchOptions,
     SearchResult,
@@ -27,8 +28,7 @@ from autoprune.search.runner import (
     study_info,
     worker_shares,
 )
-from autoprune.search.sampler import search_distributions
-from autoprune.space import SearchSpace
+from autoprune.study.sampler import search_distributions
 
 
 class ProgressSink(Protocol):

@@ -17,13 +17,13 @@ from autoprune.heuristics import Allocation, allocations
 from autoprune.models import layer_shapes
 from autoprune.policy import Policy
 from autoprune.records import SearchListener, StudyInfo
-from autoprune.search.ladder import compute_spent
-from autoprune.search.objective import Objective
-from autoprune.search.records import front_trials, to_record, trial_policy
-from autoprune.search.sampler import make_sampler, search_distributions
-from autoprune.search.storage import make_storage, open_study
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.space import SampleContext, SearchSpace
+from autoprune.study.ladder import compute_spent
+from autoprune.study.objective import Objective
+from autoprune.study.records import front_trials, to_record, trial_policy
+from autoprune.study.sampler import make_sampler, search_distributions
+from autoprune.study.storage import make_storage, open_study
 from autoprune.workspace import Workspace, load_workspace
 
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -102,7 +102,7 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
 
 @dataclass
 class SearchResult:
-    """What a search leaves behind (also returned by ``autoprune.search``)."""
+    """What a search leaves behind (also returned by ``autoprune.study``)."""
 
     study_name: str
     storage: str
@@ -197,7 +197,7 @@ def spawn_workers(space: SearchSpace, opts: SearchOptions, shares: list[int]) ->
 
 def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
     """Pareto rows of an existing study (test accuracy where the search stored it)."""
-    from autoprune.search.storage import load_existing
+    from autoprune.study.storage import load_existing
 
     study = load_existing(study_name, make_storage(storage, runs_dir))
     rows = []
@@ -208,7 +208,7 @@ def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[di
 
 def study_user_attrs(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
     """The user attrs of every complete trial of an existing study, as plain dicts (rung records included)."""
-    from autoprune.search.storage import load_existing
+    from autoprune.study.storage import load_existing
 
     study = load_existing(study_name, make_storage(storage, runs_dir))
     return [dict(t.user_attrs) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]

@@ -13,8 +13,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from autoprune.errors import ConfigError
-from autoprune.search.ladder import rung_key
 from autoprune.space import SampleContext, SearchSpace, sample
+from autoprune.study.ladder import rung_key
 
 
 class SpaceRecorder:
@@ -156,7 +156,7 @@ def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution]
                 return PerTargetTPE(search_space, targets, seed=seed, n_startup_trials=10, constant_liar=parallel)
             return StaticSpaceTPE(search_space, seed=seed, n_startup_trials=10, constant_liar=parallel)
     if name == "rl":
-        from autoprune.search.controller import RLControllerSampler
+        from autoprune.study.controller import RLControllerSampler
 
         return RLControllerSampler(search_space, seed=seed)
     if name == "nsga2":

@@ -13,9 +13,9 @@ from autoprune.budget import weighted_sparsity
 from autoprune.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.heuristics import Allocation
 from autoprune.policy import Policy
-from autoprune.search.ladder import climbs, peers, rank_fields, rank_value, rung_key, scores_of
-from autoprune.search.liveness import REASON, WORKER, this_worker
 from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
+from autoprune.study.ladder import climbs, peers, rank_fields, rank_value, rung_key, scores_of
+from autoprune.study.liveness import REASON, WORKER, this_worker
 from autoprune.workspace import Workspace
 
 

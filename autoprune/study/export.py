@@ -11,7 +11,7 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
-from autoprune.search.records import front_trials, policy_json, trial_policy
+from autoprune.study.records import front_trials, policy_json, trial_policy
 
 
 def knee(points: list[tuple[float, float]]) -> int:
