@@ -66,6 +66,8 @@ def search(
         out.print(f"{s['trials']} trials in the study ({s['complete']} complete, {s['pruned']} stopped early saving "
                   f"{s['early_stop_saved_s']:.1f}s, {s['failed']} failed); this run took {s['wall_s']:.1f}s, "
                   f"{s['mean_eval_s']:.3f}s per evaluation.")
+    if s["fail_reasons"]:
+        out.print(f"failed trials' reasons: {'; '.join(s['fail_reasons'][:3])}")
     if s.get("trials_here"):
         out.print(f"search machinery (sampling, projection, storage, tracking hand-over, progress): "
                   f"{s['overhead_s_per_trial'] * 1e3:.1f} ms per trial = {s['overhead_share_of_eval']:.1%} of the "

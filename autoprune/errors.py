@@ -24,3 +24,8 @@ class ModelError(AutopruneError):
 
 class DataError(AutopruneError):
     """A dataset cannot be found or loaded."""
+
+
+class FinetuneDiverged(AutopruneError, RuntimeError):
+    """A fine-tune's loss became non-finite or grew past 10× its first epoch's: in a search, that candidate fails
+    with this reason (the search goes on); in ``apply``, the command stops with it."""

@@ -14,7 +14,7 @@ from torch import nn
 from autoprune.channels import group_keep, groups_for, member_masks
 from autoprune.criteria import importance
 from autoprune.data import Splits
-from autoprune.errors import PolicyError
+from autoprune.errors import FinetuneDiverged, PolicyError
 from autoprune.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity
 from autoprune.metrics import cpu_latency_ms, size_metrics
 from autoprune.models import prunable_layers, weight_of
@@ -108,6 +108,14 @@ def _epoch_plan(epochs: float, steps: int, batches_per_epoch: int) -> list[list[
     return plan
 
 
+def check_diverged(loss: float, start: float, epoch: int, lr: float, factor: float = 10.0) -> None:
+    """Raise :class:`FinetuneDiverged` when an epoch's mean loss is not finite or exceeds ``factor`` × the loss
+    the pruned model had before fine-tuning."""
+    if not math.isfinite(loss) or loss > factor * max(start, 1e-3):
+        raise FinetuneDiverged(f"fine-tune diverged at epoch {epoch}: training loss {loss:.4g} (before the "
+                               f"fine-tune {start:.4g}); lower the LR ({lr:g})")
+
+
 def _total_steps(plan: list[list[int | None]], batches_per_epoch: int) -> int:
     """Optimizer steps of a whole fine-tune plan (for the LR decay)."""
     return sum(batches_per_epoch if cap is None else min(cap, batches_per_epoch) for caps in plan for cap in caps)
@@ -143,6 +151,7 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
     plan = _epoch_plan(ft.epochs, len(steps), per_epoch)
     t_prune = t_ft = 0.0
     losses: list[float] = []
+    start_loss: float | None = None
     t_start = time.perf_counter()
     with folded_masks(model) as folded:
         opt = torch.optim.Adam(model.parameters(), lr=ft.lr)
@@ -153,7 +162,11 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
             t1 = time.perf_counter()
             t_prune += t1 - t0
             for e, cap in enumerate(caps):
+                if start_loss is None:  # the pruned model's loss before any fine-tune step
+                    start_loss = float(torch.nn.functional.cross_entropy(
+                        predict(model, splits.train.x[:ft.batch_size]), splits.train.y[:ft.batch_size]))
                 losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, after_step, cap))
+                check_diverged(losses[-1], start_loss, len(losses), ft.lr)
                 if progress is not None:
                     progress()
                 if on_epoch is not None and i == len(steps) - 1 and e == 0:

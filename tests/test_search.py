@@ -168,3 +168,14 @@ def test_per_target_tpe_shares_trials_evenly_and_models_each_size_alone(space_pa
     assert seen and all(sampler._target_of(t) == 0.9 for t in seen)
     assert all(t.values == [originals[t.number].values[0]] for t in seen)  # single objective: val accuracy
     assert all(len(originals[t.number].values) == 2 for t in seen)  # the study's own trials are untouched
+
+
+def test_a_diverging_finetune_fails_the_trial_with_its_reason(tmp_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", name="diverge", baselines=[],
+                                              finetune={"epochs": [3], "lr_scale": [1e5]}))
+    result = run_search(space, SearchOptions(n_trials=3, runs_dir=runs_dir, device="cpu"))
+    trials = _trials(runs_dir, "diverge")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3  # the search went on after each
+    assert all("fine-tune diverged" in t.user_attrs["fail_reason"] for t in trials)
+    assert result.front == [] and result.summary["failed"] == 3
+    assert any("lower the LR" in r for r in result.summary["fail_reasons"])

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from autoprune.budget import weighted_sparsity
+from autoprune.errors import FinetuneDiverged
 from autoprune.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.heuristics import Allocation
 from autoprune.policy import Policy
@@ -92,6 +93,9 @@ class Objective:
                 ev = self.single_rung(trial, attrs, policy, sparsity)
         except KeyboardInterrupt:
             trial.set_user_attr(REASON, "interrupted")  # Optuna marks it FAIL; a resume runs it again
+            raise
+        except FinetuneDiverged as err:
+            trial.set_user_attr(REASON, str(err))  # Optuna marks it FAIL (a RuntimeError); the search goes on
             raise
         return self.record(trial, ev, policy, sample_s)
 

@@ -34,6 +34,8 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
     if rungs:
         metrics["rung"] = max(int(k[5:]) for k in rungs)  # the highest rung this trial reached
         metrics.setdefault("sparsity", next(iter(rungs.values()))["sparsity"])
+    if "fail_reason" in t.user_attrs:
+        metrics["fail_reason"] = t.user_attrs["fail_reason"]
     if not rungs and not metrics and "stopped" in t.user_attrs:
         stopped = t.user_attrs["stopped"]
         metrics = {"sparsity": stopped.get("sparsity"), "stopped_epoch": stopped.get("epoch"),

@@ -157,6 +157,8 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
                             for r in range(len(prep.ws.space.ladder.epochs) - 1)} if prep.ws.space.ladder else {},
         "pruned": sum(r.state == "PRUNED" for r in records), "failed": sum(r.state == "FAIL" for r in records),
         "early_stop_saved_s": sum(stopped), "wall_s": wall_s,
+        "fail_reasons": sorted({str(r.metrics.get("fail_reason")) for r in records
+                                if r.state == "FAIL" and r.metrics.get("fail_reason")}),
         "mean_eval_s": sum(evals) / max(len(evals), 1),
         **{f"mean_{k}": sum(float(r.metrics.get(k, 0.0)) for r in done) / max(len(done), 1)
            for k in ("time_sample", "time_prune", "time_finetune", "time_measure")},
