@@ -15,13 +15,15 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from autoprune.processes import exit_with_parent
 from autoprune.records import StudyInfo, TrialRecord
 
 _LOGGER: Any = None
 
 
-def _init(uri: str | None, runs_dir: Path, experiment: str | None) -> None:
+def _init(uri: str | None, runs_dir: Path, experiment: str | None, parent: int) -> None:
     global _LOGGER
+    exit_with_parent(parent)
     with contextlib.suppress(AttributeError, OSError):  # no os.nice on Windows
         os.nice(10)  # logging is background work: on a busy machine the search's own process goes first
     from autoprune.tracking import MlflowLogger
@@ -39,7 +41,7 @@ class MlflowListener:
 
     def __init__(self, tracking_uri: str | None, runs_dir: Path, experiment: str | None = None) -> None:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init,
-                                         initargs=(tracking_uri, runs_dir, experiment))
+                                         initargs=(tracking_uri, runs_dir, experiment, os.getpid()))
         self._pending: list[Future[dict[str, Any]]] = []
         self.enqueue_seconds: list[float] = []
         self.log_seconds: list[float] = []

@@ -95,3 +95,52 @@ def test_pareto_tags_follow_the_front_during_a_search(tmp_path: Path) -> None:
     _, _, children = _runs(runs, "live")
     assert {int(c.data.tags["autoprune.trial"]): c.data.tags["pareto"] for c in children}[1] == "true"
     assert logger.failed is None
+
+
+def _children(pid: int) -> set[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_kill_9_of_a_search_leaves_no_helper_process(tmp_path: Path, runs_dir: Path, workspace: object) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import write_space
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir / "models", runs / "models")
+    space = write_space(tmp_path / "slow.yaml", name="orphans", ladder={"epochs": [0, 40], "keep": 1.0},
+                        finetune={"lr_scale": [0.3]})
+    exe = str(Path(sys.executable).parent / "autoprune")
+    proc = subprocess.Popen([exe, "search", str(space), "--runs", str(runs), "--trials", "50"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    helpers: set[int] = set()
+
+    def logger_started() -> bool:  # the MLflow logger (a spawned child), started after the resource tracker
+        return any("spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+                   for p in helpers if Path(f"/proc/{p}/cmdline").exists())
+
+    while proc.poll() is None and not logger_started():
+        time.sleep(0.2)
+        helpers = _children(proc.pid)
+    assert len(helpers) >= 2, "the search ended before its logger process started"  # logger + resource tracker
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    waited = 0.0
+    while any(Path(f"/proc/{p}").exists() for p in helpers) and waited < 120:  # condition, with a hang guard
+        time.sleep(0.5)
+        waited += 0.5
+    alive = [p for p in helpers if Path(f"/proc/{p}").exists()]
+    assert alive == [], f"helpers still running {waited:.0f}s after kill -9: {alive}"

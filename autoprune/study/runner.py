@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing as mp
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from autoprune.evaluate import evaluate
 from autoprune.heuristics import Allocation, allocations
 from autoprune.models import layer_shapes
 from autoprune.policy import Policy
+from autoprune.processes import exit_with_parent
 from autoprune.records import SearchListener, StudyInfo
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.space import SampleContext, SearchSpace
@@ -90,8 +92,9 @@ def _open(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: i
     return open_study(name, storage, sampler)
 
 
-def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int) -> None:
+def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int, parent: int) -> None:
     """Entry point of a worker process: load everything, then optimize against the shared storage."""
+    exit_with_parent(parent)  # a killed search leaves no worker behind (its running trial is re-run on resume)
     torch.set_num_threads(1)
     prep = prepare(space, opts.device, opts.runs_dir)
     study = _open(space, opts, prep.ctx, offset=index + 1)
@@ -191,7 +194,8 @@ def worker_shares(n_trials: int, workers: int) -> list[int]:
 def spawn_workers(space: SearchSpace, opts: SearchOptions, shares: list[int]) -> list[Any]:
     """Start one extra process per share, all on the same study storage."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker_main, args=(space, opts, n, i), daemon=True) for i, n in enumerate(shares)]
+    procs = [ctx.Process(target=worker_main, args=(space, opts, n, i, os.getpid()), daemon=True)
+             for i, n in enumerate(shares)]
     for p in procs:
         p.start()
     return procs
