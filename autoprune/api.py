@@ -1,4 +1,4 @@
-"""The Python API, mirroring the CLI: ``autoprune.study(...)``."""
+"""The Python API, mirroring the CLI: ``autoprune.search(...)``."""
 
 from __future__ import annotations
 

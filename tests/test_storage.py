@@ -163,3 +163,24 @@ def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trial(tmp_path: Path, run
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
     # exactly the trials asked for: every waiting one and the re-run of the killed one
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == complete + waiting + 1
+
+
+def test_two_processes_started_together_enqueue_each_baseline_once(space_path: Path, runs_dir: Path,
+                                                                    tmp_path: Path, workspace: object) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from autoprune.study.storage import load_existing
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir / "models", runs / "models")
+    exe = str(Path(sys.executable).parent / "autoprune")
+    cmd = [exe, "search", str(space_path), "--no-track", "--runs", str(runs), "--study", "twice", "--trials", "3"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=900) == 0, p.stderr.read() if p.stderr else ""
+    trials = load_existing("twice", make_storage(None, runs)).trials
+    keys = [(t.user_attrs["baseline"], t.user_attrs["target"]) for t in trials if "baseline" in t.user_attrs]
+    assert len(keys) == len(set(keys)) == 5 * 2  # five heuristics at two targets, once each
+    assert sum(t.state.is_finished() for t in trials) == 6  # each process ran its three trials

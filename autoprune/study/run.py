@@ -29,6 +29,7 @@ from autoprune.study.runner import (
     worker_shares,
 )
 from autoprune.study.sampler import search_distributions
+from autoprune.study.storage import enqueue_lock
 
 
 class ProgressSink(Protocol):
@@ -74,9 +75,10 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     if listener is not None:
         listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials
-    recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
-    enqueue_baselines(study, space, prep.ctx, prep.heuristics)
-    enqueue_promotions(study, space)  # a resumed study continues its ladder first
+    with enqueue_lock(study):  # two processes started together on one study enqueue everything once
+        recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
+        enqueue_baselines(study, space, prep.ctx, prep.heuristics)
+        enqueue_promotions(study, space)  # a resumed study continues its ladder first
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed)
     targets = list(space.targets.grid or [])
     shares = worker_shares(n_trials, opts.workers)
@@ -86,7 +88,8 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if space.ladder is not None:
-            enqueue_promotions(st, space)  # new scores at a rung may lift a stopped candidate into its best part
+            with enqueue_lock(st):  # new scores at a rung may lift a stopped candidate into its best part
+                enqueue_promotions(st, space)
         if listener is not None:
             listener.on_trial(to_record(trial))
             handed.append(trial.number)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,6 +183,24 @@ def make_storage(url: str | None, runs_dir: Path) -> optuna.storages.BaseStorage
     except Exception as err:
         raise ConfigError(f"--storage '{url}': cannot open the Optuna storage ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+@contextlib.contextmanager
+def enqueue_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold a lock beside a journal study while checking what is enqueued and enqueuing, so that two processes
+    started together on one study enqueue each baseline, retry and promotion once. (RDB storages: no lock; their
+    studies are scaled out by processes started one after another.)"""
+    storage = study._storage
+    backend = getattr(storage, "_backend", None)
+    if not isinstance(backend, TrialDurableJournal):
+        yield
+        return
+    lock = JournalFileSymlinkLock(f"{backend._path}.enqueue")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler
