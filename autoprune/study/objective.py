@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import torch
 
 from autoprune.budget import weighted_sparsity
 from autoprune.errors import FinetuneDiverged
@@ -18,6 +19,10 @@ from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
 from autoprune.study.ladder import climbs, peers, rank_fields, rank_value, rung_key, scores_of
 from autoprune.study.liveness import REASON, WORKER, this_worker
 from autoprune.workspace import Workspace
+
+# what a candidate can legitimately raise: its trial FAILs with the reason stored and the search goes on. Anything
+# else (a shape error, a validation error: a bug or bad input) stops the search loudly instead of hiding as FAILs.
+CANDIDATE_ERRORS: tuple[type[Exception], ...] = (FinetuneDiverged, torch.cuda.OutOfMemoryError)
 
 
 @dataclass
@@ -94,8 +99,8 @@ class Objective:
         except KeyboardInterrupt:
             trial.set_user_attr(REASON, "interrupted")  # Optuna marks it FAIL; a resume runs it again
             raise
-        except FinetuneDiverged as err:
-            trial.set_user_attr(REASON, str(err))  # Optuna marks it FAIL (a RuntimeError); the search goes on
+        except CANDIDATE_ERRORS as err:
+            trial.set_user_attr(REASON, str(err))  # Optuna marks it FAIL (caught by optimize); the search goes on
             raise
         return self.record(trial, ev, policy, sample_s)
 

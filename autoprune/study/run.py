@@ -15,7 +15,7 @@ from autoprune.study.baselines import enqueue_baselines
 from autoprune.study.identity import check_study_parts, study_parts
 from autoprune.study.ladder import enqueue_promotions
 from autoprune.study.liveness import recover
-from autoprune.study.objective import Objective
+from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.records import front_trials, to_record
 from autoprune.study.runner import (
     _FINISHED,
@@ -109,7 +109,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     t_opt = time.perf_counter()
     try:
         study.optimize(objective, n_trials=shares[-1], timeout=opts.timeout, callbacks=[on_trial],
-                       catch=(RuntimeError, ValueError))
+                       catch=CANDIDATE_ERRORS)
         for p in procs:
             p.join()
     finally:

@@ -22,7 +22,7 @@ from autoprune.records import SearchListener, StudyInfo
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.space import SampleContext, SearchSpace
 from autoprune.study.ladder import compute_spent
-from autoprune.study.objective import Objective
+from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.records import front_trials, to_record, trial_policy
 from autoprune.study.sampler import make_sampler, search_distributions
 from autoprune.study.storage import make_storage, open_study
@@ -100,7 +100,7 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
     study = _open(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
     study.optimize(Objective(prep.ws, prep.ctx, prep.heuristics, seed), n_trials=n_trials, timeout=opts.timeout,
-                   catch=(RuntimeError, ValueError))
+                   catch=CANDIDATE_ERRORS)
 
 
 @dataclass
