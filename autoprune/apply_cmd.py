@@ -12,7 +12,14 @@ from autoprune.console import RichProgress, out, table
 from autoprune.data import Splits
 from autoprune.errors import AutopruneError
 from autoprune.policy import Policy
-from autoprune.production import apply, export_onnx, export_torchscript, quantize_int8, save_pruned
+from autoprune.production import (
+    apply,
+    export_onnx,
+    export_torchscript,
+    quantize_int8,
+    save_pruned,
+    with_input_scaling,
+)
 from autoprune.space import DataSpec, ModelSpec, SearchSpace
 from autoprune.training import classification_metrics
 from autoprune.workspace import load_workspace
@@ -47,15 +54,16 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     dense_file = out_path.with_name(f".{out_path.stem}.dense.tmp")
     res.before["file_bytes"] = float(save_pruned(ws.model, policy, dense_file, whole_module=False, compress=False))
     dense_file.unlink()
-    res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path))
+    res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path, scaling=ws.splits.scaling))
+    deployable = with_input_scaling(res.model, ws.splits.scaling)  # exports take the user's raw inputs
     rows = [{"metric": k, "dense": res.before.get(k, float("nan")), "pruned": res.after.get(k, float("nan"))}
             for k in ROWS]
     if quantize == "int8":
         rows += _int8_rows(res.model, policy, ws.splits, out_path)
     if onnx is not None:
-        export_onnx(res.model, ws.splits.input_shape, onnx)
+        export_onnx(deployable, ws.splits.input_shape, onnx)
     if torchscript is not None:
-        export_torchscript(res.model, ws.splits.input_shape, torchscript)
+        export_torchscript(deployable, ws.splits.input_shape, torchscript)
     out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
     out.print(f"saved {out_path}" + (f", {onnx}" if onnx else "") + (f", {torchscript}" if torchscript else ""))
 
@@ -64,7 +72,8 @@ def _int8_rows(model: nn.Module, policy: Policy, splits: Splits, out_path: Path)
     """Quantize (dynamic int8, CPU), save next to the pruned file, report accuracy and size."""
     q = quantize_int8(model)
     acc = classification_metrics(q, splits.to(torch.device("cpu")).test, splits.num_classes)["accuracy"]
-    size = save_pruned(q, policy, out_path.with_name(out_path.stem + ".int8.pt"), whole_module=True)
+    size = save_pruned(q, policy, out_path.with_name(out_path.stem + ".int8.pt"), whole_module=True,
+                       scaling=splits.scaling)
     nan = float("nan")
     return [{"metric": "test_accuracy (int8)", "dense": nan, "pruned": acc},
             {"metric": "file_bytes (int8)", "dense": nan, "pruned": float(size)}]

@@ -8,6 +8,7 @@ The test split is only ever used to report final numbers, never by the search.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class Splits:
     test: Split
     num_classes: int
     fingerprint: str  # content hash of all three splits (keys the dense-model and sensitivity caches)
+    scaling: dict[str, list[float]] | None = None  # tabular z-scoring {mean, std} from the train split, if applied
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -56,7 +58,7 @@ class Splits:
     def to(self, device: torch.device) -> Splits:
         """All splits on ``device``."""
         return Splits(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
-                      self.num_classes, self.fingerprint)
+                      self.num_classes, self.fingerprint, self.scaling)
 
 
 def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -110,12 +112,14 @@ def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int)
     return perm[n_test + n_val:], perm[n_test:n_test + n_val], perm[:n_test]
 
 
-def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Tabular features: z-score with the *train* split's statistics (no leakage from val/test)."""
+def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, list[float]]:
+    """Tabular features: z-score with the *train* split's statistics (no leakage from val/test); returns them, so
+    exported models can apply the same scaling to raw inputs."""
     xtr = parts["train"][0]
     mu, sd = xtr.mean(axis=0), xtr.std(axis=0) + 1e-6
     for k, (x, y) in parts.items():
         parts[k] = ((x - mu) / sd).astype(np.float32), y
+    return {"mean": [float(v) for v in mu], "std": [float(v) for v in sd]}
 
 
 def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: float = 0.15,
@@ -138,9 +142,8 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
         raise DataError(f"unknown dataset '{name}' (built-in: {', '.join(SKLEARN_DATASETS)}; "
                         "or a .pt/.npz file, package.module:callable, torchvision:NAME)")
     parts = _to_parts(raw, name, val_fraction, test_fraction, split_seed)
-    if parts["train"][0].ndim == 2:
-        _standardize(parts)
-    return _finish(name, parts)
+    scaling = _standardize(parts) if parts["train"][0].ndim == 2 else None
+    return dataclasses.replace(_finish(name, parts), scaling=scaling)
 
 
 def _to_parts(raw: Any, name: str, val_fraction: float, test_fraction: float,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import tempfile
 import warnings
@@ -106,6 +107,28 @@ def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float 
     make_permanent(model)
 
 
+class Standardize(nn.Module):
+    """``(x - mean) / std``: the input scaling the search applied to tabular data, as the model's first module."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def with_input_scaling(model: nn.Module, scaling: dict[str, list[float]] | None) -> nn.Module:
+    """``model`` preceded by the search's input scaling, so it gives the searched accuracy on raw inputs."""
+    if not scaling:
+        return model
+    return nn.Sequential(Standardize(scaling["mean"], scaling["std"]), model).eval()
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Dynamic int8 quantization of Linear layers (CPU inference), after pruning."""
     from torch.ao.quantization import quantize_dynamic
@@ -144,19 +167,20 @@ def decompress_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def save_pruned(model: nn.Module, policy: Policy, path: Path, whole_module: bool | None = None,
-                compress: bool = True) -> int:
-    """Save atomically; returns the file size in bytes.
+                compress: bool = True, scaling: dict[str, list[float]] | None = None) -> int:
+    """Save atomically; returns the file size in bytes. ``scaling`` (the search's input z-scoring) is stored, and
+    :func:`load_pruned` puts it in front of the model, so the loaded model takes raw inputs.
 
     Default: unstructured/N:M as a bitmask-compressed state_dict (the file shrinks with sparsity), channel-pruned
     (or quantized) models as a whole module, since their shapes no longer match the original class.
     """
     buf = io.BytesIO()
+    extra = {"policy": policy.to_json(), "scaling": json.dumps(scaling)}  # load_pruned re-applies the scaling
     if whole_module if whole_module is not None else policy.granularity.kind == "channel":
-        torch.save({"format": "autoprune-module-v1", "policy": policy.to_json(), "module": model.cpu()}, buf)
+        torch.save({"format": "autoprune-module-v1", **extra, "module": model.cpu()}, buf)
     else:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"format": FORMAT, "policy": policy.to_json(),
-                    "state": compress_state(state) if compress else state}, buf)
+        torch.save({"format": FORMAT, **extra, "state": compress_state(state) if compress else state}, buf)
     write_atomic(path, buf.getvalue())
     return path.stat().st_size
 
@@ -164,13 +188,14 @@ def save_pruned(model: nn.Module, policy: Policy, path: Path, whole_module: bool
 def load_pruned(path: Path, model: nn.Module | None = None) -> nn.Module:
     """Load what :func:`save_pruned` wrote (a compressed state_dict needs the fresh ``model`` to fill)."""
     blob = torch.load(path, map_location="cpu", weights_only=False)
+    scaling = json.loads(blob.get("scaling") or "null")
     if blob.get("format") == "autoprune-module-v1":
         loaded: nn.Module = blob["module"]
-        return loaded
+        return with_input_scaling(loaded, scaling)
     if model is None:
         raise PolicyError(f"{path}: a compressed state_dict needs the model to load into")
     model.load_state_dict(decompress_state(blob["state"]))
-    return model
+    return with_input_scaling(model, scaling)
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:

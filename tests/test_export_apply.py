@@ -117,3 +117,42 @@ def test_bad_policy_files_one_line_no_output(searched: str, runs_dir: Path, spac
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "p.json" in lines[0]
     assert not out.exists() and not list(tmp_path.glob(".pruned*"))
+
+
+def test_exports_take_raw_tabular_rows(tmp_path: Path, runs_dir: Path) -> None:
+    """The search z-scores tabular features; pruned.pt, TorchScript and ONNX carry that scaling, so they give the
+    searched accuracy on the user's raw rows."""
+    import numpy as np
+    import onnxruntime
+
+    space_file = write_space(tmp_path / "mlp.yaml", name="raw_rows", model={"name": "mlp"},
+                             data={"name": "breast_cancer"}, targets={"grid": [0.5]}, baselines=["lamp"])
+    search(space_file, n_trials=1, study="raw_rows", runs_dir=runs_dir, device="cpu", track=False)
+    export("raw_rows", tmp_path / "p.json", trial=0, runs_dir=runs_dir, track=False)
+    files = [tmp_path / n for n in ("pruned.pt", "pruned.ts", "pruned.onnx")]
+    res = subprocess.run([EXE, "apply", str(tmp_path / "p.json"), "--space", str(space_file), "--runs",
+                          str(runs_dir), "-o", str(files[0]), "--torchscript", str(files[1]), "--onnx", str(files[2]),
+                          "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ws = load_workspace(SearchSpace.from_yaml(space_file), "cpu", runs_dir)
+    scaling = ws.splits.scaling
+    assert scaling is not None and len(scaling["mean"]) == 30
+    raw = ws.splits.test.x * torch.tensor(scaling["std"]) + torch.tensor(scaling["mean"])  # the user's rows
+    assert float(raw.abs().mean()) > 10 * float(ws.splits.test.x.abs().mean())  # really unscaled
+    want = load_pruned(files[0], _fresh_mlp(ws))
+    ts = torch.jit.load(str(files[1]))
+    session = onnxruntime.InferenceSession(str(files[2]))
+    scaled_pred = want[1](ws.splits.test.x).argmax(1)  # the pruned network itself, on scaled rows
+    with torch.no_grad():
+        for pred in (want(raw).argmax(1), ts(raw).argmax(1),
+                     torch.from_numpy(np.asarray([session.run(None, {session.get_inputs()[0].name:
+                                                                     r[None].numpy()})[0][0] for r in raw]))
+                     .argmax(1)):
+            assert torch.equal(pred, scaled_pred)
+
+
+def _fresh_mlp(ws: object) -> torch.nn.Module:
+    from autoprune.models import build_model
+
+    splits = ws.splits  # type: ignore[attr-defined]
+    return build_model("mlp", splits.input_shape, splits.num_classes, {}, None)
