@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Policy", "SearchSpace", "apply", "search"]
+__all__ = ["Policy", "SearchSpace", "apply", "load_pruned", "search"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from autoprune.production import apply
 
         return apply
+    if name == "load_pruned":
+        from autoprune.production import load_pruned
+
+        return load_pruned
     raise AttributeError(name)

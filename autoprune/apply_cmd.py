@@ -52,7 +52,7 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     finally:
         bar.stop()
     dense_file = out_path.with_name(f".{out_path.stem}.dense.tmp")
-    res.before["file_bytes"] = float(save_pruned(ws.model, policy, dense_file, whole_module=False, compress=False))
+    res.before["file_bytes"] = float(save_pruned(ws.model, policy, dense_file, compress=False))
     dense_file.unlink()
     res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path, scaling=ws.splits.scaling))
     deployable = with_input_scaling(res.model, ws.splits.scaling)  # exports take the user's raw inputs
@@ -72,8 +72,9 @@ def _int8_rows(model: nn.Module, policy: Policy, splits: Splits, out_path: Path)
     """Quantize (dynamic int8, CPU), save next to the pruned file, report accuracy and size."""
     q = quantize_int8(model)
     acc = classification_metrics(q, splits.to(torch.device("cpu")).test, splits.num_classes)["accuracy"]
-    size = save_pruned(q, policy, out_path.with_name(out_path.stem + ".int8.pt"), whole_module=True,
-                       scaling=splits.scaling)
+    int8_path = out_path.with_name(out_path.stem + ".int8.ts")  # TorchScript: quantized modules load pickle-free
+    export_torchscript(with_input_scaling(q, splits.scaling), splits.input_shape, int8_path)
+    size = int8_path.stat().st_size
     nan = float("nan")
     return [{"metric": "test_accuracy (int8)", "dense": nan, "pruned": acc},
             {"metric": "file_bytes (int8)", "dense": nan, "pruned": float(size)}]

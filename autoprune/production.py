@@ -166,36 +166,62 @@ def decompress_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pruned(model: nn.Module, policy: Policy, path: Path, whole_module: bool | None = None,
-                compress: bool = True, scaling: dict[str, list[float]] | None = None) -> int:
-    """Save atomically; returns the file size in bytes. ``scaling`` (the search's input z-scoring) is stored, and
-    :func:`load_pruned` puts it in front of the model, so the loaded model takes raw inputs.
+def save_pruned(model: nn.Module, policy: Policy, path: Path, compress: bool = True,
+                scaling: dict[str, list[float]] | None = None) -> int:
+    """Save atomically, pickle-free (loads with ``torch.load(weights_only=True)``); returns the file size in bytes.
 
-    Default: unstructured/N:M as a bitmask-compressed state_dict (the file shrinks with sparsity), channel-pruned
-    (or quantized) models as a whole module, since their shapes no longer match the original class.
+    The state dict is bitmask-compressed (the file shrinks with sparsity); a channel-pruned model's tensors keep
+    their shrunk shapes, and :func:`load_pruned` resizes a fresh model's layers to them. ``scaling`` (the
+    search's input z-scoring) is stored too, and :func:`load_pruned` puts it in front of the model.
     """
     buf = io.BytesIO()
-    extra = {"policy": policy.to_json(), "scaling": json.dumps(scaling)}  # load_pruned re-applies the scaling
-    if whole_module if whole_module is not None else policy.granularity.kind == "channel":
-        torch.save({"format": "autoprune-module-v1", **extra, "module": model.cpu()}, buf)
-    else:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"format": FORMAT, **extra, "state": compress_state(state) if compress else state}, buf)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "policy": policy.to_json(), "scaling": json.dumps(scaling),
+                "state": compress_state(state) if compress else state}, buf)
     write_atomic(path, buf.getvalue())
     return path.stat().st_size
 
 
-def load_pruned(path: Path, model: nn.Module | None = None) -> nn.Module:
-    """Load what :func:`save_pruned` wrote (a compressed state_dict needs the fresh ``model`` to fill)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    scaling = json.loads(blob.get("scaling") or "null")
-    if blob.get("format") == "autoprune-module-v1":
-        loaded: nn.Module = blob["module"]
-        return with_input_scaling(loaded, scaling)
-    if model is None:
-        raise PolicyError(f"{path}: a compressed state_dict needs the model to load into")
-    model.load_state_dict(decompress_state(blob["state"]))
-    return with_input_scaling(model, scaling)
+def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give a fresh model's Conv/Linear/BatchNorm layers the (shrunk) shapes found in ``state``.
+
+    Hand-written because torch-pruning's own ``tp.state_dict`` pickles whole module ``__dict__`` s, which a
+    ``weights_only`` load refuses; a channel-pruned net only changes these layers' sizes, so their tensors' shapes
+    say everything (groups are kept as they were).
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for pname, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            saved = state.get(prefix + pname)
+            if saved is None or saved.shape == tensor.shape:
+                continue
+            fresh = torch.empty_like(saved, dtype=tensor.dtype)
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, pname, nn.Parameter(fresh, requires_grad=tensor.requires_grad))
+            else:
+                module.register_buffer(pname, fresh)
+        w = getattr(module, "weight", None)
+        if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
+            module.out_channels, module.in_channels = w.shape[0], w.shape[1] * module.groups
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.num_features = module.running_mean.shape[0]
+
+
+def load_pruned(path: Path, model: nn.Module) -> nn.Module:
+    """Load what :func:`save_pruned` wrote into a fresh instance of the model class it was pruned from.
+
+    Pickle-free (``weights_only=True``); channel-pruned layers are resized to their saved shapes; when the search
+    scaled the inputs, the returned model is ``Sequential(Standardize, model)`` and takes raw inputs.
+    """
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise PolicyError(f"{path}: not an autoprune pruned-model file ({FORMAT}); re-run `autoprune apply`")
+    state = decompress_state(blob["state"])
+    _resize_to(model, state)
+    model.load_state_dict(state)
+    return with_input_scaling(model.eval(), json.loads(blob.get("scaling") or "null"))
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
