@@ -173,3 +173,16 @@ def test_no_pickled_loading_anywhere_in_the_package() -> None:
     pkg = Path(__file__).resolve().parents[1] / "autoprune"
     offenders = [str(p) for p in pkg.rglob("*.py") if "weights_only=False" in p.read_text()]
     assert offenders == []
+
+
+def test_outputs_get_the_users_umask(tmp_path: Path) -> None:
+    import os
+
+    from autoprune.files import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "out.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644
