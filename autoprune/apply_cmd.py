@@ -43,7 +43,7 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     if quantize not in (None, "int8"):
         raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
     policy = Policy.load(policy_path)
-    ws = load_workspace(_space(space, model, data, checkpoint), device, runs)
+    ws = load_workspace(_space(space, model, data, checkpoint), device, runs, expect_dense=policy.dense_key or None)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
     bar = RichProgress()
     bar.start(max(1, math.ceil(epochs)), "fine-tune (epochs)")

@@ -74,6 +74,7 @@ class Policy(BaseModel):
     schema_version: int = SCHEMA_VERSION
     model: str = ""
     fingerprint: str = ""  # architecture fingerprint: hash of prunable layer FQNs + weight shapes
+    dense_key: str = ""  # the exact dense model searched on (checkpoint SHA-256 or training cache key)
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # every prunable layer's weight shape, by FQN
     criterion: Criterion = "magnitude"
     granularity: Granularity = Granularity()

@@ -298,6 +298,7 @@ class SampleContext:
     bounds: dict[str, tuple[float, float]]  # fqn -> [min, max] ratio
     anchor: Callable[[float], dict[str, float]] | None = None  # target -> anchor heuristic's ratios
     shapes: dict[str, list[int]] | None = None  # weight shapes of all prunable layers (copied into policies)
+    dense_key: str = ""  # the dense model's key (copied into policies, checked by apply)
 
     def anchor_prefs(self, target: float) -> dict[str, float]:
         """Log-densities of the anchor allocation at ``target`` (all zero without an anchor)."""
@@ -322,7 +323,8 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
     lr_scale = float(choose(suggest, "ft_lr_scale", list(space.finetune.lr_scale)))
     decay = choose(suggest, "ft_decay", list(space.finetune.decay))
     ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
-    return Policy(model=ctx.model, fingerprint=ctx.fingerprint, shapes=ctx.shapes or {}, criterion=criterion,
+    return Policy(model=ctx.model, fingerprint=ctx.fingerprint, dense_key=ctx.dense_key, shapes=ctx.shapes or {},
+                  criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
                   finetune=space.finetune_recipe(epochs, lr_scale, decay), sparsity=ratios)
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from autoprune.data import Splits, load_data
+from autoprune.errors import PolicyError
 from autoprune.models import architecture_fingerprint, build_model, prunable_layers, weight_of
 from autoprune.space import SearchSpace
 from autoprune.training import classification_metrics, fit, resolve_device
@@ -34,6 +35,7 @@ class Workspace:
     cache_hit: bool
     device: torch.device
     runs_dir: Path
+    dense_key: str = ""  # which dense model exactly (see dense_model); recorded in every policy
 
     @functools.cached_property
     def bounds(self) -> dict[str, tuple[float, float]]:
@@ -48,18 +50,30 @@ def _cache_key(space: SearchSpace, splits: Splits, arch: str, seed: int) -> str:
 
 
 def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torch.device,
-                seed: int = 0) -> tuple[nn.Module, bool]:
-    """The dense baseline: from the checkpoint if given, else trained once and cached under runs/models/."""
+                seed: int = 0, expect_key: str | None = None) -> tuple[nn.Module, bool, str]:
+    """The dense baseline: from the checkpoint if given, else trained once and cached under runs/models/.
+
+    Returns (model, cache hit, key): the key names this exact dense model (the checkpoint file's SHA-256, or the
+    cache key of the training that made it). With ``expect_key`` (a policy's), another dense model is refused
+    before any training.
+    """
     torch.manual_seed(seed)  # deterministic initial weights
     model = build_model(space.model.name, splits.input_shape, splits.num_classes, space.model.kwargs,
                         space.model.checkpoint)
     if space.model.checkpoint:
-        return model.to(device), True
-    key = _cache_key(space, splits, architecture_fingerprint(model), seed)
+        key = "sha256:" + hashlib.sha256(Path(space.model.checkpoint).read_bytes()).hexdigest()[:16]
+    else:
+        key = _cache_key(space, splits, architecture_fingerprint(model), seed)
+    if expect_key and key != expect_key:
+        raise PolicyError(f"the policy was searched on dense model {expect_key}, but {space.source or 'this model'}"
+                          f" gives {key} (another checkpoint, training recipe, data or seed): apply with the "
+                          f"search's space file (--space)")
+    if space.model.checkpoint:
+        return model.to(device), True, key
     path = runs_dir / "models" / f"{space.model.name.replace(':', '_')}-{key}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device), True
+        return model.to(device), True, key
     model.to(device)
     t = space.train
     fit(model, splits.to(device).train, t.epochs, t.lr, t.batch_size, seed, t.weight_decay)
@@ -67,15 +81,19 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
     tmp = path.with_suffix(".tmp")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(path)
-    return model, False
+    return model, False, key
 
 
-def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DEFAULT_RUNS) -> Workspace:
-    """Load data and the dense model for ``space`` and resolve the prunable layers (errors name the field)."""
+def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DEFAULT_RUNS,
+                   expect_dense: str | None = None) -> Workspace:
+    """Load data and the dense model for ``space`` and resolve the prunable layers (errors name the field).
+
+    ``expect_dense``: a policy's dense-model key; another dense model is refused before any training.
+    """
     dev = resolve_device(device)
     d = space.data
     splits = load_data(d.name, d.kwargs, d.val_fraction, d.test_fraction, d.split_seed)
-    model, hit = dense_model(space, splits, runs_dir, dev, seed=space.seed)
+    model, hit, key = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense)
     splits = splits.to(dev)
     model.eval()
     candidates = list(prunable_layers(model))
@@ -88,5 +106,5 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
                      fingerprint=architecture_fingerprint(model),
                      dense_val=classification_metrics(model, splits.val, splits.num_classes),
                      dense_test=classification_metrics(model, splits.test, splits.num_classes),
-                     cache_hit=hit, device=dev, runs_dir=runs_dir)
+                     cache_hit=hit, device=dev, runs_dir=runs_dir, dense_key=key)
 

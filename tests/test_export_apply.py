@@ -186,3 +186,16 @@ def test_outputs_get_the_users_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_apply_refuses_another_dense_model_before_training(searched: str, runs_dir: Path, tmp_path: Path) -> None:
+    pol = export(searched, tmp_path / "p.json", knee=True, runs_dir=runs_dir, track=False)
+    assert pol.dense_key  # the policy names the dense model it was searched on
+    models_before = sorted((runs_dir / "models").iterdir())
+    res = subprocess.run([EXE, "apply", str(tmp_path / "p.json"), "--model", "digits_cnn", "--data", "digits",
+                          "--runs", str(runs_dir), "-o", str(tmp_path / "x.pt"), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"searched on dense model {pol.dense_key}" in res.stderr and "Traceback" not in res.stderr
+    assert sorted((runs_dir / "models").iterdir()) == models_before  # refused before training a new one
+    assert not (tmp_path / "x.pt").exists()

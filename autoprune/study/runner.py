@@ -69,7 +69,8 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
             for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs).items()}
     anchor = heur.get(space.anchor) if space.anchor != "none" else None
-    ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, sizes=ws.sizes, bounds=ws.bounds,
+    ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, dense_key=ws.dense_key, sizes=ws.sizes,
+                        bounds=ws.bounds,
                         anchor=anchor, shapes=layer_shapes(ws.model))
     return Prepared(ws, curves, path, heur, ctx)
 
