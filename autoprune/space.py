@@ -228,7 +228,7 @@ class SearchSpace(_Strict):
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of keys at the top level")
         try:
-            return cls.model_validate({**data, "source": str(p)})
+            return cls.model_validate({**data, "source": str(p)})._resolve_paths(p.parent)
         except ValidationError as err:
             first = err.errors()[0]
             loc = tuple(first["loc"])
@@ -239,6 +239,18 @@ class SearchSpace(_Strict):
                 msg = "unknown key"
             at = f" (line {line})" if line else ""
             raise ConfigError(f"{p}: field '{where}'{at}: {msg}") from None
+
+    def _resolve_paths(self, folder: Path) -> SearchSpace:
+        """Relative data files and checkpoints are relative to the space file's folder, not the current one."""
+        def resolved(name: str) -> str:
+            return name if Path(name).is_absolute() else str(folder / name)
+
+        update: dict[str, Any] = {}
+        if self.data.name.endswith((".pt", ".pth", ".npz")):
+            update["data"] = self.data.model_copy(update={"name": resolved(self.data.name)})
+        if self.model.checkpoint:
+            update["model"] = self.model.model_copy(update={"checkpoint": resolved(self.model.checkpoint)})
+        return self.model_copy(update=update) if update else self
 
     def field_error(self, field_path: str, message: str) -> ConfigError:
         """A :class:`ConfigError` naming this file and a field (for checks that need the model)."""

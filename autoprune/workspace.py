@@ -64,6 +64,7 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
         key = "sha256:" + hashlib.sha256(Path(space.model.checkpoint).read_bytes()).hexdigest()[:16]
     else:
         key = _cache_key(space, splits, architecture_fingerprint(model), seed)
+    space.select_layers(list(prunable_layers(model)))  # a bad layer pattern is reported before any training
     if expect_key and key != expect_key:
         raise PolicyError(f"the policy was searched on dense model {expect_key}, but {space.source or 'this model'}"
                           f" gives {key} (another checkpoint, training recipe, data or seed): apply with the "

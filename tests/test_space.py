@@ -80,3 +80,23 @@ def test_independent_parametrization(tmp_path: Path) -> None:
     pol = sample(sp, FixedTrial({"criterion": "magnitude", "schedule": "oneshot", "ft_epochs": 1,
                                  "ft_lr_scale": 0.3, "ratio/a": 0.1, "ratio/b": 0.7}), ctx)
     assert pol.sparsity == {"a": 0.1, "b": 0.7}
+
+
+def test_relative_paths_resolve_against_the_space_file(tmp_path: Path) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    path = write_space(folder / "s.yaml", data={"name": "data/rows.npz"},
+                       model={"name": "mlp", "checkpoint": "dense.pt"})
+    space = SearchSpace.from_yaml(path)
+    assert space.data.name == str(folder / "data" / "rows.npz")
+    assert space.model.checkpoint == str(folder / "dense.pt")
+
+
+def test_a_bad_layer_pattern_is_reported_before_training(tmp_path: Path) -> None:
+    from autoprune.workspace import load_workspace
+
+    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", layers={"include": ["nope.*"]},
+                                              train={"epochs": 500}))
+    with pytest.raises(ConfigError, match=r"layers.include.*'nope.\*' matches no prunable layer"):
+        load_workspace(space, "cpu", tmp_path / "runs")
+    assert not (tmp_path / "runs" / "models").exists()  # nothing was trained (500 epochs would show)
