@@ -120,9 +120,10 @@ def export(
     study: Annotated[str, typer.Option(help="Study name.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the policy JSON.")] = Path("policy.json"),
     trial: Annotated[int | None, typer.Option(help="Export this trial number.")] = None,
-    max_size: Annotated[float | None, typer.Option(help="Most accurate front point with size ≤ this.")] = None,
-    min_accuracy: Annotated[float | None, typer.Option(help="Smallest front point with validation accuracy ≥ this.")
-                            ] = None,
+    max_size: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Most accurate front point with size ≤ "
+                                                   "this (fraction of the dense model's size metric, 0–1).")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Smallest front point with "
+                                                       "validation accuracy ≥ this (0–1).")] = None,
     knee: Annotated[bool, typer.Option("--knee", help="The front's knee (best trade-off).")] = False,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI")] = None,
