@@ -109,11 +109,12 @@ def _epoch_plan(epochs: float, steps: int, batches_per_epoch: int) -> list[list[
 
 
 def check_diverged(loss: float, start: float, epoch: int, lr: float, factor: float = 10.0) -> None:
-    """Raise :class:`FinetuneDiverged` when an epoch's mean loss is not finite or exceeds ``factor`` × the loss
-    the pruned model had before fine-tuning."""
-    if not math.isfinite(loss) or loss > factor * max(start, 1e-3):
-        raise FinetuneDiverged(f"fine-tune diverged at epoch {epoch}: training loss {loss:.4g} (before the "
-                               f"fine-tune {start:.4g}); lower the LR ({lr:g})")
+    """Raise :class:`FinetuneDiverged` when an epoch's mean loss is not finite or exceeds ``factor`` × ``start``:
+    the pruned model's loss before fine-tuning, or chance level (ln C) when that is higher, so that the noise of
+    a nearly dense model's tiny loss is not taken for divergence."""
+    if not math.isfinite(loss) or loss > factor * start:
+        raise FinetuneDiverged(f"fine-tune diverged at epoch {epoch}: training loss {loss:.4g} (reference "
+                               f"{start:.4g}: before the fine-tune, or chance level); lower the LR ({lr:g})")
 
 
 def _total_steps(plan: list[list[int | None]], batches_per_epoch: int) -> int:
@@ -166,7 +167,8 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
                     start_loss = float(torch.nn.functional.cross_entropy(
                         predict(model, splits.train.x[:ft.batch_size]), splits.train.y[:ft.batch_size]))
                 losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, after_step, cap))
-                check_diverged(losses[-1], start_loss, len(losses), ft.lr)
+                check_diverged(losses[-1], max(start_loss, math.log(max(splits.num_classes, 2))), len(losses),
+                               ft.lr)
                 if progress is not None:
                     progress()
                 if on_epoch is not None and i == len(steps) - 1 and e == 0:

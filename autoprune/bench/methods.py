@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from autoprune.budget import project_to_budget
-from autoprune.evaluate import evaluate
+from autoprune.errors import FinetuneDiverged
+from autoprune.evaluate import Evaluation, evaluate
 from autoprune.policy import Policy, Schedule
 from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
@@ -69,7 +70,10 @@ def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> 
         return _tuned(prep, "lamp", levels, seed)
     res = MethodResult(name, seed)
     for level in levels:
-        ev = evaluate(prep.ws.model, heuristic_policy(prep, name, level, seed), prep.ws.splits, with_test=True)
+        ev = _evaluate(prep, heuristic_policy(prep, name, level, seed))
+        if ev is None:  # its fine-tune diverged: no model at this level
+            res.test[level] = res.size[level] = math.nan
+            continue
         res.test[level] = (ev.test or {})["accuracy"]
         res.size[level] = ev.size_value(prep.ws.space.size_metric)
         res.seconds += ev.times["total"]
@@ -112,10 +116,18 @@ def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int) -> Me
     res = MethodResult(f"{heuristic}_tuned", seed)
     for level in levels:
         grid = recipe_grid(prep.ws.space, heuristic_policy(prep, heuristic, level, seed))
-        evs = [evaluate(prep.ws.model, p, prep.ws.splits, with_test=True) for p in grid]
+        evs = [ev for ev in (_evaluate(prep, p) for p in grid) if ev is not None]  # a diverging recipe is out
         best = max(evs, key=lambda ev: ev.accuracy)  # first best on validation: a deterministic choice
         res.test[level] = (best.test or {})["accuracy"]
         res.size[level] = best.size_value(prep.ws.space.size_metric)
         res.seconds += sum(ev.times["total"] for ev in evs)
         res.compute["finetune_epochs"] = res.compute.get("finetune_epochs", 0.0) + sum(p.finetune.epochs for p in grid)
     return res
+
+
+def _evaluate(prep: Prepared, policy: Policy) -> Evaluation | None:
+    """Evaluate with the test split measured; None when the fine-tune diverged (as a search trial would FAIL)."""
+    try:
+        return evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True)
+    except FinetuneDiverged:
+        return None
