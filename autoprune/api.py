@@ -17,16 +17,18 @@ def load_space(space: SearchSpace | str | Path) -> SearchSpace:
 def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, timeout: float | None = None,
            storage: str | None = None, study: str | None = None, workers: int = 1, seed: int | None = None,
            sampler: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
-           tracking_uri: str | None = None, track: bool = True, progress: Any = None) -> Any:
+           tracking_uri: str | None = None, track: bool = True, progress: Any = None,
+           threads: int | None = None) -> Any:
     """Run (or resume) a search; returns a :class:`~autoprune.study.SearchResult`.
 
-    ``track=False`` skips MLflow; ``tracking_uri`` points at a real MLflow server instead of runs/mlflow.db.
+    ``track=False`` skips MLflow; ``tracking_uri`` points at a real MLflow server instead of runs/mlflow.db;
+    ``threads``: torch threads per process (default: 1 for a small model, else the cores shared by the workers).
     """
     from autoprune.study import SearchOptions, run_search
 
     sp = load_space(space)
     opts = SearchOptions(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, workers=workers,
-                         seed=seed, sampler=sampler, device=device, runs_dir=Path(runs_dir))
+                         seed=seed, sampler=sampler, device=device, runs_dir=Path(runs_dir), threads=threads)
     listener = None
     if track:
         from autoprune.tracking_worker import MlflowListener

@@ -21,7 +21,7 @@ from autoprune.production import (
     with_input_scaling,
 )
 from autoprune.space import DataSpec, ModelSpec, SearchSpace
-from autoprune.training import classification_metrics
+from autoprune.training import choose_threads, classification_metrics
 from autoprune.workspace import load_workspace
 
 ROWS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "params", "nonzeros", "bytes_dense",
@@ -38,12 +38,13 @@ def _space(space: Path | None, model: str | None, data: str | None, checkpoint: 
 
 def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
               finetune_epochs: float | None, out_path: Path, onnx: Path | None, torchscript: Path | None,
-              quantize: str | None, device: str, runs: Path) -> None:
+              quantize: str | None, device: str, runs: Path, threads: int | None = None) -> None:
     """Apply a policy file and print the before/after table."""
     if quantize not in (None, "int8"):
         raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
     policy = Policy.load(policy_path)
     ws = load_workspace(_space(space, model, data, checkpoint), device, runs, expect_dense=policy.dense_key or None)
+    choose_threads(ws.model, 1, threads)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
     bar = RichProgress()
     bar.start(max(1, math.ceil(epochs)), "fine-tune (epochs)")

@@ -23,6 +23,9 @@ app = typer.Typer(
 
 Runs = Annotated[Path, typer.Option("--runs", help="Folder for the study journal, MLflow store and caches.")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 …")]
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help="torch threads per process (default: 1 for a "
+                                             "model under 5 M parameters, whose ops are too short to split; else "
+                                             "the cores shared by the workers).")]
 
 
 @app.command()
@@ -40,6 +43,7 @@ def search(
                                                      help="MLflow server (default sqlite under runs/).")] = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
     device: Device = "auto",
+    threads: Threads = None,
     runs: Runs = Path("runs"),
 ) -> None:
     """Search per-layer sparsity and schedules; rerun the same command to add trials to the same study."""
@@ -49,7 +53,7 @@ def search(
     try:
         result = run(space, n_trials=trials, timeout=timeout, storage=storage, study=study, workers=workers,
                      seed=seed, sampler=sampler, device=device, runs_dir=runs, tracking_uri=tracking_uri,
-                     track=not no_track, progress=RichProgress())
+                     track=not no_track, progress=RichProgress(), threads=threads)
     except KeyboardInterrupt:
         print("interrupted: finished trials are kept in the study; rerun the same command to resume",
               file=sys.stderr)
@@ -152,12 +156,14 @@ def apply_cmd(
     torchscript: Annotated[Path | None, typer.Option(help="Also export TorchScript here.")] = None,
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic quantization after pruning.")] = None,
     device: Device = "auto",
+    threads: Threads = None,
     runs: Runs = Path("runs"),
 ) -> None:
     """Prune the real model with a policy: fine-tune, make permanent, shrink, save; before/after table."""
     from autoprune.apply_cmd import run_apply
 
-    run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs)
+    run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs,
+              threads)
 
 
 @app.command()

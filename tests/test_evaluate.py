@@ -84,3 +84,16 @@ def test_taylor_criterion_scores_and_prunes(workspace) -> None:  # type: ignore[
         assert scores[f].shape == w.shape and float(scores[f].sum()) > 0
     ev = evaluate(workspace.model, _policy(workspace, 0.8, criterion="taylor"), workspace.splits)
     assert abs(ev.size["sparsity"] - 0.8) < 1e-3
+
+
+def test_thread_count_is_chosen_from_the_model_size(workspace) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from autoprune.training import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert choose_threads(workspace.model) == 1 == torch.get_num_threads()  # a small model: one thread
+        assert choose_threads(workspace.model, requested=2) == 2 == torch.get_num_threads()  # --threads wins
+    finally:
+        torch.set_num_threads(before)

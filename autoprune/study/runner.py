@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
 from autoprune.evaluate import evaluate
 from autoprune.heuristics import Allocation, allocations
@@ -26,6 +25,7 @@ from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.records import front_trials, to_record, trial_policy
 from autoprune.study.sampler import make_sampler, search_distributions
 from autoprune.study.storage import make_storage, open_study
+from autoprune.training import choose_threads
 from autoprune.workspace import Workspace, load_workspace
 
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -44,6 +44,7 @@ class SearchOptions:
     sampler: str | None = None
     device: str = "auto"
     runs_dir: Path = Path("runs")
+    threads: int | None = None  # torch threads per process; None = 1 for a small model, else cores / workers
 
 
 @dataclass
@@ -57,9 +58,12 @@ class Prepared:
     ctx: SampleContext
 
 
-def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None) -> Prepared:
-    """Load the workspace, the (cached) sensitivity curves if needed, and the heuristic allocations."""
+def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None, threads: int | None = None,
+            workers: int = 1) -> Prepared:
+    """Load the workspace, the (cached) sensitivity curves if needed, and the heuristic allocations; set torch's
+    thread count for this process (see :func:`~autoprune.training.choose_threads`)."""
     ws = load_workspace(space, device, runs_dir)
+    choose_threads(ws.model, workers, threads)
     curves = path = None
     if space.anchor == "sensitivity" or "sensitivity" in space.baselines:
         curves, path, _ = load_or_scan(runs_dir / "sensitivity", ws.model, ws.splits, ws.layers,
@@ -96,8 +100,7 @@ def _open(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: i
 def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int, parent: int) -> None:
     """Entry point of a worker process: load everything, then optimize against the shared storage."""
     exit_with_parent(parent)  # a killed search leaves no worker behind (its running trial is re-run on resume)
-    torch.set_num_threads(1)
-    prep = prepare(space, opts.device, opts.runs_dir)
+    prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers)
     study = _open(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
     study.optimize(Objective(prep.ws, prep.ctx, prep.heuristics, seed), n_trials=n_trials, timeout=opts.timeout,
