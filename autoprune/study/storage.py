@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -203,10 +204,24 @@ def enqueue_lock(study: optuna.Study) -> Iterator[None]:
         lock.release()
 
 
+class _NoInterruptTraceback(logging.Filter):
+    """Drops Optuna's "Trial N failed" record (and its traceback) for a Ctrl-C: the CLI says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def _quiet_interrupts() -> None:
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
+            handler.addFilter(_NoInterruptTraceback())
+
+
 def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler
                ) -> optuna.Study:
     """Create the two-objective study or resume it if it exists."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_interrupts()
     study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
                                 load_if_exists=True)
     if study.metric_names is None:  # dashboards label the axes with these instead of "Objective 0/1"
