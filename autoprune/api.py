@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
-from autoprune.space import SearchSpace
+from autoprune.errors import ConfigError
+from autoprune.files import check_writable
+from autoprune.space import SamplerName, SearchSpace
 
 
 def load_space(space: SearchSpace | str | Path) -> SearchSpace:
     """Accept a loaded space or a path to its YAML."""
     return space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space)
+
+
+def check_sampler(name: str | None) -> None:
+    """Refuse an unknown ``--sampler`` before anything loads."""
+    known = typing.get_args(SamplerName)
+    if name is not None and name not in known:
+        raise ConfigError(f"--sampler '{name}': unknown (known: {', '.join(known)})")
 
 
 def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, timeout: float | None = None,
@@ -26,6 +36,7 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
     """
     from autoprune.study import SearchOptions, run_search
 
+    check_sampler(sampler)
     sp = load_space(space)
     opts = SearchOptions(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, workers=workers,
                          seed=seed, sampler=sampler, device=device, runs_dir=Path(runs_dir), threads=threads)
@@ -48,6 +59,7 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
     """Pick a front point and write its policy JSON atomically; returns the :class:`Policy`."""
     from autoprune.study import choose_trial, load_existing, make_storage, policy_from_trial
 
+    check_writable(Path(out), "-o")
     st = load_existing(study, make_storage(storage, Path(runs_dir)))
     t = choose_trial(st, trial, max_size, min_accuracy, knee)
     policy = policy_from_trial(st, t)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import nn
 from autoprune.console import RichProgress, out, table
 from autoprune.data import Splits
 from autoprune.errors import AutopruneError
+from autoprune.files import check_writable
 from autoprune.policy import Policy
 from autoprune.production import (
     apply,
@@ -42,6 +44,13 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     """Apply a policy file and print the before/after table."""
     if quantize not in (None, "int8"):
         raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
+    for path, what in ((out_path, "-o"), (onnx, "--onnx"), (torchscript, "--torchscript")):
+        if path is not None:
+            check_writable(path, what)  # before the fine-tune, not after it
+    if onnx is not None:
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise AutopruneError(f"--onnx needs {', '.join(missing)}: pip install 'autoprune[onnx]'")
     policy = Policy.load(policy_path)
     ws = load_workspace(_space(space, model, data, checkpoint), device, runs, expect_dense=policy.dense_key or None)
     choose_threads(ws.model, 1, threads)

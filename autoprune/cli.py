@@ -31,8 +31,10 @@ Threads = Annotated[int | None, typer.Option("--threads", min=1, help="torch thr
 @app.command()
 def search(
     space: Annotated[Path, typer.Argument(help="Search space YAML (see search_spaces/template.yaml).")],
-    trials: Annotated[int | None, typer.Option("--trials", "-n", help="Trials to add (default: the YAML's).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to add (default: the YAML's).")
+                      ] = None,
+    timeout: Annotated[float | None, typer.Option(min=0.0, help="Stop starting new trials after this many seconds.")
+                       ] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal), e.g. "
                                                 "postgresql+psycopg://user@127.0.0.1:5432/db")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the YAML's name); same = resume.")] = None,
@@ -150,7 +152,8 @@ def apply_cmd(
     model: Annotated[str | None, typer.Option(help="Model name or module:callable (instead of --space).")] = None,
     data: Annotated[str | None, typer.Option(help="Dataset name/file/callable (instead of --space).")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Dense state_dict for --model.")] = None,
-    finetune_epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the policy's).")] = None,
+    finetune_epochs: Annotated[float | None, typer.Option(min=0.0, help="Fine-tune epochs (default: the policy's).")
+                               ] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Pruned model file.")] = Path("pruned.pt"),
     onnx: Annotated[Path | None, typer.Option(help="Also export ONNX here.")] = None,
     torchscript: Annotated[Path | None, typer.Option(help="Also export TorchScript here.")] = None,
@@ -289,9 +292,24 @@ def bench(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors (bad flags included) become one line on stderr and exit code 2."""
     try:
-        app()
+        rc = app(standalone_mode=False)  # parse errors are raised to here, not printed as a usage box
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        print("interrupted: finished trials are kept in the study; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as err:  # a bad flag or value: one line naming the command and the option
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(0)
+        message = err.format_message() if hasattr(err, "format_message") else str(err)  # names the option
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        print(f"error: {where}{' '.join(message.split())}", file=sys.stderr)
+        sys.exit(2)
     except AutopruneError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -299,6 +317,7 @@ def main() -> None:
         print("interrupted: finished trials are kept in the study; rerun the same command to resume",
               file=sys.stderr)
         sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

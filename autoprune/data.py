@@ -103,7 +103,29 @@ def _arrays(obj: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"dataset {source}: x has {xa.shape[0]} rows but y has {ya.shape[0]}")
     if not np.issubdtype(ya.dtype, np.integer):
         raise DataError(f"dataset {source}: y must hold integer class labels, got {ya.dtype}")
+    check_rows(xa, ya, source)
     return xa, ya.astype(np.int64)
+
+
+def check_rows(x: np.ndarray, y: np.ndarray, source: str) -> None:
+    """Refuse data a search would silently get wrong: too few rows, NaN/inf features, negative labels, one class."""
+    if x.shape[0] < 10:
+        raise DataError(f"dataset {source}: {x.shape[0]} rows; a train/validation/test split needs at least 10")
+    bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
+    if bad.size:
+        raise DataError(f"dataset {source}: row {int(bad[0])} has a NaN or infinite feature "
+                        f"({bad.size} such rows)")
+    if y.ndim != 1:
+        raise DataError(f"dataset {source}: y must be one class label per row, got shape {tuple(y.shape)}")
+    if (y < 0).any():
+        raise DataError(f"dataset {source}: row {int(np.flatnonzero(y < 0)[0])} has label {int(y[y < 0][0])}; "
+                        f"labels must be 0..C-1")
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise DataError(f"dataset {source}: only one class ({int(classes[0])}); classification needs at least 2")
+    if int(classes[-1]) >= 2 * classes.size + 10:
+        raise DataError(f"dataset {source}: labels run up to {int(classes[-1])} but only {classes.size} classes "
+                        f"occur; labels must be 0..C-1")
 
 
 def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:

@@ -26,3 +26,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Raise a one-line error now, before any long work, when ``path`` could not be written."""
+    from autoprune.errors import AutopruneError
+
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the first existing ancestor is where the folders would be created
+    if not folder.is_dir():
+        raise AutopruneError(f"{what} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AutopruneError(f"{what} {path}: folder {folder} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AutopruneError(f"{what} {path}: the file exists and is not writable")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from autoprune.data import Split
+from autoprune.errors import ConfigError
 
 StepHook = Callable[[], None]
 
@@ -115,10 +116,18 @@ def fit(model: nn.Module, data: Split, epochs: int, lr: float, batch_size: int, 
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; otherwise the named device."""
+    """``auto`` → CUDA when present, else CPU; otherwise the named device (a clear error when it is unknown or
+    absent, e.g. ``cuda`` on a CPU-only build)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device '{name}': not a device torch knows (auto, cpu, cuda, cuda:1, mps …)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device '{name}': no such CUDA device here (this torch sees "
+                          f"{torch.cuda.device_count()}); use --device auto or cpu")
+    return dev
 
 
 SMALL_MODEL = 5_000_000  # parameters: below this a torch op is too short to gain from intra-op threads

@@ -15,8 +15,13 @@ Loc = tuple[str | int, ...]
 def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int]) -> None:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key_node, value_node in node.value:
             key = key_node.value
+            if key in seen:  # PyYAML keeps the last silently; a key written twice is almost always a mistake
+                where = ".".join(str(p) for p in (*path, key))
+                raise ConfigError(f"field '{where}' (line {key_node.start_mark.line + 1}): written twice")
+            seen.add(key)
             lines[(*path, key)] = key_node.start_mark.line + 1
             _walk(value_node, (*path, key), lines)
             lines[(*path, key)] = key_node.start_mark.line + 1
@@ -40,7 +45,10 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int]]:
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
     lines: dict[Loc, int] = {}
     if node is not None:
-        _walk(node, (), lines)
+        try:
+            _walk(node, (), lines)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     return data, lines
 
 

@@ -182,8 +182,11 @@ def make_storage(url: str | None, runs_dir: Path) -> optuna.storages.BaseStorage
                               heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1),
                               engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
     except Exception as err:
+        hint = ""
+        if isinstance(err, ImportError):  # SQLAlchemy's "Failed to import DB access module": the driver is missing
+            hint = "; for PostgreSQL: pip install 'autoprune[postgres]'"
         raise ConfigError(f"--storage '{url}': cannot open the Optuna storage ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+                          f"{str(err).splitlines()[0] if str(err) else ''}){hint}") from None
 
 
 @contextlib.contextmanager
@@ -225,7 +228,9 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.
     study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
                                 load_if_exists=True)
     if study.metric_names is None:  # dashboards label the axes with these instead of "Objective 0/1"
-        study.set_metric_names(METRIC_NAMES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # flagged experimental in Optuna 5, but the documented way
+            study.set_metric_names(METRIC_NAMES)
     return study
 
 
