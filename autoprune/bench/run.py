@@ -111,7 +111,7 @@ def compute_rows(res: BenchResult, short_epochs: float, reference_trials: int = 
     """Each search's compute (mean over seeds) against ``reference_trials`` short-fine-tune trials measured in the
     same run: fine-tune epochs, and evaluation seconds against as many rung-1 (short fine-tune) evaluations."""
     rows = []
-    for method in dict.fromkeys(r.method for r in res.results if r.compute):
+    for method in dict.fromkeys(r.method for r in res.results if "rung1_s" in r.compute):  # the searches
         runs = [r.compute for r in res.results if r.method == method and r.compute]
         epochs = sum(c.get("finetune_epochs", math.nan) for c in runs) / len(runs)
         seconds = sum(c.get("eval_seconds", math.nan) for c in runs) / len(runs)

@@ -1,4 +1,4 @@
-"""The Optuna objective: trial → policy → evaluation → (val accuracy, size), with early stop and constraints."""
+"""The Optuna objective: trial → policy → fidelity ladder (or one short fine-tune) → (val accuracy, size)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,7 @@ class Objective:
     stopped: list[float] = field(default_factory=list)  # seconds saved by each early stop
     epoch1: dict[int, float] = field(default_factory=dict)  # trial number -> val accuracy after epoch 1
     eval_seconds: list[float] = field(default_factory=list)  # evaluation time of each trial (or rung) run here
-    reference: DenseReference | None = None  # dense outputs on calibration inputs (rung 0's divergence)
-
+    reference: DenseReference | None = None  # dense outputs on calibration inputs (the rungs' divergence)
     worker: dict[str, Any] = field(default_factory=this_worker)  # this process (host, pid, start time)
 
     def __post_init__(self) -> None:
