@@ -17,11 +17,13 @@ from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.ladder import (
     RungScore,
+    climbed,
     climbs,
     late_promotions,
     peers,
     rank_fields,
     rank_value,
+    reached,
     rung_key,
     scores_of,
 )
@@ -52,6 +54,9 @@ def test_climbs_keeps_the_best_fraction_only() -> None:
     assert climbs(0.75, others, keep=0.5, min_peers=3)
     assert not climbs(0.65, others, keep=0.5, min_peers=3)
     assert not climbs(math.nan, [], keep=1.0, min_peers=1)
+    # the quota: with 3 of 6 places taken by earlier climbers, even the best score waits
+    assert climbs(0.95, others, keep=0.5, min_peers=3, promoted=2)
+    assert not climbs(0.95, others, keep=0.5, min_peers=3, promoted=3)
 
 
 def test_peers_are_equally_sized_candidates_only() -> None:
@@ -66,6 +71,8 @@ def test_late_promotion_lifts_a_stopped_candidate_once() -> None:
     assert late_promotions(scores, {1: 0}, set(), keep=0.5, min_peers=1) == []
     scores += [RungScore(n, 0, 0.9, 0.1) for n in (2, 3)]  # two worse scores arrive: 1 is now in the best half
     assert late_promotions(scores, {1: 0, 2: 0, 3: 0}, set(), keep=0.5, min_peers=1) == [(1, 1)]
+    full = [(0, 1, 0.9), (5, 1, 0.9)]  # two of the four places at rung 1 already taken: no room for trial 1
+    assert late_promotions(scores, {1: 0, 2: 0, 3: 0}, set(), keep=0.5, min_peers=1, done=full) == []
     assert late_promotions(scores, {1: 0, 2: 0, 3: 0}, {1}, keep=0.5, min_peers=1) == []
 
 
@@ -92,14 +99,16 @@ def laddered(tmp_path_factory: pytest.TempPathFactory, runs_dir: Path) -> tuple[
 
 def test_halving_per_target_replays_exactly(laddered: tuple[SearchSpace, str], runs_dir: Path) -> None:
     """Replay the study in trial order: each non-baseline candidate climbed iff its score was in the best half
-    of the equally sized scores recorded before it, and only the last rung completes a trial."""
+    of the equally sized scores recorded before it and its size's quota of climbers had room; only the last
+    rung completes a trial."""
     trials = sorted(_trials(runs_dir, laddered[1]), key=lambda t: t.number)
     fields = rank_fields(laddered[0].ladder)
     assert fields == ["kl_to_dense", "train_loss"]  # the default: what ranked best in the rank-correlation study
     stops, climbs_seen = 0, 0
     for t in trials:
         attrs = t.user_attrs
-        earlier = scores_of(((u.number, u.user_attrs) for u in trials if u.number < t.number), fields)
+        before = [(u.number, u.user_attrs) for u in trials if u.number < t.number]
+        earlier = scores_of(before, fields)
         last_rung = max(r for r in range(N_RUNGS) if rung_key(r) in attrs)
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert last_rung == N_RUNGS - 1 and t.values[0] == attrs[rung_key(last_rung)]["score"]
@@ -112,8 +121,9 @@ def test_halving_per_target_replays_exactly(laddered: tuple[SearchSpace, str], r
             rec = attrs[rung_key(r)]
             went_on = rung_key(r + 1) in attrs
             if r < N_RUNGS - 1:
+                up = climbed(reached(before, N_RUNGS), r, rec["sparsity"])
                 want = climbs(rank_value(rec, fields[r]), peers(earlier, r, rec["sparsity"]), LADDER["keep"],
-                              LADDER["min_peers"])
+                              LADDER["min_peers"], up)
                 assert went_on == want, (t.number, r)
                 stops += not went_on
                 climbs_seen += went_on

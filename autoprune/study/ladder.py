@@ -70,32 +70,49 @@ def peers(scores: list[RungScore], rung: int, sparsity: float, exclude: int | No
             if s.rung == rung and abs(s.sparsity - sparsity) < SAME_SIZE and s.trial != exclude]
 
 
-def climbs(score: float, others: list[float], keep: float, min_peers: int) -> bool:
-    """Whether a score is among the best ``keep`` fraction of itself plus ``others`` (everyone climbs while
-    fewer than ``min_peers`` scores exist). A NaN score never climbs."""
+def reached(trials: Iterable[tuple[int, dict[str, Any]]], n_rungs: int) -> list[tuple[int, int, float]]:
+    """``(trial, rung, sparsity)`` for every rung a searched trial has finished, the last rung included
+    (baselines always climb, outside the quota: they must not take the searched candidates' places)."""
+    return [(number, r, float(attrs[rung_key(r)]["sparsity"])) for number, attrs in trials
+            if "baseline" not in attrs for r in range(n_rungs) if rung_key(r) in attrs]
+
+
+def climbed(done: list[tuple[int, int, float]], rung: int, sparsity: float, exclude: int | None = None) -> int:
+    """How many other candidates of the same size already climbed from ``rung`` (finished ``rung + 1``)."""
+    return sum(1 for t, r, sp in done if r == rung + 1 and abs(sp - sparsity) < SAME_SIZE and t != exclude)
+
+
+def climbs(score: float, others: list[float], keep: float, min_peers: int, promoted: int = 0) -> bool:
+    """Whether a score climbs: it is among the best ``keep`` fraction of itself plus ``others``, and fewer than
+    that many candidates of its size have climbed already (everyone climbs while fewer than ``min_peers``
+    scores exist). The second rule caps the compute: a sampler that keeps improving would otherwise put most new
+    candidates in the best fraction of the history (ASHA's known drift), measured at 47 % and 66 % climbing
+    instead of 34 % on the digits CNN. A NaN score never climbs."""
     if math.isnan(score):
         return False
     n = len(others) + 1
     if n < min_peers:
         return True
-    better = sum(o > score for o in others)
-    return better < math.ceil(keep * n)
+    allowed = math.ceil(keep * n)
+    return sum(o > score for o in others) < allowed and promoted < allowed
 
 
 def late_promotions(scores: list[RungScore], stopped: dict[int, int], promoted: set[int], keep: float,
-                    min_peers: int) -> list[tuple[int, int]]:
-    """``(trial, rung to resume at)`` for every stopped trial that now belongs to its rung's best fraction.
-
-    ``stopped`` maps a trial to the rung where it stopped; ``promoted`` holds trials already re-enqueued.
-    """
+                    min_peers: int, done: list[tuple[int, int, float]] | None = None) -> list[tuple[int, int]]:
+    """``(trial, rung to resume at)`` for every stopped trial that now belongs to its rung's best fraction, while
+    its size's quota of climbers allows. ``stopped`` maps a trial to the rung where it stopped; ``promoted``
+    holds trials already re-enqueued; ``done`` is :func:`reached` (who climbed already)."""
     out = []
+    done = list(done or [])
     by_trial = {(s.trial, s.rung): s for s in scores}
     for number, rung in sorted(stopped.items()):
         mine = by_trial.get((number, rung))
         if number in promoted or mine is None:
             continue
-        if climbs(mine.score, peers(scores, rung, mine.sparsity, exclude=number), keep, min_peers):
+        others = peers(scores, rung, mine.sparsity, exclude=number)
+        if climbs(mine.score, others, keep, min_peers, climbed(done, rung, mine.sparsity, exclude=number)):
             out.append((number, rung + 1))
+            done.append((number, rung + 1, mine.sparsity))  # it takes one of the size's places
     return out
 
 
@@ -114,7 +131,8 @@ def enqueue_promotions(study: optuna.Study, space: SearchSpace) -> int:
                if t.state == optuna.trial.TrialState.PRUNED and "ladder_stop" in t.user_attrs}
     promoted = {int(t.user_attrs["promoted_from"]) for t in trials if "promoted_from" in t.user_attrs}
     by_number = {t.number: t for t in trials}
-    todo = late_promotions(scores, stopped, promoted, space.ladder.keep, space.ladder.min_peers)
+    done = reached(((t.number, t.user_attrs) for t in trials), len(space.ladder.epochs))
+    todo = late_promotions(scores, stopped, promoted, space.ladder.keep, space.ladder.min_peers, done)
     for number, rung in todo:
         t = by_number[number]
         keep_attrs = {k: v for k, v in t.user_attrs.items() if k in ("baseline", "target", "via_params")}

@@ -16,7 +16,16 @@ from autoprune.evaluate import CandidateStopped, DenseReference, EpochCallback, 
 from autoprune.heuristics import Allocation
 from autoprune.policy import Policy
 from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
-from autoprune.study.ladder import climbs, peers, rank_fields, rank_value, rung_key, scores_of
+from autoprune.study.ladder import (
+    climbed,
+    climbs,
+    peers,
+    rank_fields,
+    rank_value,
+    reached,
+    rung_key,
+    scores_of,
+)
 from autoprune.study.liveness import REASON, WORKER, this_worker
 from autoprune.workspace import Workspace
 
@@ -124,9 +133,10 @@ class Objective:
                 return ev
             if always:
                 continue
-            done = trial.study.get_trials(deepcopy=False)
-            scores = scores_of(((t.number, t.user_attrs) for t in done), rank_fields(ladder))
-            if not climbs(mine, peers(scores, r, sparsity, exclude=trial.number), ladder.keep, ladder.min_peers):
+            done = [(t.number, t.user_attrs) for t in trial.study.get_trials(deepcopy=False)]
+            others = peers(scores_of(done, rank_fields(ladder)), r, sparsity, exclude=trial.number)
+            up = climbed(reached(done, last + 1), r, sparsity, exclude=trial.number)
+            if not climbs(mine, others, ladder.keep, ladder.min_peers, up):
                 trial.set_user_attr("ladder_stop", r)
                 raise optuna.TrialPruned(f"stopped at rung {r}: {by} {abs(mine):.4f} not in the best "
                                          f"{ladder.keep:.0%} at this size")
