@@ -33,6 +33,7 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
         metrics.update({f"rung{key[5:]}_{k}": v for k, v in rec.items() if k != "sparsity"})
     if rungs:
         metrics["rung"] = max(int(k[5:]) for k in rungs)  # the highest rung this trial reached
+        metrics["target_sparsity"] = next(iter(rungs.values()))["sparsity"]  # the policy's weighted sparsity
         metrics.setdefault("sparsity", next(iter(rungs.values()))["sparsity"])
     if "fail_reason" in t.user_attrs:
         metrics["fail_reason"] = t.user_attrs["fail_reason"]

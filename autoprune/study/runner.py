@@ -184,6 +184,7 @@ def front_row(r: Any) -> dict[str, Any]:
     pol = Policy.model_validate_json(r.policy_json) if r.policy_json else None
     return {
         "trial": r.number, "baseline": r.baseline or "", "sparsity": r.sparsity,
+        "target": float(r.metrics.get("target_sparsity", r.sparsity)),  # the policy's; channel groups miss it a bit
         "nonzeros": int(r.metrics.get("nonzeros", 0)),
         "size": r.values[1] if r.values else float("nan"), "val_accuracy": r.values[0] if r.values else float("nan"),
         "test_accuracy": (r.test or {}).get("accuracy", float("nan")),
