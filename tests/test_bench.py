@@ -46,9 +46,9 @@ def test_correlation_rows_rank_proxies_against_the_production_score() -> None:
 
     attrs = []
     for i in range(6):  # rung-0 KL falls as the final score rises (a perfect proxy); rung-0 accuracy is reversed
-        rec0 = {"sparsity": 0.9, "score": 0.1 * i, "val_loss": 1.0, "kl_to_dense": 1.0 - 0.1 * i,
+        rec0 = {"sparsity": 0.9, "score": 1.0 - 0.1 * i, "val_loss": 1.0, "kl_to_dense": 1.0 - 0.1 * i,
                 "train_loss": float("nan")}
-        attrs.append({rung_key(0): rec0, rung_key(1): {"sparsity": 0.9, "score": 1.0 - 0.1 * i}})
+        attrs.append({rung_key(0): rec0, rung_key(1): {"sparsity": 0.9, "score": 0.5 + 0.05 * i}})
     rows = {r["proxy"]: r["ρ at 90% (n)"] for r in correlation_rows(attrs, 2)}
     assert rows["rung0/kl_to_dense"] == "+1.00 (6)" and rows["rung0/metric"] == "-1.00 (6)"
     assert "rung0/train_loss" not in rows  # never measured without a fine-tune
