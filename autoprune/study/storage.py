@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -73,6 +74,23 @@ class _BackgroundFsync:
                 self._cond.notify_all()
 
 
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it: a journal write and its lock release are done
+    whole. (Python runs signal handlers in the main thread only, so only there can the handler be swapped.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class TrialDurableJournal(JournalFileBackend):
     """Optuna's journal file, written without an fsync per write; fsynced on a helper thread as trials finish.
 
@@ -102,12 +120,13 @@ class TrialDurableJournal(JournalFileBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Append ``logs`` under the journal lock; a finishing or study-level write also requests an fsync."""
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
-        self._journal_lock.acquire()  # blocks (breaking a stale lock after its grace period) like Optuna's own writes
-        try:
-            with open(self._path, "ab") as f:  # closing hands the bytes to the OS: visible to other workers at once
-                f.write(text.encode("utf-8"))
-        finally:
-            self._journal_lock.release()
+        with _ctrl_c_after():  # a Ctrl-C never splits an operation or a lock release (it lands right after)
+            self._journal_lock.acquire()  # blocks (breaking a stale lock after its grace period) like Optuna's
+            try:
+                with open(self._path, "ab") as f:  # closing hands the bytes to the OS: other workers see them
+                    f.write(text.encode("utf-8"))
+            finally:
+                self._journal_lock.release()
         if not all(log["op_code"] in _TRIAL_OPS and log.get("state", TrialState.RUNNING) in _UNFINISHED
                    for log in logs):
             self.fsync.request()
