@@ -6,7 +6,9 @@ only equally sparse candidates are compared, which keeps the rule valid for the 
 is the production fine-tune; only trials that reach it complete, so the Pareto front is made of production
 scores only. Heuristic baselines always climb. Like ASHA (Li et al. 2020), a candidate stopped early is
 promoted later when enough worse scores arrive at its rung: :func:`late_promotions` finds those, and the
-search enqueues them to resume at the next rung, without re-running the rungs they already finished.
+search enqueues them to resume at the next rung, without re-running the rungs they already finished. A quota
+caps each size's climbers from a rung at the same fraction of its scores (see :func:`climbs`), so the compute
+stays bounded when an improving sampler keeps putting new candidates in the best fraction of the history.
 
 Each rung's measurements are stored on the trial as the user attr ``rung/<r>``; the rung where a trial stopped
 as ``ladder_stop``. The rules read plain dicts, so they are testable without a study; only
