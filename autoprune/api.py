@@ -45,7 +45,12 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
         from autoprune.tracking_worker import MlflowListener
 
         listener = MlflowListener(tracking_uri, Path(runs_dir))
-    result = run_search(sp, opts, listener, progress)
+    try:
+        result = run_search(sp, opts, listener, progress)
+    except BaseException:  # Ctrl-C, SIGTERM, an error: what was handed to the logger is logged, then it ends
+        if listener is not None:
+            listener.on_abort()
+        raise
     if listener is not None and listener.enqueue_seconds:
         result.summary["tracking_s_per_trial"] = sum(listener.enqueue_seconds) / len(listener.enqueue_seconds)
     if listener is not None and listener.log_seconds:

@@ -26,8 +26,9 @@ from autoprune.space import DataSpec, ModelSpec, SearchSpace
 from autoprune.training import choose_threads, classification_metrics
 from autoprune.workspace import load_workspace
 
-ROWS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "params", "nonzeros", "bytes_dense",
-        "bytes_sparse", "macs", "latency_ms", "file_bytes")
+# size_nonzeros: nonzero parameters as a fraction of the dense model's (the search's size objective)
+ROWS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "params", "nonzeros", "size_nonzeros",
+        "bytes_dense", "bytes_sparse", "macs", "latency_ms", "file_bytes")
 
 
 def _space(space: Path | None, model: str | None, data: str | None, checkpoint: str | None) -> SearchSpace:

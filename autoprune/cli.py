@@ -56,10 +56,8 @@ def search(
         result = run(space, n_trials=trials, timeout=timeout, storage=storage, study=study, workers=workers,
                      seed=seed, sampler=sampler, device=device, runs_dir=runs, tracking_uri=tracking_uri,
                      track=not no_track, progress=RichProgress(), threads=threads)
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are kept in the study; rerun the same command to resume",
-              file=sys.stderr)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as stop:
+        raise typer.Exit(_interrupted(stop)) from None
     out.print(table(f"Pareto front of study '{result.study_name}' (dense val {result.dense_val['accuracy']:.4f}, "
                     f"test {result.dense_test['accuracy']:.4f})", result.front))
     s = result.summary
@@ -291,16 +289,27 @@ def bench(
         console.print(f"{sp.name}: {res.seconds:.0f}s; files: {', '.join(str(f) for f in res.files)}")
 
 
+def _interrupted(stop: KeyboardInterrupt) -> int:
+    """Say in one line that the command stopped and what was kept; the exit code of Ctrl-C (130) or SIGTERM (143)."""
+    from autoprune.processes import Terminated
+
+    word, rc = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+    print(f"{word}: finished trials are kept in the study; rerun the same command to resume", file=sys.stderr)
+    return rc
+
+
 def main() -> None:
-    """Console entry point: user errors (bad flags included) become one line on stderr and exit code 2."""
+    """Console entry point: user errors (bad flags included) become one line on stderr and exit code 2.
+    Ctrl-C and SIGTERM end the command the same way: the running trial is marked interrupted, helpers end."""
+    from autoprune.processes import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     try:
         rc = app(standalone_mode=False)  # parse errors are raised to here, not printed as a usage box
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:
-        print("interrupted: finished trials are kept in the study; rerun the same command to resume",
-              file=sys.stderr)
-        sys.exit(130)
+        sys.exit(_interrupted(KeyboardInterrupt()))
     except typer.TyperException as err:  # a bad flag or value: one line naming the command and the option
         ctx = getattr(err, "ctx", None)
         if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -313,10 +322,8 @@ def main() -> None:
     except AutopruneError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are kept in the study; rerun the same command to resume",
-              file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        sys.exit(_interrupted(stop))
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

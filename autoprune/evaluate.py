@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from autoprune.channels import group_keep, groups_for, member_masks
+from autoprune.channels import group_keep, groups_for, member_masks, remove_zero_channels
 from autoprune.criteria import importance
 from autoprune.data import Splits
 from autoprune.errors import FinetuneDiverged, PolicyError
-from autoprune.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity
-from autoprune.metrics import cpu_latency_ms, size_metrics
+from autoprune.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
+from autoprune.metrics import cpu_latency_ms, relative_to, size_metrics
 from autoprune.models import prunable_layers, weight_of
 from autoprune.policy import Policy
 from autoprune.schedules import ratios_per_step
@@ -199,19 +199,37 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
     t0 = time.perf_counter()
     m = copy.deepcopy(model)
     losses, times = prune_and_finetune(m, policy, splits, seed, on_epoch, size_hint)
+    broken = [n for n, p in m.named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken:
+        raise FinetuneDiverged(f"fine-tune left non-finite weights in {', '.join(broken[:3])}; lower the LR")
     t1 = time.perf_counter()
     recalibrate_bn(m, splits.train, bn_batches, policy.finetune.batch_size, seed)
     val = classification_metrics(m, splits.val, splits.num_classes)
     if reference is not None:
         val["kl_to_dense"] = reference.divergence(m)
     test = classification_metrics(m, splits.test, splits.num_classes) if with_test else None
-    size = size_metrics(m, policy.granularity, splits.input_shape)
-    latency = cpu_latency_ms(m, splits.input_shape) if measure_latency else None
     sparsity = {f: layer_sparsity(m, f) for f in policy.sparsity}
+    size = size_metrics(m, policy.granularity, splits.input_shape)
+    if policy.granularity.kind == "channel":
+        size = shrunk_size(m, model, policy, splits.input_shape, size)
+    latency = cpu_latency_ms(m, splits.input_shape) if measure_latency else None
     t2 = time.perf_counter()
     times.update(measure=t2 - t1, total=t2 - t0)
     return Evaluation(val=val, size=size, times=times, epoch_losses=losses, layer_sparsity=sparsity,
                       test=test, latency_ms=latency)
+
+
+def shrunk_size(m: nn.Module, dense: nn.Module, policy: Policy, input_shape: tuple[int, ...],
+                masked: dict[str, float]) -> dict[str, float]:
+    """Size of channel-pruned ``m`` once its zeroed channels are removed (in place, as ``apply`` does), as
+    fractions of the dense model: the consumers' input slices of a removed channel go too, so this is the size
+    the user gets, not the masked model's nonzero count."""
+    make_permanent(m)
+    remove_zero_channels(m, groups_for(dense, list(policy.sparsity), input_shape), input_shape)
+    size = relative_to(size_metrics(m, policy.granularity, input_shape),
+                       size_metrics(dense, policy.granularity, input_shape))
+    size["sparsity"] = masked["sparsity"]
+    return size
 
 
 @dataclass(frozen=True)

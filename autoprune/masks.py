@@ -20,7 +20,10 @@ from autoprune.policy import Granularity
 
 
 class Mask(nn.Module):
-    """Parametrization ``w ↦ w · mask`` with the mask held as a buffer (saved in the state_dict)."""
+    """Parametrization ``w ↦ w · mask`` with the mask held as a buffer (saved in the state_dict).
+
+    Pruned entries are exactly zero even where the underlying weight is not finite (``NaN · 0`` is NaN).
+    """
 
     mask: torch.Tensor
 
@@ -29,7 +32,7 @@ class Mask(nn.Module):
         self.register_buffer("mask", mask)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask
+        return torch.where(self.mask != 0, w * self.mask, torch.zeros((), dtype=w.dtype, device=w.device))
 
 
 def compute_mask(score: torch.Tensor, ratio: float, granularity: Granularity) -> torch.Tensor:

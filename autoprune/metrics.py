@@ -30,10 +30,15 @@ def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def kept_count(p: torch.Tensor) -> int:
+    """Entries that are kept: nonzero and finite (a NaN or inf weight is a broken weight, never a kept one)."""
+    return int(torch.count_nonzero(torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)))
+
+
 def layer_bytes(w: torch.Tensor, granularity: Granularity) -> dict[str, int]:
     """Bytes to store one weight tensor: dense, CSR (values + int32 column indices + row pointers),
     bitmask (1 bit per entry + values), and N:M (kept values + log2(M)-bit indices) when relevant."""
-    numel, nnz = w.numel(), int(torch.count_nonzero(w))
+    numel, nnz = w.numel(), kept_count(w)
     rows = w.shape[0] if w.dim() > 1 else 1
     out = {
         "dense": numel * FLOAT_BYTES,
@@ -50,7 +55,7 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
     """Nonzeros, sparsity of the prunable layers, bytes (dense vs best compressed format) and MACs."""
     params = effective_parameters(model)
     total = sum(p.numel() for p in params.values())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
+    nonzero = sum(kept_count(p) for p in params.values())
     layers = prunable_layers(model)
     prunable_total = prunable_zero = 0
     compressed = dense_bytes = 0
@@ -61,7 +66,7 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
         compressed += min(b.values())
         if key in weight_keys:
             prunable_total += p.numel()
-            prunable_zero += p.numel() - int(torch.count_nonzero(p))
+            prunable_zero += p.numel() - kept_count(p)
     macs_dense, macs_sparse = count_macs(model, input_shape)
     return {
         "params": float(total),
@@ -75,6 +80,15 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
         "macs": float(macs_sparse),
         "size_flops": macs_sparse / max(macs_dense, 1),
     }
+
+
+def relative_to(size: dict[str, float], dense: dict[str, float]) -> dict[str, float]:
+    """``size`` with its fractions taken of the *dense* model's totals (a shrunk model has fewer parameters)."""
+    out = dict(size)
+    out["size_nonzeros"] = size["nonzeros"] / dense["params"]
+    out["size_bytes"] = size["bytes_sparse"] / dense["bytes_dense"]
+    out["size_flops"] = size["macs"] / max(dense["macs_dense"], 1)
+    return out
 
 
 @torch.no_grad()
@@ -93,7 +107,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
         per_out = w[0].numel()  # (in/groups)·k… for conv, in_features for linear
         macs = out[0].numel() * per_out
         dense += macs
-        sparse += macs * int(torch.count_nonzero(w)) / w.numel()
+        sparse += macs * kept_count(w) / w.numel()
 
     for m in prunable_layers(model).values():
         hooks.append(m.register_forward_hook(hook))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
+from typing import Any
 
-__all__ = ["PARENT_POLL_S", "exit_with_parent"]
+__all__ = ["PARENT_POLL_S", "Terminated", "exit_with_parent", "interrupt_on_sigterm"]
 
 PARENT_POLL_S = 1.0  # how often a helper process checks that the process that started it still lives
 
@@ -24,3 +26,18 @@ def exit_with_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same clean-up runs: the running trial is marked interrupted (re-run on
+    resume), the MLflow logger is closed, worker processes end; the command exits with 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this process (a plain SIGTERM would end it without clean-up)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)

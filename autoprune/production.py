@@ -25,7 +25,7 @@ from autoprune.errors import PolicyError
 from autoprune.evaluate import check_policy_layers, prune_and_finetune
 from autoprune.files import write_atomic
 from autoprune.masks import apply_masks, compute_mask, make_permanent
-from autoprune.metrics import cpu_latency_ms, size_metrics
+from autoprune.metrics import cpu_latency_ms, relative_to, size_metrics
 from autoprune.models import architecture_fingerprint, layer_shapes
 from autoprune.policy import Policy
 from autoprune.training import classification_metrics, recalibrate_bn
@@ -95,7 +95,7 @@ def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finet
         shape = data.input_shape
         removed = remove_zero_channels(m, groups_for(model, list(policy.sparsity), shape), shape)
     m.eval()
-    return ApplyResult(m, before, _measure(m, policy, data, measure_latency), removed)
+    return ApplyResult(m, before, relative_to(_measure(m, policy, data, measure_latency), before), removed)
 
 
 def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float | None, seed: int) -> None:

@@ -55,3 +55,6 @@ class SearchListener(Protocol):
 
     def on_finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
         """The search ended: every trial with final Pareto flags and test metrics."""
+
+    def on_abort(self) -> None:
+        """The search stopped early (Ctrl-C, SIGTERM, an error): finish what was handed over, then let go."""

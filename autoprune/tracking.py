@@ -109,6 +109,9 @@ class MlflowLogger:
                 self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
                 self.pareto_tags[number] = number in front
 
+    def on_abort(self) -> None:
+        """Nothing to finish: every event was written when it came (the parent run stays open for a resume)."""
+
     def on_finish(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
         """Backfill missing child runs, refresh Pareto tags and log the front artifacts."""
         self._guard("finish", self._finish, records, summary)

@@ -76,3 +76,10 @@ class MlflowListener:
         self._pending.append(self._pool.submit(_call, "on_finish", records, summary))
         self._wait()
         self._pool.shutdown(wait=True)
+
+    def on_abort(self) -> None:
+        """Log the trials already handed over, then end the logger process (nothing handed over is lost)."""
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -12,6 +12,7 @@ import torch
 
 from autoprune.api import export, search
 from autoprune.errors import ConfigError, PolicyError
+from autoprune.evaluate import evaluate
 from autoprune.masks import make_permanent
 from autoprune.policy import FineTune, Granularity, Policy
 from autoprune.production import apply, export_onnx, load_pruned, save_pruned
@@ -57,6 +58,13 @@ def test_export_selectors(searched: str, runs_dir: Path, tmp_path: Path) -> None
     assert not (tmp_path / "x.json").exists()
 
 
+def masked_size(model: torch.nn.Module) -> float:
+    """Nonzero fraction of a masked (not shrunk) model: what the size objective was before it shrank models."""
+    params = list(model.state_dict().values())
+    return sum(int(torch.count_nonzero(p)) for p in params if p.is_floating_point()) / sum(
+        p.numel() for p in params if p.is_floating_point())
+
+
 def test_resnet20_channel_policy_shrinks_for_real(tmp_path: Path) -> None:
     space = SearchSpace.from_yaml(write_space(tmp_path / "r.yaml", model={"name": "resnet20", "kwargs": {"width": 8}},
                                               granularity={"kind": "channel"}, layers={"exclude": ["conv1"]},
@@ -75,6 +83,11 @@ def test_resnet20_channel_policy_shrinks_for_real(tmp_path: Path) -> None:
     n_dense = sum(p.numel() for p in ws.model.parameters())
     n_pruned = sum(p.numel() for p in res.model.parameters())
     assert res.channels_removed > 0 and n_pruned < 0.5 * n_dense
+    # the search's size objective is the size apply produces (the masked model's nonzeros were ~2x too big)
+    searched = evaluate(ws.model, pol, ws.splits, measure_latency=False).size["size_nonzeros"]
+    assert abs(res.after["size_nonzeros"] - searched) <= 0.01 * searched
+    assert abs(res.after["size_nonzeros"] - n_pruned / n_dense) <= 0.01
+    assert masked_size(masked) > 1.5 * searched
     save_pruned(res.model, pol, tmp_path / "r.pt")  # pickle-free: a fresh resnet20 is resized to the saved shapes
     from autoprune.models import build_model
 

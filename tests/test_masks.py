@@ -71,3 +71,23 @@ def test_pruned_weights_stay_zero_while_training() -> None:
     assert parametrize.is_parametrized(model.classifier[1], "weight")
     assert torch.all(model.classifier[1].weight[mask == 0] == 0)
     assert torch.any(model.classifier[1].weight[mask == 1] != 0)
+
+
+def test_non_finite_weights_never_count_as_kept() -> None:
+    """A pruned entry stays exactly zero over a NaN/inf weight; a broken (non-finite) weight is not 'kept'."""
+    from autoprune.metrics import kept_count, size_metrics
+
+    model = DigitsCNN(width=8)
+    layer = model.classifier[1]
+    with torch.no_grad():
+        layer.weight[:, :4] = float("nan")
+        layer.weight[:, 4:6] = float("inf")
+    mask = torch.ones_like(layer.weight)
+    mask[:, :6] = 0.0  # exactly the non-finite entries pruned
+    apply_masks(model, {"classifier.1": mask})
+    assert bool(torch.isfinite(layer.weight).all()) and int((layer.weight == 0).sum()) == 6 * layer.weight.shape[0]
+    before = size_metrics(model, Granularity(), (1, 8, 8))["nonzeros"]
+    make_permanent(model)
+    assert size_metrics(model, Granularity(), (1, 8, 8))["nonzeros"] == before
+    broken = torch.tensor([1.0, float("nan"), float("inf"), 0.0])
+    assert kept_count(broken) == 1

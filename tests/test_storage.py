@@ -114,55 +114,76 @@ def test_a_damaged_journal_is_cut_back_never_appended_to(kind: str, space_path: 
     assert front.returncode == 0 and "Pareto front" in front.stdout
 
 
-def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trial(tmp_path: Path, runs_dir: Path,
-                                                              workspace: object) -> None:
+@pytest.mark.parametrize(("where", "workers"), [("journal", 1), ("journal", 2), ("postgres", 1)])
+def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trials(where: str, workers: int, tmp_path: Path,
+                                                              runs_dir: Path, workspace: object) -> None:
+    """kill -9 of the main search process (its workers die with it): every trial it left RUNNING is failed with
+    "worker died" and re-run exactly once on the next run, which ends with exactly the complete trials asked for."""
     import shutil
     import signal
     import subprocess
     import sys
     import time
+    import uuid
 
-    from autoprune.study.liveness import REASON, RETRY_OF, WORKER
+    from autoprune.study.liveness import REASON, RETRY_OF, WORKER, is_gone
     from autoprune.study.storage import load_existing
     from conftest import write_space
 
+    url = os.environ.get("AUTOPRUNE_TEST_PG_URL") if where == "postgres" else None
+    if where == "postgres" and url is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PostgreSQL (scripts/pg.sh sets AUTOPRUNE_TEST_PG_URL)")
+        pytest.skip("no PostgreSQL: run through scripts/test.sh")
     runs = tmp_path / "runs"
     shutil.copytree(runs_dir / "models", runs / "models")
-    space = write_space(tmp_path / "slow.yaml", name="killed", ladder={"epochs": [0, 40], "keep": 1.0},
+    name = f"killed-{uuid.uuid4().hex[:6]}"
+    space = write_space(tmp_path / "slow.yaml", name=name, ladder={"epochs": [0, 40], "keep": 1.0},
                         finetune={"lr_scale": [0.3]})
     exe = str(Path(sys.executable).parent / "autoprune")
-    cmd = [exe, "search", str(space), "--no-track", "--runs", str(runs), "--trials"]
+    cmd = [exe, "search", str(space), "--no-track", "--runs", str(runs), "--workers", str(workers),
+           *(["--storage", url] if url else []), "--trials"]
     proc = subprocess.Popen([*cmd, "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    running = None
-    while running is None and proc.poll() is None:  # wait for a condition: a trial mid-fine-tune after 2 complete
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        try:
+            return load_existing(name, make_storage(url, runs)).trials
+        except Exception:  # the study does not exist yet
+            return []
+
+    killed = False
+    while not killed and proc.poll() is None:  # wait for a condition: a trial mid-fine-tune after 2 complete
         time.sleep(0.2)
-        if not (runs / "optuna.journal").exists():
-            continue
-        trials = load_existing("killed", make_storage(None, runs)).trials if "killed" in (
-            runs / "optuna.journal").read_text() else []
-        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        busy = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "rung/0" in t.user_attrs]
+        now = trials()
+        done = [t for t in now if t.state == optuna.trial.TrialState.COMPLETE]
+        busy = [t for t in now if t.state == optuna.trial.TrialState.RUNNING and "rung/0" in t.user_attrs]
         if len(done) >= 2 and busy:
-            running = busy[0]
             proc.send_signal(signal.SIGKILL)
+            killed = True
     proc.wait()
-    assert running is not None and WORKER in running.user_attrs
-    before = load_existing("killed", make_storage(None, runs)).trials
+    assert killed, "the search ended before it could be killed"
+    left = [t for t in trials() if t.state == optuna.trial.TrialState.RUNNING]
+    while not all(is_gone(t.user_attrs[WORKER]) for t in left):  # workers end within a second of the main process
+        time.sleep(0.2)
+        left = [t for t in trials() if t.state == optuna.trial.TrialState.RUNNING]
+    assert left and all(WORKER in t.user_attrs for t in left)
+    before = trials()
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in before)  # enqueued baselines not run yet
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in before)
-    res = subprocess.run([*cmd, str(waiting + 1)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run([*cmd, str(waiting + len(left))], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    trials = load_existing("killed", make_storage(None, runs)).trials
-    killed = trials[running.number]
-    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs[REASON] == "worker died"
-    retries = [t for t in trials if t.user_attrs.get(RETRY_OF) == running.number]
-    assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
-    assert retries[0].params == killed.params
-    assert {k: killed.user_attrs.get(k) for k in ("baseline", "target")} == \
-        {k: retries[0].user_attrs.get(k) for k in ("baseline", "target")}
-    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
-    # exactly the trials asked for: every waiting one and the re-run of the killed one
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == complete + waiting + 1
+    after = trials()
+    for dead in left:
+        assert after[dead.number].state == optuna.trial.TrialState.FAIL
+        assert after[dead.number].user_attrs[REASON] == "worker died"
+        retries = [t for t in after if t.user_attrs.get(RETRY_OF) == dead.number]
+        assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
+        assert retries[0].params == dead.params
+        assert {k: dead.user_attrs.get(k) for k in ("baseline", "target")} == \
+            {k: retries[0].user_attrs.get(k) for k in ("baseline", "target")}
+    assert not [t for t in after if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    # exactly the trials asked for: every waiting one and one re-run of each killed one
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in after) == complete + waiting + len(left)
 
 
 def test_two_processes_started_together_enqueue_each_baseline_once(space_path: Path, runs_dir: Path,

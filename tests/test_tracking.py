@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
@@ -110,7 +112,10 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-def test_kill_9_of_a_search_leaves_no_helper_process(tmp_path: Path, runs_dir: Path, workspace: object) -> None:
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_search_leaves_no_helper_process(sig: str, tmp_path: Path, runs_dir: Path,
+                                                  workspace: object) -> None:
+    """kill -9 and SIGTERM of a search with MLflow on: helpers exit; SIGTERM also ends like Ctrl-C (143, one line)."""
     import shutil
     import signal
     import subprocess
@@ -125,7 +130,7 @@ def test_kill_9_of_a_search_leaves_no_helper_process(tmp_path: Path, runs_dir: P
                         finetune={"lr_scale": [0.3]})
     exe = str(Path(sys.executable).parent / "autoprune")
     proc = subprocess.Popen([exe, "search", str(space), "--runs", str(runs), "--trials", "50"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "err").open("w"))
     helpers: set[int] = set()
 
     def logger_started() -> bool:  # the MLflow logger (a spawned child), started after the resource tracker
@@ -136,11 +141,14 @@ def test_kill_9_of_a_search_leaves_no_helper_process(tmp_path: Path, runs_dir: P
         time.sleep(0.2)
         helpers = _children(proc.pid)
     assert len(helpers) >= 2, "the search ended before its logger process started"  # logger + resource tracker
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(getattr(signal, sig))
+    rc = proc.wait()
     waited = 0.0
     while any(Path(f"/proc/{p}").exists() for p in helpers) and waited < 120:  # condition, with a hang guard
         time.sleep(0.5)
         waited += 0.5
     alive = [p for p in helpers if Path(f"/proc/{p}").exists()]
-    assert alive == [], f"helpers still running {waited:.0f}s after kill -9: {alive}"
+    assert alive == [], f"helpers still running {waited:.0f}s after {sig}: {alive}"
+    if sig == "SIGTERM":
+        lines = (tmp_path / "err").read_text().strip().splitlines()
+        assert rc == 143 and lines[-1].startswith("terminated: finished trials are kept"), lines[-3:]

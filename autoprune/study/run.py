@@ -57,6 +57,18 @@ def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any
     return {f"{tgt:.0%}": "–" if acc is None else f"{acc:.3f}" for tgt, acc in best.items()}
 
 
+def stop_workers(procs: list[Any], grace_s: float = 30.0) -> None:
+    """End worker processes still running: SIGTERM first (each marks its running trial interrupted), then kill."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(grace_s)  # bounds a worker stuck in a native call; a normal one ends in well under a second
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener | None = None,
                progress: ProgressSink | None = None) -> SearchResult:
     """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
@@ -115,9 +127,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     finally:
         if progress is not None:
             progress.stop()
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
+        stop_workers(procs)
     optimize_s = time.perf_counter() - t_opt
     result = finish(study, prep, listener, time.perf_counter() - t0, objective.stopped)
     n = len(objective.eval_seconds)

@@ -16,7 +16,7 @@ from autoprune.evaluate import evaluate
 from autoprune.heuristics import Allocation, allocations
 from autoprune.models import layer_shapes
 from autoprune.policy import Policy
-from autoprune.processes import exit_with_parent
+from autoprune.processes import exit_with_parent, interrupt_on_sigterm
 from autoprune.records import SearchListener, StudyInfo
 from autoprune.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.space import SampleContext, SearchSpace
@@ -100,6 +100,7 @@ def _open(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: i
 def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int, parent: int) -> None:
     """Entry point of a worker process: load everything, then optimize against the shared storage."""
     exit_with_parent(parent)  # a killed search leaves no worker behind (its running trial is re-run on resume)
+    interrupt_on_sigterm()  # terminated with the main process at exit: its trial is marked interrupted
     prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers)
     study = _open(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed

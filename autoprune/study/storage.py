@@ -76,17 +76,25 @@ class _BackgroundFsync:
 
 @contextlib.contextmanager
 def _ctrl_c_after() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it: a journal write and its lock release are done
-    whole. (Python runs signal handlers in the main thread only, so only there can the handler be swapped.)"""
+    """Hold a Ctrl-C (SIGINT) or SIGTERM until the block ends, then raise it: a journal write and its lock release
+    are done whole. (Python runs signal handlers in the main thread only, so only there can they be swapped.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in caught:  # its own handler (Terminated, see autoprune.processes) or default, after the write
+        term = previous[signal.SIGTERM]
+        if callable(term):
+            term(signal.SIGTERM, None)
+        else:
+            signal.raise_signal(signal.SIGTERM)
     if caught:
         raise KeyboardInterrupt
 
