@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Policy", "SearchSpace", "apply", "load_pruned", "search"]
+__all__ = ["Policy", "SearchSpace", "apply", "export", "load_pruned", "load_workspace", "search"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,10 +20,10 @@ def __getattr__(name: str) -> Any:
         from autoprune.space import SearchSpace
 
         return SearchSpace
-    if name == "search":
-        from autoprune.api import search
+    if name in ("search", "export", "load_workspace"):
+        from autoprune import api
 
-        return search
+        return getattr(api, name)
     if name == "apply":
         from autoprune.production import apply
 

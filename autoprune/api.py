@@ -79,6 +79,17 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
     return policy
 
 
+def load_workspace(space: SearchSpace | str | Path, *, device: str = "auto", runs_dir: str | Path = "runs",
+                   policy: Any = None) -> Any:
+    """The space's data splits and dense model (trained once, then cached under ``runs/models``) and its layers.
+
+    With ``policy``, the dense model must be the one the policy was searched on (refused otherwise).
+    """
+    from autoprune.workspace import load_workspace as load
+
+    return load(load_space(space), device, Path(runs_dir), expect_dense=policy.dense_key or None if policy else None)
+
+
 def sync(study: str, *, storage: str | None = None, runs_dir: str | Path = "runs",
          tracking_uri: str | None = None) -> int:
     """Backfill MLflow from the Optuna study (after MLflow was down); returns the number of child runs added."""

@@ -13,6 +13,7 @@ from autoprune.console import RichProgress, out, table
 from autoprune.data import Splits
 from autoprune.errors import AutopruneError
 from autoprune.files import check_writable
+from autoprune.metrics import latency_device
 from autoprune.policy import Policy
 from autoprune.production import (
     apply,
@@ -67,8 +68,9 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     dense_file.unlink()
     res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path, scaling=ws.splits.scaling))
     deployable = with_input_scaling(res.model, ws.splits.scaling)  # exports take the user's raw inputs
-    rows = [{"metric": k, "dense": res.before.get(k, float("nan")), "pruned": res.after.get(k, float("nan"))}
-            for k in ROWS]
+    label = {"latency_ms": f"latency_ms ({latency_device(res.model)}, batch 32)"}
+    rows = [{"metric": label.get(k, k), "dense": res.before.get(k, float("nan")),
+             "pruned": res.after.get(k, float("nan"))} for k in ROWS]
     if quantize == "int8":
         rows += _int8_rows(res.model, policy, ws.splits, out_path)
     if onnx is not None:

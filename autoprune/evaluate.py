@@ -16,7 +16,7 @@ from autoprune.criteria import importance
 from autoprune.data import Splits
 from autoprune.errors import FinetuneDiverged, PolicyError
 from autoprune.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
-from autoprune.metrics import cpu_latency_ms, relative_to, size_metrics
+from autoprune.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.models import prunable_layers, weight_of
 from autoprune.policy import Policy
 from autoprune.schedules import ratios_per_step
@@ -37,6 +37,7 @@ class Evaluation:
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # measured, per FQN
     test: dict[str, float] | None = None
     latency_ms: float | None = None
+    latency_device: str | None = None  # where latency_ms was timed (cpu, cuda:0 (name))
 
     @property
     def accuracy(self) -> float:
@@ -212,11 +213,12 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
     size = size_metrics(m, policy.granularity, splits.input_shape)
     if policy.granularity.kind == "channel":
         size = shrunk_size(m, model, policy, splits.input_shape, size)
-    latency = cpu_latency_ms(m, splits.input_shape) if measure_latency else None
+    latency = latency_ms(m, splits.input_shape) if measure_latency else None
+    device = latency_device(m) if measure_latency else None
     t2 = time.perf_counter()
     times.update(measure=t2 - t1, total=t2 - t0)
     return Evaluation(val=val, size=size, times=times, epoch_losses=losses, layer_sparsity=sparsity,
-                      test=test, latency_ms=latency)
+                      test=test, latency_ms=latency, latency_device=device)
 
 
 def shrunk_size(m: nn.Module, dense: nn.Module, policy: Policy, input_shape: tuple[int, ...],

@@ -1,4 +1,4 @@
-"""Size and speed of a (masked) model: nonzeros, storage bytes in several formats, MACs, CPU latency."""
+"""Size and speed of a (masked) model: nonzeros, storage bytes in several formats, MACs, latency."""
 
 from __future__ import annotations
 
@@ -124,16 +124,36 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, runs: int = 50,
-                   warmup: int = 5) -> float:
-    """Median wall time of one forward pass on CPU, in milliseconds."""
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, runs: int = 50,
+               warmup: int = 5) -> float:
+    """Median wall time of one forward pass on the model's device, in milliseconds.
+
+    On CUDA each pass is synchronised before and after (kernels run asynchronously: without it this would time
+    the kernel launches). The device is named by :func:`latency_device` wherever the number is reported.
+    """
     model = model.eval()
-    x = torch.randn((batch, *input_shape), device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    x = torch.randn((batch, *input_shape), device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         model(x)
     times = []
     for _ in range(runs):
+        sync()
         t0 = time.perf_counter()
         model(x)
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def latency_device(model: nn.Module) -> str:
+    """Where :func:`latency_ms` timed ``model``: ``cpu``, ``cuda:0`` …, for labels such as ``latency_ms (cpu)``."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
+    return device.type

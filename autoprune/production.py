@@ -25,7 +25,7 @@ from autoprune.errors import PolicyError
 from autoprune.evaluate import check_policy_layers, prune_and_finetune
 from autoprune.files import write_atomic
 from autoprune.masks import apply_masks, compute_mask, make_permanent
-from autoprune.metrics import cpu_latency_ms, relative_to, size_metrics
+from autoprune.metrics import latency_ms, relative_to, size_metrics
 from autoprune.models import architecture_fingerprint, layer_shapes
 from autoprune.policy import Policy
 from autoprune.training import classification_metrics, recalibrate_bn
@@ -63,7 +63,7 @@ def _measure(model: nn.Module, policy: Policy, data: Splits, latency: bool) -> d
     out = {f"test_{k}": v for k, v in classification_metrics(model, data.test, data.num_classes).items()}
     out.update(size_metrics(model, policy.granularity, data.input_shape))
     if latency:
-        out["latency_ms"] = cpu_latency_ms(model, data.input_shape, batch=32)
+        out["latency_ms"] = latency_ms(model, data.input_shape, batch=32)
     return out
 
 

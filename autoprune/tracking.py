@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -75,6 +76,8 @@ class MlflowLogger:
         self.info: StudyInfo | None = None
         self.failed: str | None = None
         self.log_seconds: list[float] = []  # seconds per child run
+        # two searches of one study on this machine: each creates the parent and each child run once
+        self._lock = FileLock(str(runs_dir / ".mlflow.lock"))
 
     # -- resilience -------------------------------------------------------------------------------
     def _guard(self, what: str, fn: Any, *args: Any) -> Any:
@@ -123,7 +126,14 @@ class MlflowLogger:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        with self._lock:  # also serialises creating the MLflow database (two at once fail: "duplicate column")
+            self.client = MlflowClient(self.uri)
+            self._open_parent(info)
+        self.client.update_run(self.parent_id, "RUNNING")
+        self._load_children()
+
+    def _open_parent(self, info: StudyInfo) -> None:
+        assert self.client is not None
         self.experiment_id = ensure_experiment(self.client, self.experiment_name or info.study_name, self.runs_dir)
         found = find_parent(self.client, self.experiment_id, info.study_name)
         if found is not None:
@@ -141,8 +151,6 @@ class MlflowLogger:
             for f in info.sensitivity_files:
                 if Path(f).exists():
                     self.client.log_artifact(self.parent_id, f, "sensitivity")
-        self.client.update_run(self.parent_id, "RUNNING")
-        self._load_children()
 
     def _load_children(self) -> None:
         assert self.client is not None
@@ -159,9 +167,25 @@ class MlflowLogger:
             if not token:
                 break
 
+    def _child_of(self, number: int) -> str | None:
+        """Run id of trial ``number``'s child run if any process logged one already."""
+        assert self.client is not None
+        found = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}' and "
+                                        f"tags.`autoprune.trial` = '{number}'", max_results=1)
+        return str(found[0].info.run_id) if found else None
+
     def _log_trial(self, r: TrialRecord) -> None:
         if self.client is None or r.number in self.children:
             return
+        with self._lock:  # check and create as one step: another process may be logging this study too
+            found = self._child_of(r.number)
+            if found is not None:
+                self.children[r.number] = found
+                return
+            self._create_child(r)
+
+    def _create_child(self, r: TrialRecord) -> None:
+        assert self.client is not None
         t0 = time.perf_counter()
         tags = {"mlflow.parentRunId": self.parent_id, "autoprune.trial": str(r.number), "state": r.state,
                 "pareto": "true" if r.pareto else "false", "sampler": self.info.sampler if self.info else ""}
@@ -247,8 +271,11 @@ def _metrics(r: TrialRecord) -> list[Metric]:
     out = []
     if r.values:
         out += [Metric("val_accuracy_objective", r.values[0], ts, 0), Metric("size", r.values[1], ts, 0)]
+    device = str(r.metrics.get("latency_device") or "").split(" ")[0].replace(":", "")
     for k, v in r.metrics.items():
-        if isinstance(v, (int, float)) and v is not None:
+        if k == "latency_ms" and isinstance(v, (int, float)) and device:  # the metric names its device
+            out.append(Metric(f"latency_ms_{device}", float(v), ts, 0))
+        elif isinstance(v, (int, float)) and v is not None:
             out.append(Metric(safe_key(k), float(v), ts, 0))
         elif k == "epoch_losses" and isinstance(v, list):
             out += [Metric("finetune_loss", float(x), ts, i) for i, x in enumerate(v)]

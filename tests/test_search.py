@@ -158,7 +158,7 @@ def test_per_target_tpe_shares_trials_evenly_and_models_each_size_alone(space_pa
     space = SearchSpace.from_yaml(space_path)  # targets 0.8 and 0.9
     run_search(space, SearchOptions(n_trials=25, runs_dir=runs_dir, device="cpu", study_name="per-target"))
     study = load_existing("per-target", make_storage(None, runs_dir))
-    assert study.metric_names == ["val_accuracy", "size (fraction of dense)"]  # dashboards name the axes
+    assert study.metric_names == ["val_accuracy", "size (nonzero parameters, fraction of dense)"]  # axis names
     sampler = PerTargetTPE({}, [0.8, 0.9])
     targets = Counter(sampler._target_of(t) for t in study.trials if t.state.is_finished())
     assert set(targets) == {0.8, 0.9} and abs(targets[0.8] - targets[0.9]) <= 1 and sum(targets.values()) == 25
@@ -179,3 +179,16 @@ def test_a_diverging_finetune_fails_the_trial_with_its_reason(tmp_path: Path, ru
     assert all("fine-tune diverged" in t.user_attrs["fail_reason"] for t in trials)
     assert result.front == [] and result.summary["failed"] == 3
     assert any("lower the LR" in r for r in result.summary["fail_reasons"])
+
+
+def test_a_latency_study_names_the_device_it_timed_on(tmp_path: Path, runs_dir: Path) -> None:
+    from autoprune.study.storage import load_existing, make_storage
+
+    space = SearchSpace.from_yaml(write_space(tmp_path / "lat.yaml", name="lat", size_metric="latency"))
+    run_search(space, SearchOptions(n_trials=2, runs_dir=runs_dir, device="cpu"))
+    study = load_existing("lat", make_storage(None, runs_dir))
+    assert study.metric_names == ["val_accuracy", "latency_ms (cpu)"]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(t.values[1] > 0 for t in done)
+    attrs = [t.user_attrs for t in done]
+    assert all(a["eval"]["latency_device"] == "cpu" for a in attrs)

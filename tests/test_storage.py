@@ -186,7 +186,7 @@ def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trials(where: str, worker
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in after) == complete + waiting + len(left)
 
 
-def test_two_processes_started_together_enqueue_each_baseline_once(space_path: Path, runs_dir: Path,
+def test_two_processes_started_together_enqueue_and_log_each_trial_once(space_path: Path, runs_dir: Path,
                                                                     tmp_path: Path, workspace: object) -> None:
     import shutil
     import subprocess
@@ -197,11 +197,22 @@ def test_two_processes_started_together_enqueue_each_baseline_once(space_path: P
     runs = tmp_path / "runs"
     shutil.copytree(runs_dir / "models", runs / "models")
     exe = str(Path(sys.executable).parent / "autoprune")
-    cmd = [exe, "search", str(space_path), "--no-track", "--runs", str(runs), "--study", "twice", "--trials", "3"]
+    cmd = [exe, "search", str(space_path), "--runs", str(runs), "--study", "twice", "--trials", "3"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:
-        assert p.wait(timeout=900) == 0, p.stderr.read() if p.stderr else ""
+    for p in procs:  # (a few lines of stderr each: the pipe cannot fill)
+        err = p.stderr.read() if p.stderr else ""
+        assert p.wait() == 0, err
+        assert "MLflow logging disabled" not in err, err  # e.g. both creating the MLflow database at once
     trials = load_existing("twice", make_storage(None, runs)).trials
     keys = [(t.user_attrs["baseline"], t.user_attrs["target"]) for t in trials if "baseline" in t.user_attrs]
     assert len(keys) == len(set(keys)) == 5 * 2  # five heuristics at two targets, once each
     assert sum(t.state.is_finished() for t in trials) == 6  # each process ran its three trials
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    runs_found = client.search_runs([client.get_experiment_by_name("twice").experiment_id], max_results=1000)
+    parents = [r for r in runs_found if r.data.tags.get("autoprune.role") == "parent"]
+    children = [int(r.data.tags["autoprune.trial"]) for r in runs_found if "autoprune.trial" in r.data.tags]
+    assert len(parents) == 1  # one parent run, and one child run per finished trial
+    assert sorted(children) == sorted(t.number for t in trials if t.state.is_finished())
+

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import mlflow
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from autoprune.api import search

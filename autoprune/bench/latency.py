@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from autoprune.data import Split, Splits
-from autoprune.metrics import count_macs, cpu_latency_ms
+from autoprune.metrics import count_macs, latency_ms
 from autoprune.models import ResNetCifar, prunable_layers
 from autoprune.policy import FineTune, Granularity, Policy
 from autoprune.production import apply
@@ -31,8 +31,8 @@ def channel_speedup(ratio: float = 0.3, width: int = 16, input_shape: tuple[int,
     pruned_macs, _ = count_macs(pruned, input_shape)
     rows = []
     for b in batches:
-        t_dense = cpu_latency_ms(model, input_shape, batch=b, runs=runs)
-        t_pruned = cpu_latency_ms(pruned, input_shape, batch=b, runs=runs)
+        t_dense = latency_ms(model, input_shape, batch=b, runs=runs)
+        t_pruned = latency_ms(pruned, input_shape, batch=b, runs=runs)
         rows.append({"batch": float(b), "macs_ratio": pruned_macs / dense_macs,
                      "params_ratio": sum(p.numel() for p in pruned.parameters())
                      / sum(p.numel() for p in model.parameters()),

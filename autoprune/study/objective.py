@@ -191,6 +191,7 @@ def eval_attrs(ev: Evaluation, sample_s: float) -> dict[str, object]:
         **{f"time_{k}": v for k, v in ev.times.items()},
         "time_sample": sample_s,
         "latency_ms": ev.latency_ms,
+        "latency_device": ev.latency_device,
         "epoch_losses": ev.epoch_losses,
         "layer_sparsity": ev.layer_sparsity,
     }

@@ -24,8 +24,8 @@ from autoprune.study.ladder import compute_spent
 from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.records import front_trials, to_record, trial_policy
 from autoprune.study.sampler import make_sampler, search_distributions
-from autoprune.study.storage import make_storage, open_study
-from autoprune.training import choose_threads
+from autoprune.study.storage import make_storage, metric_names, open_study
+from autoprune.training import choose_threads, resolve_device
 from autoprune.workspace import Workspace, load_workspace
 
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -94,7 +94,8 @@ def _open(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: i
     # seed + trials so far: a resumed study does not replay the first run's random draws
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
                            search_distributions(space, ctx), opts.workers > 1, space.targets.grid)
-    return open_study(name, storage, sampler)
+    names = metric_names(space.size_metric, str(resolve_device(opts.device)))
+    return open_study(name, storage, sampler, names)
 
 
 def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int, parent: int) -> None:

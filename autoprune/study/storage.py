@@ -24,7 +24,14 @@ from optuna.trial import TrialState
 from autoprune.errors import ConfigError
 
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # validation accuracy ↑, size ↓
-METRIC_NAMES = ["val_accuracy", "size (fraction of dense)"]
+SIZE_NAMES = {"nonzeros": "size (nonzero parameters, fraction of dense)",
+              "bytes": "size (bytes in the best sparse format, fraction of dense)",
+              "flops": "size (MACs, fraction of dense)"}
+
+
+def metric_names(size_metric: str, device: str) -> list[str]:
+    """Names of the two objectives as dashboards show them; latency names the device it was timed on."""
+    return ["val_accuracy", SIZE_NAMES.get(size_metric, f"latency_ms ({device})")]
 
 # Op codes of Optuna's journal file format (optuna.storages.journal._storage.JournalOperation, a stable on-disk
 # format): create trial, set param, set state/values, intermediate value, user attr, system attr.
@@ -247,8 +254,8 @@ def _quiet_interrupts() -> None:
             handler.addFilter(_NoInterruptTraceback())
 
 
-def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler
-               ) -> optuna.Study:
+def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
+               names: list[str] | None = None) -> optuna.Study:
     """Create the two-objective study or resume it if it exists."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_interrupts()
@@ -257,7 +264,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.
     if study.metric_names is None:  # dashboards label the axes with these instead of "Objective 0/1"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # flagged experimental in Optuna 5, but the documented way
-            study.set_metric_names(METRIC_NAMES)
+            study.set_metric_names(names or metric_names("nonzeros", "cpu"))
     return study
 
 
