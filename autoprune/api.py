@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import ConfigError
-from autoprune.files import check_writable
+from autoprune.files import check_runs_folder, check_writable
 from autoprune.space import SamplerName, SearchSpace
 
 
@@ -37,6 +37,7 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
     from autoprune.study import SearchOptions, run_search
 
     check_sampler(sampler)
+    check_runs_folder(Path(runs_dir))  # the journal, MLflow store and model cache live there
     sp = load_space(space)
     opts = SearchOptions(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, workers=workers,
                          seed=seed, sampler=sampler, device=device, runs_dir=Path(runs_dir), threads=threads)

@@ -41,3 +41,18 @@ def check_writable(path: Path, what: str) -> None:
         raise AutopruneError(f"{what} {path}: folder {folder} is not writable")
     if path.exists() and not os.access(path, os.W_OK):
         raise AutopruneError(f"{what} {path}: the file exists and is not writable")
+
+
+def check_runs_folder(runs_dir: Path) -> None:
+    """Create ``runs_dir`` if needed and prove it writable with a real probe file (``os.access`` says yes to root
+    even on a read-only mount): a one-line error now, before a dense model trains, instead of a traceback later."""
+    from autoprune.errors import AutopruneError
+
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=runs_dir, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise AutopruneError(f"--runs {runs_dir}: cannot write there ({err.strerror or err}); "
+                             "pass --runs FOLDER with a writable folder") from None

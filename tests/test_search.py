@@ -143,7 +143,7 @@ def test_reused_study_name_with_another_space_is_refused(tmp_path: Path, runs_di
     wider = write_space(tmp_path / "c.yaml", name="ident", model={"name": "digits_cnn", "kwargs": {"width": 12}})
     exe = str(Path(sys.executable).parent / "autoprune")
     res = subprocess.run([exe, "search", str(wider), "--no-track", "--runs", str(runs_dir), "--trials", "1"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "created with another model, layers" in res.stderr and "Traceback" not in res.stderr
     assert sum(t.state.is_finished() for t in _trials(runs_dir, "ident")) == 2  # nothing added to the study

@@ -40,7 +40,7 @@ def test_journal_fsyncs_off_the_search_thread(tmp_path: Path, monkeypatch: pytes
         return x, y
 
     study.optimize(objective, n_trials=4)
-    assert backend.fsync.wait(timeout=10)
+    assert backend.fsync.wait(timeout=None)
     # Optuna alone would fsync ~6 times per trial on the search thread; here: none there, ≤ 1 per finished trial
     assert synced_on and set(synced_on) == {"journal-fsync"} and len(synced_on) <= 1 + 4
     reread = optuna.load_study(study_name="s", storage=make_storage(None, tmp_path))
@@ -90,14 +90,14 @@ def test_a_damaged_journal_is_cut_back_never_appended_to(kind: str, space_path: 
     shutil.copytree(runs_dir / "models", runs / "models")  # the dense model the workspace fixture trained
     exe = str(Path(sys.executable).parent / "autoprune")
     cmd = [exe, "search", str(space_path), "--no-track", "--runs", str(runs), "--study", "cj", "--trials"]
-    assert subprocess.run([*cmd, "4"], capture_output=True, text=True, timeout=900).returncode == 0
+    assert subprocess.run([*cmd, "4"], capture_output=True, text=True).returncode == 0
     journal = runs / "optuna.journal"
     before = {t.number: t.values for t in load_existing("cj", make_storage(None, runs)).trials
               if t.state == optuna.trial.TrialState.COMPLETE}
     _damage(journal, kind)
     cut = first_damage(journal.read_bytes())
     assert cut is not None
-    res = subprocess.run([*cmd, "3"], capture_output=True, text=True, timeout=900)
+    res = subprocess.run([*cmd, "3"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     report = [line for line in res.stderr.splitlines() if "was damaged" in line]
     assert len(report) == 1 and f"at byte {cut[0]}" in report[0]

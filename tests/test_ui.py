@@ -48,9 +48,8 @@ def _serve(runs: Path, port: int, seconds: int) -> subprocess.Popen[str]:
 
 def _wait_url(proc: subprocess.Popen[str]) -> str:
     assert proc.stdout is not None
-    deadline = time.monotonic() + 90
     buf = ""
-    while time.monotonic() < deadline:
+    while True:  # readline waits for the next line (or the end of the process): a condition, not a deadline
         line = proc.stdout.readline()
         buf += line
         if "MLflow UI:" in line:
@@ -70,8 +69,11 @@ def test_ui_prints_runs_table_url_and_leaves_no_orphans(ui_runs: Path) -> None:
     assert url == f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
         assert r.status == 200
-    assert proc.wait(timeout=60) == 0
-    time.sleep(1)
+    assert proc.wait() == 0
+    waited = 0.0
+    while _procs_mentioning(str(ui_runs)) and waited < 120:  # a condition, with a hang guard
+        time.sleep(0.5)
+        waited += 0.5
     assert _procs_mentioning(str(ui_runs)) == []  # mlflow ui and its job consumers are all gone
 
 
@@ -96,8 +98,8 @@ def test_chromium_sees_pareto_artifact_in_mlflow_ui(ui_runs: Path) -> None:
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1400,900", "--virtual-time-budget=20000"]
-        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True)
+        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page], capture_output=True)
         assert "pareto.png" in dom.stdout, dom.stdout[-2000:]
         assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         keep = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
@@ -105,6 +107,6 @@ def test_chromium_sees_pareto_artifact_in_mlflow_ui(ui_runs: Path) -> None:
         shutil.copy(shot, keep / shot.name)
     finally:
         proc.terminate()  # SIGTERM: the CLI must still end the whole mlflow process group
-        proc.wait(timeout=60)
+        proc.wait()
     time.sleep(1)
     assert _procs_mentioning(str(ui_runs)) == []

@@ -20,6 +20,7 @@ from autoprune.bench.methods import (
 from autoprune.bench.overhead import finetune_throughput, projection_seconds
 from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
 from autoprune.errors import ConfigError
+from autoprune.files import check_runs_folder
 from autoprune.space import LadderSpec, SearchSpace
 from autoprune.study.runner import prepare
 
@@ -44,6 +45,7 @@ class BenchResult:
 def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
                 log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS) -> BenchResult:
     """Run every method for every seed on one search space."""
+    check_runs_folder(out_dir)
     t0 = time.perf_counter()
     results: list[MethodResult] = []
     overhead: dict[str, float] = {}

@@ -61,8 +61,8 @@ class _BackgroundFsync:
                 atexit.register(self.wait, 5.0)  # a process that ends has its last trial on disk too
             self._cond.notify_all()
 
-    def wait(self, timeout: float = 10.0) -> bool:
-        """Block until every requested fsync is done (True) or ``timeout`` passes (False)."""
+    def wait(self, timeout: float | None = 10.0) -> bool:
+        """Block until every requested fsync is done (True) or ``timeout`` passes (False; None: no limit)."""
         with self._cond:
             return self._cond.wait_for(lambda: self._done >= self._asked, timeout)
 
