@@ -37,10 +37,21 @@ def check_writable(path: Path, what: str) -> None:
         folder = folder.parent  # the first existing ancestor is where the folders would be created
     if not folder.is_dir():
         raise AutopruneError(f"{what} {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK) or not _can_create_in(folder):
         raise AutopruneError(f"{what} {path}: folder {folder} is not writable")
     if path.exists() and not os.access(path, os.W_OK):
         raise AutopruneError(f"{what} {path}: the file exists and is not writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (root passes ``os.access`` on read-only mounts)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def check_runs_folder(runs_dir: Path) -> None:
@@ -50,9 +61,9 @@ def check_runs_folder(runs_dir: Path) -> None:
 
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=runs_dir, prefix=".write-probe.")
-        os.close(fd)
-        os.unlink(probe)
     except OSError as err:
         raise AutopruneError(f"--runs {runs_dir}: cannot write there ({err.strerror or err}); "
                              "pass --runs FOLDER with a writable folder") from None
+    if not _can_create_in(runs_dir):
+        raise AutopruneError(f"--runs {runs_dir}: cannot write there (read-only); pass --runs FOLDER with a "
+                             "writable folder")

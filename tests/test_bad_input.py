@@ -128,6 +128,10 @@ CASES: list[Case] = [
      ["--runs /sys/kernel", "cannot write"]),
     ("--runs is a file", lambda t, r: ["search", SPACE, "--runs", str(Path(__file__)), "--no-track"],
      ["--runs", "cannot write"]),
+    ("export -o into a read-only folder", lambda t, r: ["export", "--study", "bad-input", "--knee", "--runs", str(r),
+                                                        "-o", "/sys/kernel/p.json"], ["-o", "not writable"]),
+    ("apply -o into a read-only folder", lambda t, r: ["apply", _policy(t, r), "--space", SPACE, "-o",
+                                                       "/sys/kernel/x.pt"], ["-o", "not writable"]),
     ("bench unknown method", lambda t, r: ["bench", "--methods", "magic"], ["magic"]),
 ]
 
