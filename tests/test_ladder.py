@@ -173,3 +173,20 @@ def test_resume_continues_the_ladder_without_rerunning_rungs(tmp_path: Path, run
         assert t.user_attrs["start_rung"] == start
         assert [r for r in range(N_RUNGS) if rung_key(r) in t.user_attrs] == list(range(start, N_RUNGS))
         assert t.params == stopped[number].params and t.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_compute_spent_sums_each_phase_over_every_rung_of_a_trial() -> None:
+    from autoprune.study.ladder import compute_spent, rung_key
+
+    def rec(epochs: float, prune: float, finetune: float) -> dict[str, float]:
+        return {"epochs": epochs, "time_s": prune + finetune + 0.1, "prune_s": prune, "finetune_s": finetune,
+                "measure_s": 0.1}
+
+    climber = {rung_key(0): rec(0, 0.2, 0.0), rung_key(1): rec(2, 0.2, 1.0), rung_key(2): rec(20, 0.2, 10.0)}
+    stopped = {rung_key(0): rec(0, 0.2, 0.0)}
+    out = compute_spent([climber, stopped, {}], 3)
+    assert out["finetune_epochs"] == 22
+    assert abs(out["mean_time_finetune"] - 11.0 / 2) < 1e-9  # per trial that ran, all its rungs summed
+    assert abs(out["mean_time_prune"] - 0.8 / 2) < 1e-9
+    per_trial = out["eval_seconds"] / 2
+    assert out["mean_time_finetune"] + out["mean_time_prune"] + out["mean_time_measure"] <= per_trial + 1e-9

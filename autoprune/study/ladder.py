@@ -143,18 +143,26 @@ def enqueue_promotions(study: optuna.Study, space: SearchSpace) -> int:
 
 
 def compute_spent(trials: Iterable[dict[str, Any]], n_rungs: int) -> dict[str, float]:
-    """Fine-tune epochs and evaluation seconds spent on every rung of the given trials' user attrs, and the mean
-    seconds of one evaluation at each rung (``rung<r>_s``), to express the search's compute in short trials."""
+    """Fine-tune epochs and evaluation seconds spent on every rung of the given trials' user attrs, the mean
+    seconds of one evaluation at each rung (``rung<r>_s``), to express the search's compute in short trials, and
+    the mean seconds per trial of each evaluation phase over all its rungs (``mean_time_<phase>``)."""
     epochs = seconds = 0.0
     per_rung: dict[int, list[float]] = {}
+    phases = {"prune": 0.0, "finetune": 0.0, "measure": 0.0}
+    climbed = 0  # trials with at least one rung evaluated
     for attrs in trials:
+        climbed += any(rung_key(r) in attrs for r in range(n_rungs))
         for r in range(n_rungs):
             rec = attrs.get(rung_key(r))
             if rec is not None:
                 epochs += float(rec["epochs"])
                 seconds += float(rec["time_s"])
                 per_rung.setdefault(r, []).append(float(rec["time_s"]))
+                for phase in phases:
+                    phases[phase] += float(rec.get(f"{phase}_s", 0.0))
     out = {"finetune_epochs": epochs, "eval_seconds": seconds}
+    # per trial, every rung it ran summed (a trial's own "eval" attr holds its last rung only)
+    out.update({f"mean_time_{phase}": total / max(climbed, 1) for phase, total in phases.items()})
     out.update({f"rung{r}_s": sum(v) / len(v) for r, v in per_rung.items()})
     out.update({f"rung{r}_n": float(len(v)) for r, v in per_rung.items()})
     return out

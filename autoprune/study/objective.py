@@ -174,10 +174,14 @@ class Objective:
         return ev.accuracy, size
 
 
+PHASES = ("prune", "finetune", "measure")  # the parts of an evaluation timed on each rung
+
+
 def rung_record(ev: Evaluation, sparsity: float, epochs: float) -> dict[str, float]:
     """What a rung stores: its score (val accuracy) and the proxies whose rank correlation we measure."""
     rec = {"sparsity": sparsity, "epochs": epochs, "score": ev.accuracy, "val_loss": ev.val["loss"],
-           "train_loss": ev.epoch_losses[-1] if ev.epoch_losses else math.nan, "time_s": ev.times["total"]}
+           "train_loss": ev.epoch_losses[-1] if ev.epoch_losses else math.nan, "time_s": ev.times["total"],
+           **{f"{phase}_s": ev.times.get(phase, 0.0) for phase in PHASES}}
     if "kl_to_dense" in ev.val:
         rec["kl_to_dense"] = ev.val["kl_to_dense"]
     return rec
