@@ -61,13 +61,27 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
 
 def export(study: str, out: str | Path, *, trial: int | None = None, max_size: float | None = None,
            min_accuracy: float | None = None, knee: bool = False, storage: str | None = None,
-           runs_dir: str | Path = "runs", tracking_uri: str | None = None, track: bool = True) -> Any:
-    """Pick a front point and write its policy JSON atomically; returns the :class:`Policy`."""
-    from autoprune.study import choose_trial, load_existing, make_storage, policy_from_trial
+           runs_dir: str | Path = "runs", tracking_uri: str | None = None, track: bool = True,
+           min_metric: float | None = None, max_metric: float | None = None) -> Any:
+    """Pick a front point and write its policy JSON atomically; returns the :class:`Policy`.
+
+    ``min_metric`` / ``max_metric``: the smallest front point whose validation primary metric is at least / at
+    most this, for a study that maximizes / minimizes it (``min_accuracy``: the same for classification)."""
+    from autoprune.study import choose_trial, load_existing, make_storage, metric_sign, policy_from_trial
 
     check_writable(Path(out), "-o")
     st = load_existing(study, make_storage(storage, Path(runs_dir)))
-    t = choose_trial(st, trial, max_size, min_accuracy, knee)
+    maximizes = metric_sign(st) > 0
+    for flag, value, fits in (("--min-metric", min_metric, maximizes), ("--max-metric", max_metric, not maximizes)):
+        if value is not None and not fits:
+            other = "--min-metric" if flag == "--max-metric" else "--max-metric"
+            raise ConfigError(f"export {flag}: study '{study}' {'maximizes' if maximizes else 'minimizes'} "
+                              f"{(st.metric_names or ['its metric'])[0]}; use {other}")
+    if min_accuracy is not None and not maximizes:
+        raise ConfigError(f"export --min-accuracy: study '{study}' minimizes {(st.metric_names or ['?'])[0]}; "
+                          "use --max-metric")
+    bound = min_metric if min_metric is not None else max_metric
+    t = choose_trial(st, trial, max_size, min_accuracy, knee, metric_bound=bound)
     policy = policy_from_trial(st, t)
     policy.save(out)
     if track:

@@ -24,12 +24,13 @@ from autoprune.production import (
     with_input_scaling,
 )
 from autoprune.space import DataSpec, ModelSpec, SearchSpace
-from autoprune.training import choose_threads, classification_metrics
+from autoprune.tasks import Task
+from autoprune.training import choose_threads
 from autoprune.workspace import load_workspace
 
 # size_nonzeros: nonzero parameters as a fraction of the dense model's (the search's size objective)
-ROWS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "params", "nonzeros", "size_nonzeros",
-        "bytes_dense", "bytes_sparse", "macs", "latency_ms", "file_bytes")
+ROWS = ("params", "nonzeros", "size_nonzeros", "bytes_dense", "bytes_sparse", "macs", "latency_ms", "file_bytes")
+# (the task's test metrics come first: accuracy, precision, recall, f1, loss for classification)
 
 
 def _space(space: Path | None, model: str | None, data: str | None, checkpoint: str | None) -> SearchSpace:
@@ -60,7 +61,8 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     bar = RichProgress()
     bar.start(max(1, math.ceil(epochs)), "fine-tune (epochs)")
     try:
-        res = apply(ws.model, policy, ws.splits, finetune_epochs=finetune_epochs, progress=bar.advance)
+        res = apply(ws.model, policy, ws.splits, finetune_epochs=finetune_epochs, progress=bar.advance,
+                    task=ws.task)
     finally:
         bar.stop()
     dense_file = out_path.with_name(f".{out_path.stem}.dense.tmp")
@@ -69,10 +71,11 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path, scaling=ws.splits.scaling))
     deployable = with_input_scaling(res.model, ws.splits.scaling)  # exports take the user's raw inputs
     label = {"latency_ms": f"latency_ms ({latency_device(res.model)}, batch 32)"}
+    keys = [k for k in res.before if k.startswith("test_")] + [k for k in ROWS if not k.startswith("test_")]
     rows = [{"metric": label.get(k, k), "dense": res.before.get(k, float("nan")),
-             "pruned": res.after.get(k, float("nan"))} for k in ROWS]
+             "pruned": res.after.get(k, float("nan"))} for k in keys]
     if quantize == "int8":
-        rows += _int8_rows(res.model, policy, ws.splits, out_path)
+        rows += _int8_rows(res.model, ws.task, ws.splits, out_path)
     if onnx is not None:
         export_onnx(deployable, ws.splits.input_shape, onnx)
     if torchscript is not None:
@@ -81,13 +84,13 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     out.print(f"saved {out_path}" + (f", {onnx}" if onnx else "") + (f", {torchscript}" if torchscript else ""))
 
 
-def _int8_rows(model: nn.Module, policy: Policy, splits: Splits, out_path: Path) -> list[dict[str, object]]:
-    """Quantize (dynamic int8, CPU), save next to the pruned file, report accuracy and size."""
+def _int8_rows(model: nn.Module, task: Task, splits: Splits, out_path: Path) -> list[dict[str, object]]:
+    """Quantize (dynamic int8, CPU), save next to the pruned file, report the primary test metric and size."""
     q = quantize_int8(model)
-    acc = classification_metrics(q, splits.to(torch.device("cpu")).test, splits.num_classes)["accuracy"]
+    score = task.metrics(q, splits.to(torch.device("cpu")).test)[task.primary]
     int8_path = out_path.with_name(out_path.stem + ".int8.ts")  # TorchScript: quantized modules load pickle-free
     export_torchscript(with_input_scaling(q, splits.scaling), splits.input_shape, int8_path)
     size = int8_path.stat().st_size
     nan = float("nan")
-    return [{"metric": "test_accuracy (int8)", "dense": nan, "pruned": acc},
+    return [{"metric": f"test_{task.primary} (int8)", "dense": nan, "pruned": score},
             {"metric": "file_bytes (int8)", "dense": nan, "pruned": float(size)}]

@@ -58,8 +58,9 @@ def search(
                      track=not no_track, progress=RichProgress(), threads=threads)
     except KeyboardInterrupt as stop:
         raise typer.Exit(_interrupted(stop)) from None
-    out.print(table(f"Pareto front of study '{result.study_name}' (dense val {result.dense_val['accuracy']:.4f}, "
-                    f"test {result.dense_test['accuracy']:.4f})", result.front))
+    metric = result.primary
+    out.print(table(f"Pareto front of study '{result.study_name}' (dense val {metric} "
+                    f"{result.dense_val[metric]:.4f}, test {result.dense_test[metric]:.4f})", result.front))
     s = result.summary
     if s["stopped_on_rung"]:
         rungs = ", ".join(f"{n} on rung {r}" for r, n in s["stopped_on_rung"].items())
@@ -96,7 +97,8 @@ def sensitivity(
     bar.start(len(ws.layers) * len(sp.sensitivity.ratios), "sensitivity")
     try:
         curves, path, hit = load_or_scan(runs / "sensitivity", ws.model, ws.splits, ws.layers, sp.sensitivity.ratios,
-                                         sp.criteria[0], sp.granularity, sp.sensitivity.bn_batches, bar.advance)
+                                         sp.criteria[0], sp.granularity, sp.sensitivity.bn_batches, bar.advance,
+                                         task=ws.task)
     finally:
         bar.stop()
     rows = [{"layer": f, "weights": ws.sizes[f], "tolerated@2pt": curves.tolerated_ratio(f),
@@ -128,17 +130,24 @@ def export(
                                                    "this (fraction of the dense model's size metric, 0–1).")] = None,
     min_accuracy: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Smallest front point with "
                                                        "validation accuracy ≥ this (0–1).")] = None,
+    min_metric: Annotated[float | None, typer.Option(help="Smallest front point whose validation primary metric "
+                                                     "is ≥ this (tasks that maximize it, e.g. accuracy).")] = None,
+    max_metric: Annotated[float | None, typer.Option(help="Smallest front point whose validation primary metric "
+                                                     "is ≤ this (tasks that minimize it, e.g. regression's MSE)."
+                                                     )] = None,
     knee: Annotated[bool, typer.Option("--knee", help="The front's knee (best trade-off).")] = False,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI")] = None,
     runs: Runs = Path("runs"),
 ) -> None:
-    """Pick a point on the Pareto front by validation accuracy and write its versioned policy (test only reported)."""
+    """Pick a point on the Pareto front by its validation metric and write its versioned policy (test only
+    reported)."""
     from autoprune.api import export as do_export
     from autoprune.console import out as console
 
     pol = do_export(study, out, trial=trial, max_size=max_size, min_accuracy=min_accuracy, knee=knee,
-                    storage=storage, runs_dir=runs, tracking_uri=tracking_uri)
+                    storage=storage, runs_dir=runs, tracking_uri=tracking_uri, min_metric=min_metric,
+                    max_metric=max_metric)
     exp = ", ".join(f"{k} {v:.4f}" for k, v in pol.expected.items())
     console.print(f"wrote {out}: trial {pol.provenance['trial']} of '{study}' ({exp})")
 

@@ -1,6 +1,7 @@
 """Datasets as in-memory tensors with a fixed, seeded train / validation / test split.
 
-Built-in: scikit-learn's bundled ``digits``, ``breast_cancer`` and ``wine`` (real data, no download).
+Built-in: scikit-learn's bundled ``digits``, ``breast_cancer`` and ``wine`` (classes) and ``diabetes`` (a float
+target), real data, no download.
 User data: a ``.pt``/``.npz`` file with ``x``/``y`` arrays, a ``package.module:callable`` returning
 ``(x, y)`` or ``{"train": (x, y), "val": ..., "test": ...}``, or ``torchvision:NAME`` (lazy import, never downloads).
 The test split is only ever used to report final numbers, never by the search.
@@ -12,7 +13,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,12 +21,13 @@ import torch
 from autoprune.errors import DataError, ModelError
 from autoprune.models import import_callable
 
-SKLEARN_DATASETS = ("digits", "breast_cancer", "wine")
+SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
+Targets = Literal["class", "float"]  # what y holds: class labels 0..C-1, or float values (see autoprune.tasks)
 
 
 @dataclass(frozen=True)
 class Split:
-    """Features ``x`` (N, *input_shape) float32 and integer labels ``y`` (N,)."""
+    """Features ``x`` (N, *input_shape) float32 and targets ``y``: integer labels (N,), or floats (N,) / (N, k)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -46,9 +48,10 @@ class Splits:
     train: Split
     val: Split
     test: Split
-    num_classes: int
+    num_classes: int  # the model's output width: classes, or float target columns
     fingerprint: str  # content hash of all three splits (keys the dense-model and sensitivity caches)
-    scaling: dict[str, list[float]] | None = None  # tabular z-scoring {mean, std} from the train split, if applied
+    scaling: dict[str, list[float]] | None = None  # z-scoring from the train split: tabular inputs {mean, std},
+    # float targets {target_mean, target_std}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,7 +70,8 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "digits":
         d = datasets.load_digits()
         return (d.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32), d.target
-    loader = datasets.load_breast_cancer if name == "breast_cancer" else datasets.load_wine
+    loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
+              "diabetes": datasets.load_diabetes}[name]
     d = loader()
     return d.data.astype(np.float32), d.target
 
@@ -90,7 +94,7 @@ def _torchvision(name: str, kwargs: dict[str, Any]) -> Any:
     return torchvision_dataset(name, kwargs)
 
 
-def _arrays(obj: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(obj: Any, source: str, targets: Targets = "class") -> tuple[np.ndarray, np.ndarray]:
     if isinstance(obj, dict) and "x" in obj and "y" in obj:
         x, y = obj["x"], obj["y"]
     elif isinstance(obj, (tuple, list)) and len(obj) == 2:
@@ -101,20 +105,40 @@ def _arrays(obj: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
     ya = np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y)
     if xa.shape[0] != ya.shape[0]:
         raise DataError(f"dataset {source}: x has {xa.shape[0]} rows but y has {ya.shape[0]}")
+    if targets == "float":
+        check_features(xa, source)
+        check_float_targets(ya, source)
+        return xa, ya.astype(np.float32)
     if not np.issubdtype(ya.dtype, np.integer):
-        raise DataError(f"dataset {source}: y must hold integer class labels, got {ya.dtype}")
+        raise DataError(f"dataset {source}: y must hold integer class labels, got {ya.dtype} "
+                        "(float targets: task: {kind: regression})")
     check_rows(xa, ya, source)
     return xa, ya.astype(np.int64)
 
 
-def check_rows(x: np.ndarray, y: np.ndarray, source: str) -> None:
-    """Refuse data a search would silently get wrong: too few rows, NaN/inf features, negative labels, one class."""
+def check_features(x: np.ndarray, source: str) -> None:
+    """Refuse too few rows and NaN/inf features (named by the first bad row)."""
     if x.shape[0] < 10:
         raise DataError(f"dataset {source}: {x.shape[0]} rows; a train/validation/test split needs at least 10")
     bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
     if bad.size:
         raise DataError(f"dataset {source}: row {int(bad[0])} has a NaN or infinite feature "
                         f"({bad.size} such rows)")
+
+
+def check_float_targets(y: np.ndarray, source: str) -> None:
+    """Regression targets: numbers, finite, one value or one row of values per example."""
+    if not np.issubdtype(y.dtype, np.number) or y.ndim not in (1, 2):
+        raise DataError(f"dataset {source}: y must hold numbers, one value (or row of values) per example; "
+                        f"got {y.dtype} of shape {tuple(y.shape)}")
+    bad = np.flatnonzero(~np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1))
+    if bad.size:
+        raise DataError(f"dataset {source}: row {int(bad[0])} has a NaN or infinite target")
+
+
+def check_rows(x: np.ndarray, y: np.ndarray, source: str) -> None:
+    """Refuse data a search would silently get wrong: too few rows, NaN/inf features, negative labels, one class."""
+    check_features(x, source)
     if y.ndim != 1:
         raise DataError(f"dataset {source}: y must be one class label per row, got shape {tuple(y.shape)}")
     if (y < 0).any():
@@ -145,8 +169,9 @@ def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, l
 
 
 def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: float = 0.15,
-              test_fraction: float = 0.15, split_seed: int = 0) -> Splits:
-    """Load a dataset by name/path/reference and split it deterministically."""
+              test_fraction: float = 0.15, split_seed: int = 0, targets: Targets = "class") -> Splits:
+    """Load a dataset by name/path/reference and split it deterministically; ``targets`` is the task's
+    (class labels or floats), which decides how ``y`` is checked."""
     kw = dict(kwargs or {})
     raw: Any
     if name in SKLEARN_DATASETS:
@@ -163,15 +188,27 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
     else:
         raise DataError(f"unknown dataset '{name}' (built-in: {', '.join(SKLEARN_DATASETS)}; "
                         "or a .pt/.npz file, package.module:callable, torchvision:NAME)")
-    parts = _to_parts(raw, name, val_fraction, test_fraction, split_seed)
+    parts = _to_parts(raw, name, val_fraction, test_fraction, split_seed, targets)
     scaling = _standardize(parts) if parts["train"][0].ndim == 2 else None
-    return dataclasses.replace(_finish(name, parts), scaling=scaling)
+    if targets == "float":  # train and score on z-scored targets; exports map outputs back to the raw units
+        scaling = {**(scaling or {}), **_standardize_targets(parts)}
+    return dataclasses.replace(_finish(name, parts, targets), scaling=scaling)
 
 
-def _to_parts(raw: Any, name: str, val_fraction: float, test_fraction: float,
-              seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _standardize_targets(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, list[float]]:
+    """Float targets: z-score with the train split's statistics (MSE 1.0 = predicting the mean, whatever the
+    units); returns them as ``target_mean``/``target_std`` so exported models predict in the raw units."""
+    ytr = parts["train"][1]
+    mu, sd = ytr.mean(axis=0), ytr.std(axis=0) + 1e-6
+    for k, (x, y) in parts.items():
+        parts[k] = x, ((y - mu) / sd).astype(np.float32)
+    return {"target_mean": [float(v) for v in np.atleast_1d(mu)], "target_std": [float(v) for v in np.atleast_1d(sd)]}
+
+
+def _to_parts(raw: Any, name: str, val_fraction: float, test_fraction: float, seed: int,
+              targets: Targets = "class") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if isinstance(raw, dict) and "train" in raw:
-        parts = {k: _arrays(v, f"{name}[{k}]") for k, v in raw.items() if k in ("train", "val", "test")}
+        parts = {k: _arrays(v, f"{name}[{k}]", targets) for k, v in raw.items() if k in ("train", "val", "test")}
         if "test" not in parts:
             raise DataError(f"dataset {name}: a split mapping needs 'train' and 'test'")
         if "val" not in parts:  # carve validation out of train, never out of test
@@ -179,17 +216,21 @@ def _to_parts(raw: Any, name: str, val_fraction: float, test_fraction: float,
             tr, va, _ = _split_indices(len(y), val_fraction, 0.0, seed)
             parts["train"], parts["val"] = (x[tr], y[tr]), (x[va], y[va])
         return parts
-    x, y = _arrays(raw, name)
+    x, y = _arrays(raw, name, targets)
     tr, va, te = _split_indices(len(y), val_fraction, test_fraction, seed)
     return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
 
 
-def _finish(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> Splits:
+def _finish(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]], targets: Targets = "class") -> Splits:
     h = hashlib.sha256(name.encode())
     for k in ("train", "val", "test"):
         x, y = parts[k]
         h.update(np.ascontiguousarray(x).tobytes())
         h.update(np.ascontiguousarray(y).tobytes())
-    num_classes = int(max(int(parts[k][1].max()) for k in parts) + 1)
+    y = parts["train"][1]
+    if targets == "float":
+        num_classes = 1 if y.ndim == 1 else int(y.shape[1])
+    else:
+        num_classes = int(max(int(parts[k][1].max()) for k in parts) + 1)
     splits = {k: Split(torch.from_numpy(np.ascontiguousarray(v[0])), torch.from_numpy(v[1])) for k, v in parts.items()}
     return Splits(name, splits["train"], splits["val"], splits["test"], num_classes, h.hexdigest()[:16])

@@ -20,7 +20,8 @@ from autoprune.metrics import latency_device, latency_ms, relative_to, size_metr
 from autoprune.models import prunable_layers, weight_of
 from autoprune.policy import Policy
 from autoprune.schedules import ratios_per_step
-from autoprune.training import classification_metrics, predict, recalibrate_bn, seed_everything, train_epoch
+from autoprune.tasks import ClassificationTask, Task
+from autoprune.training import LossFn, predict, recalibrate_bn, seed_everything, train_epoch
 
 # on_epoch(epoch, val_accuracy, size) -> True to stop this candidate now (called at final sparsity only)
 EpochCallback = Callable[[int, float, float], bool]
@@ -38,11 +39,17 @@ class Evaluation:
     test: dict[str, float] | None = None
     latency_ms: float | None = None
     latency_device: str | None = None  # where latency_ms was timed (cpu, cuda:0 (name))
+    primary: str = "accuracy"  # the task's primary metric (a key of val)
 
     @property
     def accuracy(self) -> float:
-        """Validation accuracy."""
+        """Validation accuracy (classification)."""
         return self.val["accuracy"]
+
+    @property
+    def score(self) -> float:
+        """The task's primary metric on the validation split (in its own direction)."""
+        return self.val[self.primary]
 
     def size_value(self, metric: str) -> float:
         """The size objective as a fraction of the dense model (``latency`` in ms)."""
@@ -70,9 +77,9 @@ def check_policy_layers(model: nn.Module, policy: Policy) -> list[str]:
 
 
 def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], policy: Policy,
-               splits: Splits, seed: int) -> None:
+               splits: Splits, seed: int, loss_fn: LossFn = nn.functional.cross_entropy) -> None:
     """Tighten the live masks to ``ratios`` using the policy's criterion and granularity."""
-    scores = importance(model, list(ratios), policy.criterion, splits.train, seed=seed)
+    scores = importance(model, list(ratios), policy.criterion, splits.train, seed=seed, loss_fn=loss_fn)
     if policy.granularity.kind == "channel":
         _prune_channels(model, folded, ratios, scores, splits)
     else:
@@ -142,8 +149,11 @@ def _after_step(folded: FoldedMasks, opt: torch.optim.Optimizer, decay: str, tot
 
 def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: int = 0,
                        on_epoch: EpochCallback | None = None, size_hint: float = 1.0,
-                       progress: Callable[[], None] | None = None) -> tuple[list[float], dict[str, float]]:
-    """In place: mask ``model`` per the policy's schedule, fine-tuning between steps. Returns (losses, times)."""
+                       progress: Callable[[], None] | None = None, task: Task | None = None
+                       ) -> tuple[list[float], dict[str, float]]:
+    """In place: mask ``model`` per the policy's schedule, fine-tuning between steps on the task's loss
+    (classification when no task is given). Returns (losses, times)."""
+    task = task or ClassificationTask(splits)
     layers = check_policy_layers(model, policy)
     apply_masks(model, {f: torch.ones_like(weight_of(model, f)) for f in layers})
     gen = seed_everything(seed)
@@ -160,20 +170,20 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
         after_step = _after_step(folded, opt, ft.decay, _total_steps(plan, per_epoch))
         for i, (ratios, caps) in enumerate(zip(steps, plan, strict=True)):
             t0 = time.perf_counter()
-            prune_step(model, folded, ratios, policy, splits, seed + i)
+            prune_step(model, folded, ratios, policy, splits, seed + i, task.loss)
             t1 = time.perf_counter()
             t_prune += t1 - t0
             for e, cap in enumerate(caps):
                 if start_loss is None:  # the pruned model's loss before any fine-tune step
-                    start_loss = float(torch.nn.functional.cross_entropy(
-                        predict(model, splits.train.x[:ft.batch_size]), splits.train.y[:ft.batch_size]))
-                losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, after_step, cap))
-                check_diverged(losses[-1], max(start_loss, math.log(max(splits.num_classes, 2))), len(losses),
-                               ft.lr)
+                    start_loss = float(task.loss(predict(model, splits.train.x[:ft.batch_size]),
+                                                 splits.train.y[:ft.batch_size]))
+                losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, after_step, cap,
+                                          loss_fn=task.loss))
+                check_diverged(losses[-1], max(start_loss, task.chance_loss(splits.train)), len(losses), ft.lr)
                 if progress is not None:
                     progress()
                 if on_epoch is not None and i == len(steps) - 1 and e == 0:
-                    acc = classification_metrics(model, splits.val, splits.num_classes)["accuracy"]
+                    acc = task.sign * task.score(task.metrics(model, splits.val))  # higher is better
                     if on_epoch(len(losses), acc, size_hint):
                         elapsed = time.perf_counter() - t_start
                         done = len(losses) / max(sum(len(c) for c in plan), 1)
@@ -185,13 +195,15 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
 def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | None = None,
              on_epoch: EpochCallback | None = None, size_hint: float = 1.0, bn_batches: int | None = None,
              measure_latency: bool = False, with_test: bool = False, epochs: float | None = None,
-             reference: DenseReference | None = None) -> Evaluation:
+             reference: DenseReference | None = None, task: Task | None = None) -> Evaluation:
     """Prune a deep copy of the dense ``model`` under ``policy``, fine-tune, recalibrate BN, and measure.
 
     ``seed`` and ``bn_batches`` default to the policy's recipe (so ``apply`` reproduces the result);
     ``epochs`` shortens the fine-tune (a lower rung of the fidelity ladder; 0 = no fine-tune); ``reference``
-    adds the KL divergence of the pruned model's outputs to the dense model's on calibration inputs.
+    adds the divergence of the pruned model's outputs from the dense model's on calibration inputs (the task's:
+    KL for classification), stored as ``kl_to_dense``. ``task`` scores the model (classification when None).
     """
+    task = task or ClassificationTask(splits)
     ft = policy.finetune
     seed = ft.seed if seed is None else seed
     bn_batches = ft.bn_batches if bn_batches is None else bn_batches
@@ -199,16 +211,16 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
         policy = policy.model_copy(update={"finetune": ft.model_copy(update={"epochs": epochs})})
     t0 = time.perf_counter()
     m = copy.deepcopy(model)
-    losses, times = prune_and_finetune(m, policy, splits, seed, on_epoch, size_hint)
+    losses, times = prune_and_finetune(m, policy, splits, seed, on_epoch, size_hint, task=task)
     broken = [n for n, p in m.named_parameters() if not bool(torch.isfinite(p).all())]
     if broken:
         raise FinetuneDiverged(f"fine-tune left non-finite weights in {', '.join(broken[:3])}; lower the LR")
     t1 = time.perf_counter()
     recalibrate_bn(m, splits.train, bn_batches, policy.finetune.batch_size, seed)
-    val = classification_metrics(m, splits.val, splits.num_classes)
+    val = task.metrics(m, splits.val)
     if reference is not None:
         val["kl_to_dense"] = reference.divergence(m)
-    test = classification_metrics(m, splits.test, splits.num_classes) if with_test else None
+    test = task.metrics(m, splits.test) if with_test else None
     sparsity = {f: layer_sparsity(m, f) for f in policy.sparsity}
     size = size_metrics(m, policy.granularity, splits.input_shape)
     if policy.granularity.kind == "channel":
@@ -218,7 +230,7 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
     t2 = time.perf_counter()
     times.update(measure=t2 - t1, total=t2 - t0)
     return Evaluation(val=val, size=size, times=times, epoch_losses=losses, layer_sparsity=sparsity,
-                      test=test, latency_ms=latency, latency_device=device)
+                      test=test, latency_ms=latency, latency_device=device, primary=task.primary)
 
 
 def shrunk_size(m: nn.Module, dense: nn.Module, policy: Policy, input_shape: tuple[int, ...],
@@ -239,15 +251,16 @@ class DenseReference:
     """The dense model's outputs on fixed calibration inputs, to score a pruned copy without fine-tuning."""
 
     inputs: torch.Tensor
-    log_probs: torch.Tensor
+    outputs: torch.Tensor
+    task: Task
 
     @classmethod
-    def of(cls, model: nn.Module, splits: Splits, n: int = 256) -> DenseReference:
-        """Cache the dense log-probabilities on the first ``n`` training examples (the search's calibration set)."""
+    def of(cls, model: nn.Module, splits: Splits, n: int = 256, task: Task | None = None) -> DenseReference:
+        """Cache the dense outputs on the first ``n`` training examples (the search's calibration set)."""
         x = splits.train.x[:n]
-        return cls(x, torch.log_softmax(predict(model, x), dim=1))
+        return cls(x, predict(model, x), task or ClassificationTask(splits))
 
     def divergence(self, model: nn.Module) -> float:
-        """Mean KL(dense ‖ pruned) of the class distributions on the calibration inputs (0 = same outputs)."""
-        logq = torch.log_softmax(predict(model, self.inputs), dim=1)
-        return float(torch.nn.functional.kl_div(logq, self.log_probs, log_target=True, reduction="batchmean"))
+        """The task's divergence of the pruned outputs from the dense ones (classification: mean KL(dense ‖
+        pruned) of the class distributions; 0 = same outputs)."""
+        return self.task.divergence(self.outputs, predict(model, self.inputs))

@@ -11,8 +11,9 @@ def _points(records: list[TrialRecord]) -> list[TrialRecord]:
     return [r for r in records if r.values is not None]
 
 
-def pareto_png(records: list[TrialRecord], path: Path, size_label: str, title: str) -> None:
-    """Every trial grey, the front highlighted (val and test accuracy), heuristic baselines labelled."""
+def pareto_png(records: list[TrialRecord], path: Path, size_label: str, title: str, metric: str = "accuracy"
+               ) -> None:
+    """Every trial grey, the front highlighted (val and test ``metric``), heuristic baselines labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def pareto_png(records: list[TrialRecord], path: Path, size_label: str, title: s
         ax.plot([r.values[1] for r in front if r.values], [r.values[0] for r in front if r.values], "o-",
                 c="tab:blue", label="Pareto front (val)")
         tested = [r for r in front if r.test and r.values]
-        ax.scatter([r.values[1] for r in tested if r.values], [r.test["accuracy"] for r in tested if r.test],
+        ax.scatter([r.values[1] for r in tested if r.values], [r.test[metric] for r in tested if r.test],
                    marker="x", c="tab:red", label="front on test", zorder=3)
     for r in pts:
         if r.baseline and r.values:
@@ -36,7 +37,7 @@ def pareto_png(records: list[TrialRecord], path: Path, size_label: str, title: s
                         textcoords="offset points", color="tab:orange")
     ax.set_xscale("log")
     ax.set_xlabel(f"size ({size_label}, fraction of dense, log scale)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(f"{metric} (validation; × = test)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=8)
@@ -45,14 +46,15 @@ def pareto_png(records: list[TrialRecord], path: Path, size_label: str, title: s
     plt.close(fig)
 
 
-def pareto_html(records: list[TrialRecord], path: Path, size_label: str, title: str) -> None:
+def pareto_html(records: list[TrialRecord], path: Path, size_label: str, title: str, metric: str = "accuracy"
+                ) -> None:
     """Interactive plotly version (hover shows trial, baseline, sparsity, test accuracy)."""
     import plotly.graph_objects as go
 
     pts = _points(records)
 
     def hover(r: TrialRecord) -> str:
-        test = f"{r.test['accuracy']:.4f}" if r.test else "–"
+        test = f"{r.test[metric]:.4f}" if r.test and metric in r.test else "–"
         return f"trial {r.number}<br>{r.baseline or 'search'}<br>sparsity {r.sparsity:.4f}<br>test {test}"
 
     fig = go.Figure()
@@ -66,6 +68,6 @@ def pareto_html(records: list[TrialRecord], path: Path, size_label: str, title: 
     fig.add_trace(go.Scatter(x=[r.values[1] for r in base if r.values], y=[r.values[0] for r in base if r.values],
                              mode="markers+text", name="heuristics", text=[r.baseline for r in base],
                              textposition="top center", marker={"symbol": "square-open", "color": "orange"}))
-    fig.update_layout(title=title, xaxis_title=f"size ({size_label})", yaxis_title="validation accuracy",
+    fig.update_layout(title=title, xaxis_title=f"size ({size_label})", yaxis_title=f"validation {metric}",
                       xaxis_type="log", template="plotly_white")
     fig.write_html(str(path), include_plotlyjs=True)

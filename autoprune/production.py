@@ -28,7 +28,8 @@ from autoprune.masks import apply_masks, compute_mask, make_permanent
 from autoprune.metrics import latency_ms, relative_to, size_metrics
 from autoprune.models import architecture_fingerprint, layer_shapes
 from autoprune.policy import Policy
-from autoprune.training import classification_metrics, recalibrate_bn
+from autoprune.tasks import ClassificationTask, Task
+from autoprune.training import recalibrate_bn
 
 FORMAT = "autoprune-bitmask-v1"
 
@@ -59,8 +60,8 @@ def check_fingerprint(model: nn.Module, policy: Policy) -> None:
     raise PolicyError(f"policy is for a different model than '{policy.model}' given ({detail})")
 
 
-def _measure(model: nn.Module, policy: Policy, data: Splits, latency: bool) -> dict[str, float]:
-    out = {f"test_{k}": v for k, v in classification_metrics(model, data.test, data.num_classes).items()}
+def _measure(model: nn.Module, policy: Policy, data: Splits, latency: bool, task: Task) -> dict[str, float]:
+    out = {f"test_{k}": v for k, v in task.metrics(model, data.test).items()}
     out.update(size_metrics(model, policy.granularity, data.input_shape))
     if latency:
         out["latency_ms"] = latency_ms(model, data.input_shape, batch=32)
@@ -69,12 +70,13 @@ def _measure(model: nn.Module, policy: Policy, data: Splits, latency: bool) -> d
 
 def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finetune_epochs: float | None = None,
           seed: int | None = None, remove_channels: bool = True, measure_latency: bool = True,
-          progress: Any = None) -> ApplyResult:
+          progress: Any = None, task: Task | None = None) -> ApplyResult:
     """Prune a copy of ``model`` with ``policy``; fine-tune on ``data`` (full budget) when given.
 
     Unstructured and N:M: masks are made permanent (zeros in plain weights). Channel: zeroed coupled channels
     are removed physically with torch-pruning, so the model really shrinks and runs faster. The fine-tune
     follows the policy's recipe (LR, decay, seed, BN recalibration), so the searched score is reproduced.
+    ``task`` scores the model before and after (classification when None).
     """
     check_fingerprint(model, policy)
     seed = policy.finetune.seed if seed is None else seed
@@ -82,10 +84,11 @@ def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finet
     if data is None:
         _mask_without_data(m, policy, finetune_epochs, seed)
         return ApplyResult(m.eval())
-    before = _measure(model, policy, data, measure_latency)
+    task = task or ClassificationTask(data)
+    before = _measure(model, policy, data, measure_latency, task)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
     ft = policy.finetune.model_copy(update={"epochs": epochs})
-    prune_and_finetune(m, policy.model_copy(update={"finetune": ft}), data, seed, progress=progress)
+    prune_and_finetune(m, policy.model_copy(update={"finetune": ft}), data, seed, progress=progress, task=task)
     make_permanent(m)
     recalibrate_bn(m, data.train, ft.bn_batches, ft.batch_size, seed)
     removed = 0
@@ -95,7 +98,7 @@ def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finet
         shape = data.input_shape
         removed = remove_zero_channels(m, groups_for(model, list(policy.sparsity), shape), shape)
     m.eval()
-    return ApplyResult(m, before, relative_to(_measure(m, policy, data, measure_latency), before), removed)
+    return ApplyResult(m, before, relative_to(_measure(m, policy, data, measure_latency, task), before), removed)
 
 
 def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float | None, seed: int) -> None:
@@ -122,11 +125,33 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class Unstandardize(nn.Module):
+    """``y · std + mean``: maps a regression model's z-scored outputs back to the targets' raw units."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.std + self.mean
+
+
 def with_input_scaling(model: nn.Module, scaling: dict[str, list[float]] | None) -> nn.Module:
-    """``model`` preceded by the search's input scaling, so it gives the searched accuracy on raw inputs."""
+    """``model`` wrapped in the search's data scaling (inputs z-scored first; regression outputs mapped back to
+    the raw units after), so it takes the user's raw inputs and gives the searched score in the raw units."""
     if not scaling:
         return model
-    return nn.Sequential(Standardize(scaling["mean"], scaling["std"]), model).eval()
+    parts: list[nn.Module] = []
+    if "mean" in scaling:
+        parts.append(Standardize(scaling["mean"], scaling["std"]))
+    parts.append(model)
+    if "target_mean" in scaling:
+        parts.append(Unstandardize(scaling["target_mean"], scaling["target_std"]))
+    return nn.Sequential(*parts).eval() if len(parts) > 1 else model
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

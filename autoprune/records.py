@@ -39,6 +39,8 @@ class StudyInfo:
     dense_val: dict[str, float]
     dense_test: dict[str, float]
     sensitivity_files: list[str] = field(default_factory=list)
+    primary: str = "accuracy"  # the task's primary metric (the first objective)
+    direction: str = "maximize"  # and its direction
 
 
 class SearchListener(Protocol):

@@ -22,7 +22,8 @@ from autoprune.criteria import importance
 from autoprune.data import Splits
 from autoprune.masks import apply_masks, compute_mask, make_permanent
 from autoprune.policy import Criterion, Granularity
-from autoprune.training import classification_metrics, recalibrate_bn
+from autoprune.tasks import ClassificationTask, Task
+from autoprune.training import recalibrate_bn
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,16 @@ def cache_key(model: nn.Module, splits: Splits, layers: list[str], criterion: st
 
 def scan(model: nn.Module, splits: Splits, layers: list[str], ratios: list[float], criterion: Criterion,
          granularity: Granularity, bn_batches: int = 4, seed: int = 0,
-         advance: Callable[[], None] | None = None) -> SensitivityCurves:
-    """Prune each layer alone at each ratio (no fine-tune) and record validation accuracy."""
-    dense_acc = classification_metrics(model, splits.val, splits.num_classes)["accuracy"]
-    scores = importance(model, layers, criterion, splits.train, seed=seed)
+         advance: Callable[[], None] | None = None, task: Task | None = None) -> SensitivityCurves:
+    """Prune each layer alone at each ratio (no fine-tune) and record the task's primary validation metric,
+    signed so that higher is better (accuracy as is; −MSE for regression)."""
+    task = task or ClassificationTask(splits)
+
+    def measure(m: nn.Module) -> float:
+        return task.sign * task.score(task.metrics(m, splits.val))
+
+    dense_acc = measure(model)
+    scores = importance(model, layers, criterion, splits.train, seed=seed, loss_fn=task.loss)
     acc: dict[str, list[float]] = {}
     for fqn in layers:
         acc[fqn] = []
@@ -74,7 +81,7 @@ def scan(model: nn.Module, splits: Splits, layers: list[str], ratios: list[float
             apply_masks(m, {fqn: compute_mask(scores[fqn], r, granularity)})
             make_permanent(m)
             recalibrate_bn(m, splits.train, bn_batches, 64, seed)
-            acc[fqn].append(classification_metrics(m, splits.val, splits.num_classes)["accuracy"])
+            acc[fqn].append(measure(m))
             if advance is not None:
                 advance()
     return SensitivityCurves(list(ratios), acc, dense_acc, criterion, granularity.label)
@@ -82,13 +89,16 @@ def scan(model: nn.Module, splits: Splits, layers: list[str], ratios: list[float
 
 def load_or_scan(cache_dir: Path, model: nn.Module, splits: Splits, layers: list[str], ratios: list[float],
                  criterion: Criterion, granularity: Granularity, bn_batches: int = 4,
-                 advance: Callable[[], None] | None = None) -> tuple[SensitivityCurves, Path, bool]:
+                 advance: Callable[[], None] | None = None, task: Task | None = None
+                 ) -> tuple[SensitivityCurves, Path, bool]:
     """Cached scan: returns (curves, json path, whether it came from the cache)."""
     key = cache_key(model, splits, layers, criterion, granularity, ratios, bn_batches)
+    if task is not None and task.kind != "classification":  # (classification keeps its earlier cache keys)
+        key = hashlib.sha256(f"{key}:{task.kind}:{task.primary}".encode()).hexdigest()[:16]
     path = cache_dir / f"sensitivity-{key}.json"
     if path.exists():
         return SensitivityCurves(**json.loads(path.read_text())), path, True
-    curves = scan(model, splits, layers, ratios, criterion, granularity, bn_batches, advance=advance)
+    curves = scan(model, splits, layers, ratios, criterion, granularity, bn_batches, advance=advance, task=task)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(curves.to_json())
     write_csv(curves, path.with_suffix(".csv"))

@@ -50,6 +50,15 @@ class DataSpec(_Strict):
     split_seed: int = 0
 
 
+class TaskSpec(_Strict):
+    """How the model is trained and scored (see autoprune.tasks): ``classification`` (accuracy ↑),
+    ``regression`` (MSE ↓), or ``package.module:ClassName`` of a ``Task`` subclass; ``options`` are its
+    keyword arguments."""
+
+    kind: str = "classification"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class TrainSpec(_Strict):
     """Dense-baseline training, used once when the model has no checkpoint (then cached in runs/)."""
 
@@ -191,6 +200,7 @@ class SearchSpace(_Strict):
     name: str
     model: ModelSpec
     data: DataSpec
+    task: TaskSpec = TaskSpec()
     train: TrainSpec = TrainSpec()
     layers: LayerSpec = LayerSpec()
     criteria: list[Criterion] = Field(default_factory=lambda: list[Criterion](["magnitude"]), min_length=1)
@@ -212,6 +222,13 @@ class SearchSpace(_Strict):
     early_stop: EarlyStopSpec = EarlyStopSpec()
     sensitivity: SensitivitySpec = SensitivitySpec()
     source: str = Field(default="", exclude=True)  # the file it came from (for error messages)
+
+    @model_validator(mode="after")
+    def _check_task(self) -> SearchSpace:
+        if self.constraints.min_accuracy is not None and self.task.kind != "classification":
+            raise ValueError(f"constraints.min_accuracy is for classification; task '{self.task.kind}' has its own "
+                             "primary metric (choose on it with export --min-metric/--max-metric)")
+        return self
 
     @model_validator(mode="after")
     def _check_ladder(self) -> SearchSpace:

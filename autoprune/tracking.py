@@ -192,7 +192,8 @@ class MlflowLogger:
         if r.baseline:
             tags["baseline"] = r.baseline
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{r.number}", tags=tags)
-        self.client.log_batch(run.info.run_id, metrics=_metrics(r), params=_params(r))
+        self.client.log_batch(run.info.run_id, metrics=_metrics(r, self.info.primary if self.info else "accuracy"),
+                              params=_params(r))
         if r.policy_json:
             self.client.log_text(run.info.run_id, r.policy_json, "policy.json")
         self.client.set_terminated(run.info.run_id, "FINISHED" if r.state == "COMPLETE" else "KILLED")
@@ -220,12 +221,14 @@ class MlflowLogger:
     def _log_front(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
         assert self.client is not None and self.info is not None
         done = [r for r in records if r.values is not None]
-        pts = [(r.values[0], r.values[1]) for r in done if r.values]
-        metrics = [Metric("hypervolume", hypervolume(pts), _ms(), 0)]
+        primary, sign = self.info.primary, 1.0 if self.info.direction == "maximize" else -1.0
+        pts = [(sign * r.values[0], r.values[1]) for r in done if r.values]  # higher is better in both tools
+        # hypervolume against accuracy 0 is defined for a metric in [0, 1]; an error such as MSE has no such bound
+        metrics = [Metric("hypervolume", hypervolume(pts), _ms(), 0)] if sign > 0 else []
         for level in BEST_AT:
             best = best_at(pts, [r.sparsity for r in done], level)
             if best is not None:
-                metrics.append(Metric(f"best_accuracy_at_{round(level * 100)}", best, _ms(), 0))
+                metrics.append(Metric(f"best_{primary}_at_{round(level * 100)}", sign * best, _ms(), 0))
         metrics += [Metric(k, float(v), _ms(), 0) for k, v in summary.items() if isinstance(v, (int, float))]
         if self.log_seconds:
             metrics.append(Metric("tracking_worker_s_per_trial", sum(self.log_seconds) / len(self.log_seconds),
@@ -233,19 +236,20 @@ class MlflowLogger:
         self.client.log_batch(self.parent_id, metrics=metrics)
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
-            title = f"{self.info.study_name}: accuracy vs size"
-            pareto_png(records, d / "pareto.png", self.info.size_metric, title)
-            pareto_html(records, d / "pareto.html", self.info.size_metric, title)
-            write_front_table(records, d / "pareto.csv", d / "pareto.json")
+            title = f"{self.info.study_name}: {primary} vs size"
+            pareto_png(records, d / "pareto.png", self.info.size_metric, title, primary)
+            pareto_html(records, d / "pareto.html", self.info.size_metric, title, primary)
+            write_front_table(records, d / "pareto.csv", d / "pareto.json", primary)
             for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.json"):
                 self.client.log_artifact(self.parent_id, str(d / name), "pareto")
 
 
-def write_front_table(records: list[TrialRecord], csv_path: Path, json_path: Path) -> None:
-    """The front as CSV and JSON rows."""
+def write_front_table(records: list[TrialRecord], csv_path: Path, json_path: Path, primary: str = "accuracy"
+                      ) -> None:
+    """The front as CSV and JSON rows (``primary``: the task's primary metric)."""
     rows = [{"trial": r.number, "baseline": r.baseline or "", "sparsity": r.sparsity,
-             "val_accuracy": r.values[0] if r.values else None, "size": r.values[1] if r.values else None,
-             "test_accuracy": (r.test or {}).get("accuracy")} for r in records if r.pareto]
+             f"val_{primary}": r.values[0] if r.values else None, "size": r.values[1] if r.values else None,
+             f"test_{primary}": (r.test or {}).get(primary)} for r in records if r.pareto]
     rows.sort(key=lambda x: float(x["sparsity"] or 0.0))
     json_path.write_text(json.dumps(rows, indent=1))
     with csv_path.open("w", newline="") as fh:
@@ -266,11 +270,11 @@ def _params(r: TrialRecord) -> list[Param]:
     return [Param(k, v) for k, v in params.items()]
 
 
-def _metrics(r: TrialRecord) -> list[Metric]:
+def _metrics(r: TrialRecord, primary: str = "accuracy") -> list[Metric]:
     ts = _ms()
     out = []
     if r.values:
-        out += [Metric("val_accuracy_objective", r.values[0], ts, 0), Metric("size", r.values[1], ts, 0)]
+        out += [Metric(f"val_{primary}_objective", r.values[0], ts, 0), Metric("size", r.values[1], ts, 0)]
     device = str(r.metrics.get("latency_device") or "").split(" ")[0].replace(":", "")
     for k, v in r.metrics.items():
         if k == "latency_ms" and isinstance(v, (int, float)) and device:  # the metric names its device

@@ -15,6 +15,7 @@ from autoprune.data import Split
 from autoprune.errors import ConfigError
 
 StepHook = Callable[[], None]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> scalar (a Task's loss)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -24,11 +25,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def train_epoch(model: nn.Module, data: Split, opt: torch.optim.Optimizer, batch_size: int,
-                gen: torch.Generator, after_step: StepHook | None = None, max_steps: int | None = None) -> float:
-    """One pass of SGD-style training; ``after_step`` runs after every optimizer step (mask reapply)."""
+                gen: torch.Generator, after_step: StepHook | None = None, max_steps: int | None = None,
+                loss_fn: LossFn = nn.functional.cross_entropy) -> float:
+    """One pass of SGD-style training on ``loss_fn`` (the task's loss; cross-entropy by default);
+    ``after_step`` runs after every optimizer step (mask reapply)."""
     model.train()
     perm = torch.randperm(len(data), generator=gen).to(data.x.device)
-    loss_fn = nn.functional.cross_entropy
     total, steps = 0.0, 0
     for start in range(0, len(data), batch_size):
         if max_steps is not None and steps >= max_steps:
@@ -103,13 +105,14 @@ def recalibrate_bn(model: nn.Module, data: Split, batches: int, batch_size: int,
 
 
 def fit(model: nn.Module, data: Split, epochs: int, lr: float, batch_size: int, seed: int,
-        weight_decay: float = 0.0, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train from the current weights with Adam; returns the per-epoch mean training loss."""
+        weight_decay: float = 0.0, on_epoch: Callable[[int, float], None] | None = None,
+        loss_fn: LossFn = nn.functional.cross_entropy) -> list[float]:
+    """Train from the current weights with Adam on ``loss_fn``; returns the per-epoch mean training loss."""
     gen = seed_everything(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
     for epoch in range(epochs):
-        losses.append(train_epoch(model, data, opt, batch_size, gen))
+        losses.append(train_epoch(model, data, opt, batch_size, gen, loss_fn=loss_fn))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
     return losses

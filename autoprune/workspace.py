@@ -14,8 +14,9 @@ from torch import nn
 from autoprune.data import Splits, load_data
 from autoprune.errors import PolicyError
 from autoprune.models import architecture_fingerprint, build_model, prunable_layers, weight_of
-from autoprune.space import SearchSpace
-from autoprune.training import classification_metrics, fit, resolve_device
+from autoprune.space import SearchSpace, TaskSpec
+from autoprune.tasks import Task, make_task, task_class
+from autoprune.training import fit, resolve_device
 
 DEFAULT_RUNS = Path("runs")
 
@@ -35,6 +36,7 @@ class Workspace:
     cache_hit: bool
     device: torch.device
     runs_dir: Path
+    task: Task  # how the model is fed and scored (autoprune.tasks)
     dense_key: str = ""  # which dense model exactly (see dense_model); recorded in every policy
 
     @functools.cached_property
@@ -44,13 +46,16 @@ class Workspace:
 
 
 def _cache_key(space: SearchSpace, splits: Splits, arch: str, seed: int) -> str:
-    blob = json.dumps({"model": space.model.model_dump(), "train": space.train.model_dump(),
-                       "data": splits.fingerprint, "arch": arch, "seed": seed, "v": 1}, sort_keys=True, default=str)
+    parts = {"model": space.model.model_dump(), "train": space.train.model_dump(), "data": splits.fingerprint,
+             "arch": arch, "seed": seed, "v": 1}
+    if space.task != TaskSpec():  # (classification keeps the keys of models cached before tasks existed)
+        parts["task"] = space.task.model_dump()
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torch.device,
-                seed: int = 0, expect_key: str | None = None) -> tuple[nn.Module, bool, str]:
+                seed: int = 0, expect_key: str | None = None, task: Task | None = None) -> tuple[nn.Module, bool, str]:
     """The dense baseline: from the checkpoint if given, else trained once and cached under runs/models/.
 
     Returns (model, cache hit, key): the key names this exact dense model (the checkpoint file's SHA-256, or the
@@ -77,7 +82,8 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
         return model.to(device), True, key
     model.to(device)
     t = space.train
-    fit(model, splits.to(device).train, t.epochs, t.lr, t.batch_size, seed, t.weight_decay)
+    loss_fn = task.loss if task is not None else nn.functional.cross_entropy
+    fit(model, splits.to(device).train, t.epochs, t.lr, t.batch_size, seed, t.weight_decay, loss_fn=loss_fn)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
@@ -93,8 +99,10 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
     """
     dev = resolve_device(device)
     d = space.data
-    splits = load_data(d.name, d.kwargs, d.val_fraction, d.test_fraction, d.split_seed)
-    model, hit, key = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense)
+    splits = load_data(d.name, d.kwargs, d.val_fraction, d.test_fraction, d.split_seed,
+                       targets=task_class(space.task.kind).targets)
+    task = make_task(space.task.kind, splits, space.task.options)
+    model, hit, key = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense, task=task)
     splits = splits.to(dev)
     model.eval()
     candidates = list(prunable_layers(model))
@@ -105,7 +113,6 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
     sizes = {f: weight_of(model, f).numel() for f in layers}
     return Workspace(space=space, model=model, splits=splits, layers=layers, sizes=sizes,
                      fingerprint=architecture_fingerprint(model),
-                     dense_val=classification_metrics(model, splits.val, splits.num_classes),
-                     dense_test=classification_metrics(model, splits.test, splits.num_classes),
-                     cache_hit=hit, device=dev, runs_dir=runs_dir, dense_key=key)
+                     dense_val=task.metrics(model, splits.val), dense_test=task.metrics(model, splits.test),
+                     cache_hit=hit, device=dev, runs_dir=runs_dir, dense_key=key, task=task)
 

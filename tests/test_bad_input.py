@@ -132,6 +132,14 @@ CASES: list[Case] = [
                                                         "-o", "/sys/kernel/p.json"], ["-o", "not writable"]),
     ("apply -o into a read-only folder", lambda t, r: ["apply", _policy(t, r), "--space", SPACE, "-o",
                                                        "/sys/kernel/x.pt"], ["-o", "not writable"]),
+    ("unknown task kind", lambda t, r: ["search", str(write_space(t / "s.yaml", task={"kind": "detection"})),
+                                        "--no-track", "--runs", str(r)], ["task.kind 'detection'"]),
+    ("float targets under classification", lambda t, r: ["search", str(write_space(
+        t / "s.yaml", model={"name": "mlp"}, data={"name": "diabetes"})), "--no-track", "--runs", str(r)],
+     ["diabetes", "task: {kind: regression}"]),
+    ("task option it does not take", lambda t, r: ["search", str(write_space(
+        t / "s.yaml", task={"kind": "classification", "options": {"top_k": 5}})), "--no-track", "--runs", str(r)],
+     ["task.options", "top_k"]),
     ("bench unknown method", lambda t, r: ["bench", "--methods", "magic"], ["magic"]),
 ]
 

@@ -53,7 +53,7 @@ def test_export_selectors(searched: str, runs_dir: Path, tmp_path: Path) -> None
     assert knee.sparsity
     with pytest.raises(ConfigError, match="exactly one of"):
         export(searched, tmp_path / "x.json", runs_dir=runs_dir, track=False)
-    with pytest.raises(ConfigError, match=r"no front trial reaches accuracy 1\.5"):
+    with pytest.raises(ConfigError, match=r"no front trial reaches val_accuracy 1\.5"):
         export(searched, tmp_path / "x.json", min_accuracy=1.5, runs_dir=runs_dir, track=False)
     assert not (tmp_path / "x.json").exists()
 

@@ -45,6 +45,9 @@ class BenchResult:
 def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
                 log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS) -> BenchResult:
     """Run every method for every seed on one search space."""
+    if space.task.kind != "classification":
+        raise ConfigError(f"bench compares methods by test accuracy: space '{space.name}' has task "
+                          f"'{space.task.kind}' (search, export and apply support it; bench does not yet)")
     check_runs_folder(out_dir)
     t0 = time.perf_counter()
     results: list[MethodResult] = []

@@ -11,7 +11,13 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
-from autoprune.study.records import front_trials, policy_json, trial_policy
+from autoprune.study.records import front_trials, metric_sign, policy_json, trial_policy
+
+
+def primary_metric(study: optuna.Study) -> str:
+    """The task's primary metric (``accuracy``, ``mse`` …), from the study's first objective name."""
+    names = study.metric_names or ["val_accuracy"]
+    return names[0].removeprefix("val_")
 
 
 def knee(points: list[tuple[float, float]]) -> int:
@@ -30,13 +36,19 @@ def knee(points: list[tuple[float, float]]) -> int:
 
 
 def choose_trial(study: optuna.Study, trial: int | None = None, max_size: float | None = None,
-                 min_accuracy: float | None = None, use_knee: bool = False) -> optuna.trial.FrozenTrial:
-    """Exactly one selector: a trial number, the most accurate under a size, the smallest over an accuracy, the knee.
+                 min_accuracy: float | None = None, use_knee: bool = False, metric_bound: float | None = None
+                 ) -> optuna.trial.FrozenTrial:
+    """Exactly one selector: a trial number, the best under a size, the smallest that reaches a metric bound, the
+    knee. ``metric_bound`` is a lower bound for a maximized metric and an upper bound for a minimized one
+    (``min_accuracy`` is the classification spelling of it).
 
-    Every choice reads the validation accuracy (of the production rung with a ladder); test is only reported.
+    Every choice reads the validation metric (of the production rung with a ladder); test is only reported.
     """
-    if sum(x is not None for x in (trial, max_size, min_accuracy)) + int(use_knee) != 1:
-        raise ConfigError("export: give exactly one of --trial, --max-size, --min-accuracy, --knee")
+    bound = metric_bound if metric_bound is not None else min_accuracy
+    if sum(x is not None for x in (trial, max_size, bound)) + int(use_knee) != 1 or (
+            metric_bound is not None and min_accuracy is not None):
+        raise ConfigError("export: give exactly one of --trial, --max-size, --min-accuracy/--min-metric/"
+                          "--max-metric, --knee")
     if trial is not None:
         found = [t for t in study.trials if t.number == trial]
         if not found or found[0].state != optuna.trial.TrialState.COMPLETE or policy_json(found[0]) is None:
@@ -45,18 +57,21 @@ def choose_trial(study: optuna.Study, trial: int | None = None, max_size: float 
     front = sorted(front_trials(study), key=lambda t: t.values[1])
     if not front:
         raise ConfigError(f"export: study '{study.study_name}' has no complete trial yet")
+    sign = metric_sign(study)
+    name = (study.metric_names or ["val metric"])[0]
     if max_size is not None:
         fit = [t for t in front if t.values[1] <= max_size]
         if not fit:
             raise ConfigError(f"export: no front trial has size ≤ {max_size} (smallest: {front[0].values[1]:.4f})")
-        return max(fit, key=lambda t: t.values[0])
-    if min_accuracy is not None:
-        fit = [t for t in front if t.values[0] >= min_accuracy]
+        return max(fit, key=lambda t: sign * t.values[0])
+    if bound is not None:
+        fit = [t for t in front if sign * t.values[0] >= sign * bound]
         if not fit:
-            best = max(t.values[0] for t in front)
-            raise ConfigError(f"export: no front trial reaches accuracy {min_accuracy} (best: {best:.4f})")
+            best = max(front, key=lambda t: sign * t.values[0]).values[0]
+            word = "reaches" if sign > 0 else "gets down to"
+            raise ConfigError(f"export: no front trial {word} {name} {bound} (best: {best:.4g})")
         return min(fit, key=lambda t: t.values[1])
-    return front[knee([(t.values[0], t.values[1]) for t in front])]
+    return front[knee([(sign * t.values[0], t.values[1]) for t in front])]
 
 
 def _version(pkg: str) -> str:
@@ -70,11 +85,12 @@ def policy_from_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> Polic
     """The trial's policy with expected metrics and provenance filled in."""
     pol = trial_policy(t)
     ev = t.user_attrs.get("eval", {})
-    expected = {"val_accuracy": float(t.values[0]), "size": float(t.values[1]),
+    primary = primary_metric(study)
+    expected = {f"val_{primary}": float(t.values[0]), "size": float(t.values[1]),
                 "sparsity": float(ev.get("sparsity", float("nan")))}
     test = study.user_attrs.get(f"test/{t.number}")
-    if test:
-        expected["test_accuracy"] = float(test["accuracy"])
+    if test and primary in test:
+        expected[f"test_{primary}"] = float(test[primary])
     provenance = {"study": study.study_name, "trial": str(t.number), "baseline": str(t.user_attrs.get("baseline", "")),
                   "autoprune": _version("autoprune"), "torch": _version("torch"), "python": platform.python_version(),
                   "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -1,6 +1,6 @@
 """What defines a study, so that a study name reused with another space is refused instead of silently mixed.
 
-The fingerprint has named parts (model, data, layers, searched distributions, targets, size metric, ladder); the
+The fingerprint has named parts (model, data, task, layers, searched distributions, targets, size metric, ladder); the
 study stores the hash of each. Resuming with a space whose parts differ raises one line naming the parts.
 """
 
@@ -30,6 +30,7 @@ def study_parts(space: SearchSpace, layers: dict[str, int], distributions: dict[
     return {
         "model": _digest([space.model.model_dump(), space.train.model_dump()]),
         "data": _digest(space.data.model_dump()),
+        "task": _digest(space.task.model_dump()),
         "layers": _digest([layers, space.granularity.model_dump()]),
         "searched distributions": _digest({k: distribution_to_json(d) for k, d in distributions.items()}),
         "targets": _digest(space.targets.model_dump()),
@@ -44,7 +45,7 @@ def check_study_parts(study: optuna.Study, parts: dict[str, str], space: SearchS
     if stored is None:  # a new study (or one from before fingerprints: nothing to compare with)
         study.set_user_attr(ATTR, parts)
         return
-    differ = [k for k, v in parts.items() if stored.get(k) != v]
+    differ = [k for k, v in parts.items() if k in stored and stored[k] != v]  # (parts added later: not compared)
     if differ:
         raise ConfigError(f"{space.source or space.name}: study '{study.study_name}' was created with another "
                           f"{', '.join(differ)}; its trials would be mixed with these. Use --study NEW (or the "

@@ -51,7 +51,8 @@ SIGNS = {"metric": 1.0, "score": 1.0, "val_loss": -1.0, "train_loss": -1.0, "kl_
 def rank_value(rec: dict[str, Any], by: str) -> float:
     """A rung record's ranking value under ``by`` (higher is better; NaN when it was not measured)."""
     value = rec.get("score" if by == "metric" else by)
-    return math.nan if value is None else SIGNS[by] * float(value)
+    sign = SIGNS[by] * (float(rec.get("sign", 1.0)) if by in ("metric", "score") else 1.0)  # the task's direction
+    return math.nan if value is None else sign * float(value)
 
 
 def scores_of(trials: Iterable[tuple[int, dict[str, Any]]], rank_by: list[str]) -> list[RungScore]:

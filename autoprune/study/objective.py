@@ -1,4 +1,4 @@
-"""The Optuna objective: trial → policy → fidelity ladder (or one short fine-tune) → (val accuracy, size)."""
+"""The Optuna objective: trial → policy → fidelity ladder (or one short fine-tune) → (val primary metric, size)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class Objective:
 
     def __post_init__(self) -> None:
         if self.space.ladder is not None and self.reference is None:
-            self.reference = DenseReference.of(self.ws.model, self.ws.splits)
+            self.reference = DenseReference.of(self.ws.model, self.ws.splits, task=self.ws.task)
 
     @property
     def space(self) -> SearchSpace:
@@ -122,9 +122,9 @@ class Objective:
         for r in range(int(attrs.get("start_rung", 0)), last + 1):
             ev = evaluate(self.ws.model, policy, self.ws.splits, epochs=ladder.epochs[r],
                           measure_latency=r == last and self.space.size_metric == "latency",
-                          reference=self.reference)
+                          reference=self.reference, task=self.ws.task)
             self.eval_seconds.append(ev.times["total"])
-            record = rung_record(ev, sparsity, ladder.epochs[r])
+            record = rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)
             if r < last:
                 by = ladder.rank_field(r)
                 record["rank"] = mine = rank_value(record, by)  # what the ladder (and TPE) rank this rung by
@@ -148,7 +148,7 @@ class Objective:
         try:
             ev = evaluate(self.ws.model, policy, self.ws.splits,
                           on_epoch=self.early_stop(trial, sparsity, "baseline" in attrs),
-                          measure_latency=self.space.size_metric == "latency")
+                          measure_latency=self.space.size_metric == "latency", task=self.ws.task)
         except CandidateStopped as stop:
             self.stopped.append(stop.saved_s)
             self.eval_seconds.append(stop.elapsed_s)
@@ -160,7 +160,7 @@ class Objective:
         return ev
 
     def record(self, trial: optuna.Trial, ev: Evaluation, policy: Policy, sample_s: float) -> tuple[float, float]:
-        """Store what was measured (one user attr), set the constraints, return (val accuracy, size)."""
+        """Store what was measured (one user attr), set the constraints, return (val primary metric, size)."""
         size = ev.size_value(self.space.size_metric)
         measured = eval_attrs(ev, sample_s)
         if trial.number in self.epoch1:
@@ -171,15 +171,16 @@ class Objective:
             trial.set_constraint("max_size", size - c.max_size)
         if c.min_accuracy is not None:
             trial.set_constraint("min_accuracy", c.min_accuracy - ev.accuracy)
-        return ev.accuracy, size
+        return ev.score, size
 
 
 PHASES = ("prune", "finetune", "measure")  # the parts of an evaluation timed on each rung
 
 
-def rung_record(ev: Evaluation, sparsity: float, epochs: float) -> dict[str, float]:
-    """What a rung stores: its score (val accuracy) and the proxies whose rank correlation we measure."""
-    rec = {"sparsity": sparsity, "epochs": epochs, "score": ev.accuracy, "val_loss": ev.val["loss"],
+def rung_record(ev: Evaluation, sparsity: float, epochs: float, sign: float = 1.0) -> dict[str, float]:
+    """What a rung stores: its score (the task's primary val metric; ``sign`` −1 when lower is better) and the
+    proxies whose rank correlation we measure."""
+    rec = {"sparsity": sparsity, "epochs": epochs, "score": ev.score, "sign": sign, "val_loss": ev.val["loss"],
            "train_loss": ev.epoch_losses[-1] if ev.epoch_losses else math.nan, "time_s": ev.times["total"],
            **{f"{phase}_s": ev.times.get(phase, 0.0) for phase in PHASES}}
     if "kl_to_dense" in ev.val:

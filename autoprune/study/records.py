@@ -46,11 +46,17 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
                        pareto=pareto, test=test)
 
 
+def metric_sign(study: optuna.Study) -> float:
+    """+1 when the study maximizes its primary metric (accuracy), −1 when it minimizes it (MSE, perplexity)."""
+    return 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+
+
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The study's Pareto front (val metric ↑, size ↓) among complete, feasible trials, with sizes within
+    """The study's Pareto front (val metric in its direction, size ↓) among complete, feasible trials, sizes within
     :data:`~autoprune.pareto.SIZE_TOLERANCE` of each other treated as equal (Optuna's ``best_trials`` keeps a
     less accurate point that is one weight smaller)."""
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if all(c <= 0 for c in t.system_attrs.get("constraints", None) or [])]
-    keep = nondominated([(t.values[0], t.values[1]) for t in done], SIZE_TOLERANCE)
+    sign = metric_sign(study)
+    keep = nondominated([(sign * t.values[0], t.values[1]) for t in done], SIZE_TOLERANCE)
     return [done[i] for i in keep]

@@ -16,7 +16,7 @@ from autoprune.study.identity import check_study_parts, study_parts
 from autoprune.study.ladder import enqueue_promotions
 from autoprune.study.liveness import recover
 from autoprune.study.objective import CANDIDATE_ERRORS, Objective
-from autoprune.study.records import front_trials, to_record
+from autoprune.study.records import front_trials, metric_sign, to_record
 from autoprune.study.runner import (
     _FINISHED,
     SearchOptions,
@@ -51,10 +51,12 @@ BEST_EVERY_S = 0.5  # seconds between recomputing the progress bar's best accura
 
 def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any]:
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    points = [(t.values[0], t.values[1]) for t in done]
+    sign = metric_sign(study)
+    points = [(sign * t.values[0], t.values[1]) for t in done]
     sparsities = [t.user_attrs.get("eval", {}).get("sparsity", 0.0) for t in done]
     best = {tgt: best_at(points, sparsities, tgt) for tgt in targets}
-    return {f"{tgt:.0%}": "–" if acc is None else f"{acc:.3f}" for tgt, acc in best.items()}
+    fmt = ".3f" if sign > 0 else ".4g"  # accuracy-like in [0, 1]; errors such as MSE have any scale
+    return {f"{tgt:.0%}": "–" if acc is None else format(sign * acc, fmt) for tgt, acc in best.items()}
 
 
 def stop_workers(procs: list[Any], grace_s: float = 30.0) -> None:

@@ -25,6 +25,7 @@ from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.records import front_trials, to_record, trial_policy
 from autoprune.study.sampler import make_sampler, search_distributions
 from autoprune.study.storage import make_storage, metric_names, open_study
+from autoprune.tasks import task_class
 from autoprune.training import choose_threads, resolve_device
 from autoprune.workspace import Workspace, load_workspace
 
@@ -68,7 +69,7 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     if space.anchor == "sensitivity" or "sensitivity" in space.baselines:
         curves, path, _ = load_or_scan(runs_dir / "sensitivity", ws.model, ws.splits, ws.layers,
                                        space.sensitivity.ratios, space.criteria[0], space.granularity,
-                                       space.sensitivity.bn_batches, advance)
+                                       space.sensitivity.bn_batches, advance, task=ws.task)
     prefs = curves.preferences() if curves is not None else None
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
             for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs).items()}
@@ -94,8 +95,9 @@ def _open(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: i
     # seed + trials so far: a resumed study does not replay the first run's random draws
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
                            search_distributions(space, ctx), opts.workers > 1, space.targets.grid)
-    names = metric_names(space.size_metric, str(resolve_device(opts.device)))
-    return open_study(name, storage, sampler, names)
+    task = task_class(space.task.kind)
+    names = metric_names(space.size_metric, str(resolve_device(opts.device)), task.primary)
+    return open_study(name, storage, sampler, names, task.direction)
 
 
 def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int, parent: int) -> None:
@@ -120,6 +122,7 @@ class SearchResult:
     dense_val: dict[str, float]
     dense_test: dict[str, float]
     summary: dict[str, Any] = field(default_factory=dict)
+    primary: str = "accuracy"  # the task's primary metric (keys of dense_val and of the front rows)
 
 
 def test_front(study: optuna.Study, prep: Prepared) -> dict[int, dict[str, float]]:
@@ -130,8 +133,8 @@ def test_front(study: optuna.Study, prep: Prepared) -> dict[int, dict[str, float
         cached = study.user_attrs.get(key)
         if cached is None:
             policy = trial_policy(t)
-            ev = evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True)
-            cached = {**(ev.test or {}), "val_accuracy_rerun": ev.accuracy}
+            ev = evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True, task=prep.ws.task)
+            cached = {**(ev.test or {}), f"val_{ev.primary}_rerun": ev.score}
             study.set_user_attr(key, cached)
         out[t.number] = cached
     return out
@@ -146,7 +149,8 @@ def study_info(prep: Prepared, study: optuna.Study, opts: SearchOptions) -> Stud
     return StudyInfo(study_name=study.study_name, storage=opts.storage or str(opts.runs_dir / "optuna.journal"),
                      space_yaml=Path(space.source).read_text() if space.source else space.model_dump_json(),
                      space_name=space.name, sampler=opts.sampler or space.sampler, size_metric=space.size_metric,
-                     dense_val=prep.ws.dense_val, dense_test=prep.ws.dense_test, sensitivity_files=files)
+                     dense_val=prep.ws.dense_val, dense_test=prep.ws.dense_test, sensitivity_files=files,
+                     primary=prep.ws.task.primary, direction=prep.ws.task.direction)
 
 
 def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
@@ -157,7 +161,7 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
     finished = study.get_trials(deepcopy=False, states=_FINISHED)  # enqueued-but-unrun trials wait for a resume
     records = [to_record(t, t.number in front_ids, tests.get(t.number)) for t in finished]
     front = [r for r in records if r.pareto]
-    front_rows = [front_row(r) for r in sorted(front, key=lambda r: r.sparsity)]
+    front_rows = [front_row(r, prep.ws.task.primary) for r in sorted(front, key=lambda r: r.sparsity)]
     done = [r for r in records if r.state == "COMPLETE"]
     evals = [float(r.metrics.get("time_total", 0.0)) for r in done]
     summary = {
@@ -178,18 +182,19 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
     if listener is not None:
         listener.on_finish(records, summary)
     return SearchResult(study.study_name, str(prep.ws.runs_dir), len(records), front_rows, prep.ws.dense_val,
-                        prep.ws.dense_test, summary)
+                        prep.ws.dense_test, summary, prep.ws.task.primary)
 
 
-def front_row(r: Any) -> dict[str, Any]:
-    """A row of the Pareto table."""
+def front_row(r: Any, primary: str = "accuracy") -> dict[str, Any]:
+    """A row of the Pareto table (``primary``: the task's primary metric, e.g. accuracy or mse)."""
     pol = Policy.model_validate_json(r.policy_json) if r.policy_json else None
     return {
         "trial": r.number, "baseline": r.baseline or "", "sparsity": r.sparsity,
         "target": float(r.metrics.get("target_sparsity", r.sparsity)),  # the policy's; channel groups miss it a bit
         "nonzeros": int(r.metrics.get("nonzeros", 0)),
-        "size": r.values[1] if r.values else float("nan"), "val_accuracy": r.values[0] if r.values else float("nan"),
-        "test_accuracy": (r.test or {}).get("accuracy", float("nan")),
+        "size": r.values[1] if r.values else float("nan"),
+        f"val_{primary}": r.values[0] if r.values else float("nan"),
+        f"test_{primary}": (r.test or {}).get(primary, float("nan")),
         "schedule": pol.schedule.label if pol else "", "criterion": pol.criterion if pol else "",
     }
 
@@ -211,12 +216,13 @@ def spawn_workers(space: SearchSpace, opts: SearchOptions, shares: list[int]) ->
 
 def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
     """Pareto rows of an existing study (test accuracy where the search stored it)."""
+    from autoprune.study.export import primary_metric
     from autoprune.study.storage import load_existing
 
     study = load_existing(study_name, make_storage(storage, runs_dir))
     rows = []
     for t in front_trials(study):
-        rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}"))))
+        rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}")), primary_metric(study)))
     return sorted(rows, key=lambda r: r["sparsity"])
 
 

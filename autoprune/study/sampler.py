@@ -115,8 +115,9 @@ class _TargetView:
     def __init__(self, study: optuna.Study, target: float, target_of: Any) -> None:
         self._study, self._target, self._target_of = study, target, target_of
         self._storage = study._storage  # the constant liar shares relative params through it
-        self.directions = [optuna.study.StudyDirection.MAXIMIZE]
-        self.direction = optuna.study.StudyDirection.MAXIMIZE
+        self.direction = study.directions[0]  # the task's primary metric: maximize (accuracy) or minimize (MSE)
+        self.directions = [self.direction]
+        self._sign = 1.0 if self.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         self.study_name = study.study_name
 
     def _is_multi_objective(self) -> bool:
@@ -131,7 +132,7 @@ class _TargetView:
             view = copy.copy(t)
             if t.values is not None:
                 view._values = [t.values[0]]
-            view.intermediate_values = _rung_values(t)
+            view.intermediate_values = {r: self._sign * v for r, v in _rung_values(t).items()}  # rank: ↑ better
             out.append(view)
         return out
 

@@ -23,15 +23,14 @@ from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
 
-DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # validation accuracy ↑, size ↓
 SIZE_NAMES = {"nonzeros": "size (nonzero parameters, fraction of dense)",
               "bytes": "size (bytes in the best sparse format, fraction of dense)",
               "flops": "size (MACs, fraction of dense)"}
 
 
-def metric_names(size_metric: str, device: str) -> list[str]:
+def metric_names(size_metric: str, device: str, primary: str = "accuracy") -> list[str]:
     """Names of the two objectives as dashboards show them; latency names the device it was timed on."""
-    return ["val_accuracy", SIZE_NAMES.get(size_metric, f"latency_ms ({device})")]
+    return [f"val_{primary}", SIZE_NAMES.get(size_metric, f"latency_ms ({device})")]
 
 # Op codes of Optuna's journal file format (optuna.storages.journal._storage.JournalOperation, a stable on-disk
 # format): create trial, set param, set state/values, intermediate value, user attr, system attr.
@@ -255,12 +254,13 @@ def _quiet_interrupts() -> None:
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
-               names: list[str] | None = None) -> optuna.Study:
-    """Create the two-objective study or resume it if it exists."""
+               names: list[str] | None = None, metric_direction: Literal["maximize", "minimize"] = "maximize"
+               ) -> optuna.Study:
+    """Create the two-objective study (the task's primary metric in its direction, size ↓) or resume it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_interrupts()
-    study = optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler,
-                                load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, directions=[metric_direction, "minimize"],
+                                sampler=sampler, load_if_exists=True)
     if study.metric_names is None:  # dashboards label the axes with these instead of "Objective 0/1"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # flagged experimental in Optuna 5, but the documented way

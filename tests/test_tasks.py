@@ -1,0 +1,94 @@
+"""Tasks beyond classification: regression end to end (search → export → apply → raw-unit export), the metric's
+direction honoured by the front and the export selectors, and a user's own Task by ``module:Class``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from autoprune.errors import ConfigError
+from autoprune.space import SearchSpace
+from autoprune.study import SearchOptions, choose_trial, run_search
+from autoprune.study.records import front_trials
+from autoprune.study.storage import load_existing, make_storage
+from conftest import write_space
+
+EXE = str(Path(sys.executable).parent / "autoprune")
+REGRESSION = {"name": "diabetes_small", "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+              "data": {"name": "diabetes"}, "task": {"kind": "regression"}, "train": {"epochs": 30, "lr": 0.003},
+              "targets": {"grid": [0.8]}, "finetune": {"epochs": [2], "lr_scale": [1.0]},
+              "baselines": ["uniform", "global", "lamp"], "trials": 5}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True)
+
+
+def test_regression_search_export_apply_in_raw_units(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "reg.yaml", **REGRESSION)
+    runs = tmp_path / "runs"
+    res = _cli("search", str(space), "--runs", str(runs), "--no-track")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "val_mse" in res.stdout and "test_mse" in res.stdout
+    study = load_existing("diabetes_small", make_storage(None, runs))
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.metric_names[0] == "val_mse"
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(t.values[0] < 1.5 for t in done)  # z-scored targets: 1.0 is "predicts the mean"
+    # --min-metric is for maximized metrics: refused in one line naming the right flag
+    wrong = _cli("export", "--study", "diabetes_small", "--runs", str(runs), "--min-metric", "0.5",
+                 "-o", str(tmp_path / "x.json"))
+    assert wrong.returncode == 2 and "use --max-metric" in wrong.stderr and not (tmp_path / "x.json").exists()
+    bound = max(t.values[0] for t in front_trials(study))
+    out = _cli("export", "--study", "diabetes_small", "--runs", str(runs), "--max-metric", str(bound),
+               "-o", str(tmp_path / "p.json"))
+    assert out.returncode == 0, out.stderr
+    applied = _cli("apply", str(tmp_path / "p.json"), "--space", str(space), "--runs", str(runs),
+                   "-o", str(tmp_path / "p.pt"), "--torchscript", str(tmp_path / "p.ts"))
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    row = next(line for line in applied.stdout.splitlines() if "test_mse" in line)
+    test_mse = float(row.split("│")[3])
+    # the TorchScript file takes raw rows and predicts in raw units: its MSE over the raw test rows, divided by the
+    # train split's target variance, is the z-scored test MSE that apply printed
+    from autoprune.data import _split_indices, load_data
+
+    splits = load_data("diabetes", targets="float")
+    from sklearn.datasets import load_diabetes
+
+    raw = load_diabetes()
+    _, _, test_idx = _split_indices(len(raw.target), 0.15, 0.15, 0)
+    ts = torch.jit.load(str(tmp_path / "p.ts"))
+    with torch.no_grad():
+        pred = ts(torch.tensor(raw.data[test_idx], dtype=torch.float32)).squeeze(1).numpy()
+    std = splits.scaling["target_std"][0] if splits.scaling else 1.0
+    raw_mse = float(np.mean((pred - raw.target[test_idx]) ** 2)) / std**2
+    assert abs(raw_mse - test_mse) < 1e-3 * max(test_mse, 1.0)
+
+
+def test_front_and_selectors_follow_a_minimized_metric() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_metric_names(["val_mse", "size"])
+    for mse, size in ((0.30, 0.5), (0.40, 0.2), (0.35, 0.3), (0.90, 0.25), (0.50, 0.1)):
+        study.add_trial(optuna.trial.create_trial(values=[mse, size], user_attrs={"eval": {"policy": "{}"}}))
+    front = {(t.values[0], t.values[1]) for t in front_trials(study)}
+    assert front == {(0.30, 0.5), (0.35, 0.3), (0.40, 0.2), (0.50, 0.1)}  # (0.90, 0.25) is dominated
+    assert choose_trial(study, max_size=0.35).values == [0.35, 0.3]  # the lowest MSE within the size
+    assert choose_trial(study, metric_bound=0.4).values == [0.40, 0.2]  # the smallest with MSE ≤ 0.4
+    with pytest.raises(ConfigError, match="gets down to val_mse 0.1"):
+        choose_trial(study, metric_bound=0.1)
+
+
+def test_a_users_own_task_by_module_and_class(tmp_path: Path, runs_dir: Path) -> None:
+    space = SearchSpace.from_yaml(write_space(tmp_path / "mae.yaml", **{
+        **REGRESSION, "name": "mae_task", "task": {"kind": "userpkg.tasks:MaeTask"}, "trials": 3}))
+    result = run_search(space, SearchOptions(runs_dir=tmp_path / "runs", device="cpu"))
+    study = load_existing("mae_task", make_storage(None, tmp_path / "runs"))
+    assert study.metric_names[0] == "val_mae" and result.primary == "mae"
+    assert all("val_mae" in row for row in result.front)
+    assert "mae" in result.dense_val
