@@ -16,11 +16,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from autoprune.channels import group_keep, groups_for, member_masks
 from autoprune.criteria import importance
 from autoprune.data import Splits
 from autoprune.masks import apply_masks, compute_mask, make_permanent
+from autoprune.models import weight_of
 from autoprune.policy import Criterion, Granularity
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.training import recalibrate_bn
@@ -58,7 +61,23 @@ def cache_key(model: nn.Module, splits: Splits, layers: list[str], criterion: st
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps([splits.fingerprint, layers, criterion, granularity.model_dump(), ratios, bn_batches]).encode())
+    if granularity.kind == "channel":
+        h.update(b"coupled-groups")  # channel curves are made by the search's own group masks (earlier: per layer)
     return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def prune_channel_group(model: nn.Module, fqn: str, ratio: float, layers: list[str],
+                        scores: dict[str, torch.Tensor], input_shape: tuple[int, ...]) -> None:
+    """In place: remove ``ratio`` of the channels of the coupled group holding ``fqn``, exactly as the search and
+    ``apply`` do (the same group, channel choice and member masks: convs, norms, biases), so a sensitivity curve
+    describes the pruning that is searched. Every root of the group gets ``ratio``: in a residual stage one
+    layer's channels cannot go alone."""
+    group = next(g for g in groups_for(model, layers, input_shape) if fqn in g.roots)
+    sizes = {f: weight_of(model, f).numel() for f in group.roots}
+    keep = group_keep(group, dict.fromkeys(group.roots, ratio), scores, sizes)
+    for param, mask in member_masks(model, group, keep).items():
+        model.get_parameter(param).mul_(mask)
 
 
 def scan(model: nn.Module, splits: Splits, layers: list[str], ratios: list[float], criterion: Criterion,
@@ -78,8 +97,11 @@ def scan(model: nn.Module, splits: Splits, layers: list[str], ratios: list[float
         acc[fqn] = []
         for r in ratios:
             m = copy.deepcopy(model)
-            apply_masks(m, {fqn: compute_mask(scores[fqn], r, granularity)})
-            make_permanent(m)
+            if granularity.kind == "channel":
+                prune_channel_group(m, fqn, r, layers, scores, splits.input_shape)
+            else:
+                apply_masks(m, {fqn: compute_mask(scores[fqn], r, granularity)})
+                make_permanent(m)
             recalibrate_bn(m, splits.train, bn_batches, 64, seed)
             acc[fqn].append(measure(m))
             if advance is not None:

@@ -63,3 +63,41 @@ def test_production_path_does_not_import_optuna_or_mlflow() -> None:
             "bad = [m for m in ('optuna', 'mlflow') if m in sys.modules]; print(bad); assert not bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# The layer table (DESIGN.md): plain data → torch work (models, data, tasks, pruning, training) → orchestration
+# (study, tracking, deploy, bench, api) → CLI. A module may import its own layer or a lower one, never a higher.
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(["errors", "files", "policy", "space", "yamlfile", "budget", "pareto", "processes", "records",
+                     "console"], 0),
+    **dict.fromkeys(["models", "data", "training", "masks", "criteria", "channels", "metrics", "schedules",
+                     "heuristics", "sensitivity", "vision", "evaluate", "workspace", "tasks"], 1),
+    **dict.fromkeys(["study", "tracking", "tracking_worker", "plots", "production", "apply_cmd", "bench", "api",
+                     "ui"], 2),
+    "cli": 3,
+}
+
+
+def _layer(module: str) -> int | None:
+    """The layer of ``autoprune.<top>[...]`` (None for a module outside the package)."""
+    parts = module.split(".")
+    if parts[0] != "autoprune" or len(parts) < 2:
+        return None
+    return LAYERS[parts[1]]
+
+
+def test_every_module_imports_only_its_own_layer_or_lower() -> None:
+    unknown = sorted({p.relative_to(PKG).parts[0].removesuffix(".py") for p in _modules()} - set(LAYERS) -
+                     {"__init__"})
+    assert unknown == [], f"add these to the layer table: {unknown}"
+    upward = []
+    for p in _modules():
+        rel = p.relative_to(PKG).parts
+        if rel[0] == "__init__.py":
+            continue
+        mine = LAYERS[rel[0].removesuffix(".py")]
+        for module, _ in _imports(p):
+            theirs = _layer(module)
+            if theirs is not None and theirs > mine:
+                upward.append(f"{'/'.join(rel)} imports {module}")
+    assert upward == []

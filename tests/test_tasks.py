@@ -80,7 +80,7 @@ def test_front_and_selectors_follow_a_minimized_metric() -> None:
     assert front == {(0.30, 0.5), (0.35, 0.3), (0.40, 0.2), (0.50, 0.1)}  # (0.90, 0.25) is dominated
     assert choose_trial(study, max_size=0.35).values == [0.35, 0.3]  # the lowest MSE within the size
     assert choose_trial(study, metric_bound=0.4).values == [0.40, 0.2]  # the smallest with MSE ≤ 0.4
-    with pytest.raises(ConfigError, match="gets down to val_mse 0.1"):
+    with pytest.raises(ConfigError, match=r"gets down to val_mse 0\.1"):
         choose_trial(study, metric_bound=0.1)
 
 
