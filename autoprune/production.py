@@ -111,33 +111,22 @@ def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float 
 
 
 class Standardize(nn.Module):
-    """``(x - mean) / std``: the input scaling the search applied to tabular data, as the model's first module."""
+    """``(x - mean) / std``: the input scaling the search applied to tabular data, as the model's first module;
+    with ``invert``, ``x · std + mean``: a regression model's z-scored outputs mapped back to the raw units."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, mean: list[float], std: list[float]) -> None:
+    def __init__(self, mean: list[float], std: list[float], invert: bool = False) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.invert = invert
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.invert:
+            return x * self.std + self.mean
         return (x - self.mean) / self.std
-
-
-class Unstandardize(nn.Module):
-    """``y · std + mean``: maps a regression model's z-scored outputs back to the targets' raw units."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.std + self.mean
 
 
 def with_input_scaling(model: nn.Module, scaling: dict[str, list[float]] | None) -> nn.Module:
@@ -150,7 +139,7 @@ def with_input_scaling(model: nn.Module, scaling: dict[str, list[float]] | None)
         parts.append(Standardize(scaling["mean"], scaling["std"]))
     parts.append(model)
     if "target_mean" in scaling:
-        parts.append(Unstandardize(scaling["target_mean"], scaling["target_std"]))
+        parts.append(Standardize(scaling["target_mean"], scaling["target_std"], invert=True))
     return nn.Sequential(*parts).eval() if len(parts) > 1 else model
 
 
