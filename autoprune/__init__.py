@@ -25,11 +25,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "apply":
-        from autoprune.production import apply
+        from autoprune.deploy import apply
 
         return apply
     if name == "load_pruned":
-        from autoprune.production import load_pruned
+        from autoprune.deploy import load_pruned
 
         return load_pruned
     raise AttributeError(name)

@@ -170,7 +170,7 @@ def apply_cmd(
     runs: Runs = Path("runs"),
 ) -> None:
     """Prune the real model with a policy: fine-tune, make permanent, shrink, save; before/after table."""
-    from autoprune.apply_cmd import run_apply
+    from autoprune.cli_apply import run_apply
 
     run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs,
               threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoprune.records import TrialRecord
+from autoprune.events import TrialRecord
 
 
 def _points(records: list[TrialRecord]) -> list[TrialRecord]:

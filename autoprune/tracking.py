@@ -25,9 +25,9 @@ from filelock import FileLock
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from autoprune.events import StudyInfo, TrialRecord
 from autoprune.pareto import best_at, hypervolume
 from autoprune.plots import pareto_html, pareto_png
-from autoprune.records import StudyInfo, TrialRecord
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
 BEST_AT = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98)
@@ -62,7 +62,7 @@ def find_parent(client: MlflowClient, experiment_id: str, study_name: str) -> st
 
 
 class MlflowLogger:
-    """A synchronous :class:`~autoprune.records.SearchListener` writing to MLflow."""
+    """A synchronous :class:`~autoprune.events.SearchListener` writing to MLflow."""
 
     def __init__(self, tracking_uri: str | None, runs_dir: Path, experiment: str | None = None) -> None:
         self.runs_dir = runs_dir

@@ -15,8 +15,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from autoprune.events import StudyInfo, TrialRecord
 from autoprune.processes import exit_with_parent
-from autoprune.records import StudyInfo, TrialRecord
 
 _LOGGER: Any = None
 
@@ -37,7 +37,7 @@ def _call(method: str, *args: Any) -> dict[str, Any]:
 
 
 class MlflowListener:
-    """A :class:`~autoprune.records.SearchListener` that forwards every event to a logger process."""
+    """A :class:`~autoprune.events.SearchListener` that forwards every event to a logger process."""
 
     def __init__(self, tracking_uri: str | None, runs_dir: Path, experiment: str | None = None) -> None:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init,

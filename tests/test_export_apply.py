@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from autoprune.api import export, search
+from autoprune.deploy import apply, export_onnx, load_pruned, save_pruned
 from autoprune.errors import ConfigError, PolicyError
 from autoprune.evaluate import evaluate
 from autoprune.masks import make_permanent
 from autoprune.policy import FineTune, Granularity, Policy
-from autoprune.production import apply, export_onnx, load_pruned, save_pruned
 from autoprune.space import SearchSpace
 from autoprune.workspace import load_workspace
 from conftest import write_space

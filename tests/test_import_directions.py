@@ -59,7 +59,7 @@ def test_nothing_imports_the_cli() -> None:
 
 
 def test_production_path_does_not_import_optuna_or_mlflow() -> None:
-    code = ("import sys, autoprune.production, autoprune.apply_cmd; "
+    code = ("import sys, autoprune.deploy, autoprune.cli_apply; "
             "bad = [m for m in ('optuna', 'mlflow') if m in sys.modules]; print(bad); assert not bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -68,13 +68,12 @@ def test_production_path_does_not_import_optuna_or_mlflow() -> None:
 # The layer table (DESIGN.md): plain data → torch work (models, data, tasks, pruning, training) → orchestration
 # (study, tracking, deploy, bench, api) → CLI. A module may import its own layer or a lower one, never a higher.
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(["errors", "files", "policy", "space", "yamlfile", "budget", "pareto", "processes", "records",
+    **dict.fromkeys(["errors", "files", "policy", "space", "yamlfile", "budget", "pareto", "processes", "events",
                      "console"], 0),
     **dict.fromkeys(["models", "data", "training", "masks", "criteria", "channels", "metrics", "schedules",
                      "heuristics", "sensitivity", "vision", "evaluate", "workspace", "tasks"], 1),
-    **dict.fromkeys(["study", "tracking", "tracking_worker", "plots", "production", "apply_cmd", "bench", "api",
-                     "ui"], 2),
-    "cli": 3,
+    **dict.fromkeys(["study", "tracking", "tracking_worker", "plots", "deploy", "bench", "api", "ui"], 2),
+    **dict.fromkeys(["cli", "cli_apply"], 3),
 }
 
 

@@ -10,9 +10,9 @@ import optuna
 import pytest
 
 from autoprune.api import export
+from autoprune.deploy import apply
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
-from autoprune.production import apply
 from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.ladder import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 
 from autoprune.pareto import SIZE_TOLERANCE, nondominated
-from autoprune.study.records import front_trials
+from autoprune.study.trials import front_trials
 
 
 def test_size_tolerance_drops_a_worse_point_one_weight_smaller() -> None:
@@ -27,7 +27,7 @@ def test_front_trials_applies_the_tolerance_and_constraints(tmp_path: Path) -> N
 
 
 def test_export_choices_follow_validation_not_test() -> None:
-    from autoprune.study.export import choose_trial
+    from autoprune.study.choose import choose_trial
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     for acc, size in [(0.95, 0.10), (0.90, 0.05), (0.80, 0.02)]:

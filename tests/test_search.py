@@ -12,7 +12,7 @@ from autoprune.policy import Policy
 from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.objective import Objective
-from autoprune.study.runner import prepare
+from autoprune.study.setup import prepare
 from conftest import write_space
 
 

@@ -31,9 +31,9 @@ def test_channel_sensitivity_prunes_the_searched_coupled_group(tmp_path: Path) -
 
     from autoprune.channels import groups_for
     from autoprune.criteria import importance
+    from autoprune.deploy import apply
     from autoprune.models import layer_shapes, weight_of
     from autoprune.policy import FineTune, Granularity, Policy
-    from autoprune.production import apply
     from autoprune.sensitivity import prune_channel_group
     from autoprune.space import SearchSpace
     from autoprune.workspace import load_workspace

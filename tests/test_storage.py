@@ -13,8 +13,8 @@ from optuna.storages import JournalStorage
 
 from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
-from autoprune.study.runner import prepare
 from autoprune.study.sampler import StaticSpaceTPE, make_sampler, search_distributions
+from autoprune.study.setup import prepare
 from autoprune.study.storage import TrialDurableJournal, make_storage
 
 

@@ -15,8 +15,8 @@ import torch
 from autoprune.errors import ConfigError
 from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, choose_trial, run_search
-from autoprune.study.records import front_trials
 from autoprune.study.storage import load_existing, make_storage
+from autoprune.study.trials import front_trials
 from conftest import write_space
 
 EXE = str(Path(sys.executable).parent / "autoprune")

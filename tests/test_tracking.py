@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from autoprune.api import search
-from autoprune.study.records import front_trials
 from autoprune.study.storage import load_existing, make_storage
+from autoprune.study.trials import front_trials
 from autoprune.tracking import default_tracking_uri, safe_key
 
 
@@ -80,7 +80,7 @@ def test_sync_backfills_runs_after_mlflow_was_down(space_path: Path, tmp_path: P
 
 
 def test_pareto_tags_follow_the_front_during_a_search(tmp_path: Path) -> None:
-    from autoprune.records import StudyInfo, TrialRecord
+    from autoprune.events import StudyInfo, TrialRecord
     from autoprune.tracking import MlflowLogger
 
     runs = tmp_path / "runs"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from autoprune.data import Split, Splits
+from autoprune.deploy import apply
 from autoprune.metrics import count_macs, latency_ms
 from autoprune.models import ResNetCifar, prunable_layers
 from autoprune.policy import FineTune, Granularity, Policy
-from autoprune.production import apply
 
 
 def channel_speedup(ratio: float = 0.3, width: int = 16, input_shape: tuple[int, int, int] = (3, 32, 32),

@@ -15,7 +15,7 @@ from autoprune.evaluate import Evaluation, evaluate
 from autoprune.policy import Policy, Schedule
 from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
-from autoprune.study.runner import Prepared
+from autoprune.study.setup import Prepared
 
 HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform", "lamp_cubic3",
               "lamp_tuned")

@@ -22,7 +22,7 @@ from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, wr
 from autoprune.errors import ConfigError
 from autoprune.files import check_runs_folder
 from autoprune.space import LadderSpec, SearchSpace
-from autoprune.study.runner import prepare
+from autoprune.study.setup import prepare
 
 
 @dataclass

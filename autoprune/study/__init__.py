@@ -1,11 +1,11 @@
 """The search: the only package that imports optuna."""
 
 from autoprune.study.baselines import baseline_targets
-from autoprune.study.export import choose_trial, policy_from_trial
-from autoprune.study.records import metric_sign
-from autoprune.study.run import ProgressSink, run_search
-from autoprune.study.runner import SearchOptions, SearchResult, front_table, prepare, study_user_attrs
+from autoprune.study.choose import choose_trial, policy_from_trial
+from autoprune.study.search import ProgressSink, SearchResult, run_search
+from autoprune.study.setup import SearchOptions, prepare
 from autoprune.study.storage import load_existing, make_storage
+from autoprune.study.trials import front_table, metric_sign, study_user_attrs
 
 __all__ = [
     "ProgressSink",

@@ -6,8 +6,8 @@ from typing import Any
 
 import optuna
 
-from autoprune.records import StudyInfo, TrialRecord
-from autoprune.study.records import front_trials, to_record
+from autoprune.events import StudyInfo, TrialRecord
+from autoprune.study.trials import front_trials, to_record
 
 
 def records_and_info(study: optuna.Study, storage: str) -> tuple[list[TrialRecord], StudyInfo, dict[str, Any]]:

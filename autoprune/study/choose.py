@@ -11,13 +11,7 @@ import optuna
 
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
-from autoprune.study.records import front_trials, metric_sign, policy_json, trial_policy
-
-
-def primary_metric(study: optuna.Study) -> str:
-    """The task's primary metric (``accuracy``, ``mse`` …), from the study's first objective name."""
-    names = study.metric_names or ["val_accuracy"]
-    return names[0].removeprefix("val_")
+from autoprune.study.trials import front_trials, metric_sign, policy_json, primary_metric, trial_policy
 
 
 def knee(points: list[tuple[float, float]]) -> int:

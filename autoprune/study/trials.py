@@ -1,13 +1,18 @@
-"""Conversion of Optuna's FrozenTrial into the plain :class:`~autoprune.records.TrialRecord`."""
+"""Reading a study's trials: a FrozenTrial as the plain :class:`~autoprune.events.TrialRecord`, its policy, the
+Pareto front in the task's direction, and the front as table rows."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import optuna
 
 from autoprune.errors import ConfigError
+from autoprune.events import TrialRecord
 from autoprune.pareto import SIZE_TOLERANCE, nondominated
 from autoprune.policy import Policy
-from autoprune.records import TrialRecord
+from autoprune.study.storage import load_existing, make_storage
 
 
 def policy_json(t: optuna.trial.FrozenTrial) -> str | None:
@@ -51,6 +56,12 @@ def metric_sign(study: optuna.Study) -> float:
     return 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
 
 
+def primary_metric(study: optuna.Study) -> str:
+    """The task's primary metric (``accuracy``, ``mse`` …), from the study's first objective name."""
+    names = study.metric_names or ["val_accuracy"]
+    return names[0].removeprefix("val_")
+
+
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's Pareto front (val metric in its direction, size ↓) among complete, feasible trials, sizes within
     :data:`~autoprune.pareto.SIZE_TOLERANCE` of each other treated as equal (Optuna's ``best_trials`` keeps a
@@ -60,3 +71,36 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     sign = metric_sign(study)
     keep = nondominated([(sign * t.values[0], t.values[1]) for t in done], SIZE_TOLERANCE)
     return [done[i] for i in keep]
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def front_row(r: Any, primary: str = "accuracy") -> dict[str, Any]:
+    """A row of the Pareto table (``primary``: the task's primary metric, e.g. accuracy or mse)."""
+    pol = Policy.model_validate_json(r.policy_json) if r.policy_json else None
+    return {
+        "trial": r.number, "baseline": r.baseline or "", "sparsity": r.sparsity,
+        "target": float(r.metrics.get("target_sparsity", r.sparsity)),  # the policy's; channel groups miss it a bit
+        "nonzeros": int(r.metrics.get("nonzeros", 0)),
+        "size": r.values[1] if r.values else float("nan"),
+        f"val_{primary}": r.values[0] if r.values else float("nan"),
+        f"test_{primary}": (r.test or {}).get(primary, float("nan")),
+        "schedule": pol.schedule.label if pol else "", "criterion": pol.criterion if pol else "",
+    }
+
+
+def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
+    """Pareto rows of an existing study (test accuracy where the search stored it)."""
+
+    study = load_existing(study_name, make_storage(storage, runs_dir))
+    rows = []
+    for t in front_trials(study):
+        rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}")), primary_metric(study)))
+    return sorted(rows, key=lambda r: r["sparsity"])
+
+
+def study_user_attrs(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
+    """The user attrs of every complete trial of an existing study, as plain dicts (rung records included)."""
+    study = load_existing(study_name, make_storage(storage, runs_dir))
+    return [dict(t.user_attrs) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]

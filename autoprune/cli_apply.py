@@ -11,11 +11,7 @@ from torch import nn
 
 from autoprune.console import RichProgress, out, table
 from autoprune.data import Splits
-from autoprune.errors import AutopruneError
-from autoprune.files import check_writable
-from autoprune.metrics import latency_device
-from autoprune.policy import Policy
-from autoprune.production import (
+from autoprune.deploy import (
     apply,
     export_onnx,
     export_torchscript,
@@ -23,6 +19,10 @@ from autoprune.production import (
     save_pruned,
     with_input_scaling,
 )
+from autoprune.errors import AutopruneError
+from autoprune.files import check_writable
+from autoprune.metrics import latency_device
+from autoprune.policy import Policy
 from autoprune.space import DataSpec, ModelSpec, SearchSpace
 from autoprune.tasks import Task
 from autoprune.training import choose_threads

@@ -1,0 +1,204 @@
+"""``run_search``, the one orchestrator: open the study, enqueue, optimize (with workers), re-score the front on
+test, summarise, and tell the listener (e.g. MLflow) and the progress sink what happened."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+
+from autoprune.evaluate import evaluate
+from autoprune.events import SearchListener, StudyInfo
+from autoprune.pareto import best_at
+from autoprune.space import SearchSpace
+from autoprune.study.baselines import enqueue_baselines
+from autoprune.study.identity import check_study_parts, study_parts
+from autoprune.study.ladder import compute_spent, enqueue_promotions
+from autoprune.study.liveness import recover
+from autoprune.study.objective import CANDIDATE_ERRORS, Objective
+from autoprune.study.sampler import search_distributions
+from autoprune.study.setup import Prepared, SearchOptions, open_search_study, prepare
+from autoprune.study.storage import enqueue_lock
+from autoprune.study.trials import FINISHED, front_row, front_trials, metric_sign, to_record, trial_policy
+from autoprune.study.workers import spawn_workers, stop_workers, worker_shares
+
+
+class ProgressSink(Protocol):
+    """Where progress goes (the CLI renders it with rich; the API may pass nothing)."""
+
+    def start(self, total: int, description: str) -> None:
+        """Begin a task of ``total`` steps."""
+
+    def update(self, done: int, fields: dict[str, Any]) -> None:
+        """``done`` steps finished; ``fields`` holds short status values."""
+
+    def stop(self) -> None:
+        """End the task."""
+
+
+FRONT_EVERY = 10  # trials between Pareto-tag refreshes in MLflow
+
+
+BEST_EVERY_S = 0.5  # seconds between recomputing the progress bar's best accuracy at each target
+
+
+@dataclass
+class SearchResult:
+    """What a search leaves behind (also returned by ``autoprune.study``)."""
+
+    study_name: str
+    storage: str
+    n_trials: int
+    front: list[dict[str, Any]]
+    dense_val: dict[str, float]
+    dense_test: dict[str, float]
+    summary: dict[str, Any] = field(default_factory=dict)
+    primary: str = "accuracy"  # the task's primary metric (keys of dense_val and of the front rows)
+
+
+def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any]:
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    sign = metric_sign(study)
+    points = [(sign * t.values[0], t.values[1]) for t in done]
+    sparsities = [t.user_attrs.get("eval", {}).get("sparsity", 0.0) for t in done]
+    best = {tgt: best_at(points, sparsities, tgt) for tgt in targets}
+    fmt = ".3f" if sign > 0 else ".4g"  # accuracy-like in [0, 1]; errors such as MSE have any scale
+    return {f"{tgt:.0%}": "–" if acc is None else format(sign * acc, fmt) for tgt, acc in best.items()}
+
+
+def test_front(study: optuna.Study, prep: Prepared) -> dict[int, dict[str, float]]:
+    """Re-evaluate every Pareto trial on the held-out test split (stored as study user attrs ``test/<n>``)."""
+    out: dict[int, dict[str, float]] = {}
+    for t in front_trials(study):
+        key = f"test/{t.number}"
+        cached = study.user_attrs.get(key)
+        if cached is None:
+            policy = trial_policy(t)
+            ev = evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True, task=prep.ws.task)
+            cached = {**(ev.test or {}), f"val_{ev.primary}_rerun": ev.score}
+            study.set_user_attr(key, cached)
+        out[t.number] = cached
+    return out
+
+
+def study_info(prep: Prepared, study: optuna.Study, opts: SearchOptions) -> StudyInfo:
+    """Plain description of the study for listeners."""
+    space = prep.ws.space
+    files = []
+    if prep.curves_path is not None:
+        files = [str(prep.curves_path.with_suffix(s)) for s in (".png", ".csv")]
+    return StudyInfo(study_name=study.study_name, storage=opts.storage or str(opts.runs_dir / "optuna.journal"),
+                     space_yaml=Path(space.source).read_text() if space.source else space.model_dump_json(),
+                     space_name=space.name, sampler=opts.sampler or space.sampler, size_metric=space.size_metric,
+                     dense_val=prep.ws.dense_val, dense_test=prep.ws.dense_test, sensitivity_files=files,
+                     primary=prep.ws.task.primary, direction=prep.ws.task.direction)
+
+
+def summarize(study: optuna.Study, prep: Prepared, records: list[Any], wall_s: float, objective: Objective,
+              optimize_s: float) -> dict[str, Any]:
+    """The run's summary, built once: trial counts by state and rung, failure reasons, time per evaluation phase,
+    compute spent on each ladder rung, and the search machinery's cost per trial (all of it goes to MLflow)."""
+    done = [r for r in records if r.state == "COMPLETE"]
+    evals = [float(r.metrics.get("time_total", 0.0)) for r in done]
+    ladder = prep.ws.space.ladder
+    summary: dict[str, Any] = {
+        "trials": len(records), "complete": len(done),
+        "stopped_on_rung": {r: sum(x.state == "PRUNED" and x.metrics.get("rung") == r for x in records)
+                            for r in range(len(ladder.epochs) - 1)} if ladder else {},
+        "pruned": sum(r.state == "PRUNED" for r in records), "failed": sum(r.state == "FAIL" for r in records),
+        "early_stop_saved_s": sum(objective.stopped), "wall_s": wall_s,
+        "fail_reasons": sorted({str(r.metrics.get("fail_reason")) for r in records
+                                if r.state == "FAIL" and r.metrics.get("fail_reason")}),
+        "mean_eval_s": sum(evals) / max(len(evals), 1),
+        **{f"mean_{k}": sum(float(r.metrics.get(k, 0.0)) for r in done) / max(len(done), 1)
+           for k in ("time_sample", "time_prune", "time_finetune", "time_measure")},
+    }
+    if ladder is not None:
+        summary.update(compute_spent((t.user_attrs for t in study.get_trials(deepcopy=False)), len(ladder.epochs)))
+    n, eval_s = len(objective.eval_seconds), sum(objective.eval_seconds)
+    overhead = (optimize_s - eval_s) / max(n, 1)  # everything in the loop that is not evaluating a candidate
+    summary.update(optimize_s=optimize_s, eval_s=eval_s, trials_here=n, overhead_s_per_trial=overhead,
+                   overhead_share_of_eval=overhead * n / eval_s if eval_s > 0 else 0.0)
+    return summary
+
+
+def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None, wall_s: float,
+           objective: Objective, optimize_s: float) -> SearchResult:
+    """Test-evaluate the front, build records and the summary, notify the listener."""
+    tests = test_front(study, prep)
+    finished = study.get_trials(deepcopy=False, states=FINISHED)  # enqueued-but-unrun trials wait for a resume
+    records = [to_record(t, t.number in tests, tests.get(t.number)) for t in finished]
+    front_rows = [front_row(r, prep.ws.task.primary) for r in sorted((r for r in records if r.pareto),
+                                                                      key=lambda r: r.sparsity)]
+    summary = summarize(study, prep, records, wall_s, objective, optimize_s)
+    if listener is not None:
+        listener.on_finish(records, summary)
+    return SearchResult(study.study_name, str(prep.ws.runs_dir), len(records), front_rows, prep.ws.dense_val,
+                        prep.ws.dense_test, summary, prep.ws.task.primary)
+
+
+def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener | None = None,
+               progress: ProgressSink | None = None) -> SearchResult:
+    """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
+    t0 = time.perf_counter()
+    prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers)
+    study = open_search_study(space, opts, prep.ctx)
+    check_study_parts(study, study_parts(space, prep.ws.sizes, search_distributions(space, prep.ctx)), space)
+    seed = space.seed if opts.seed is None else opts.seed
+    info = study_info(prep, study, opts)
+    if "space_yaml" not in study.user_attrs:
+        study.set_user_attr("space_yaml", info.space_yaml)
+        study.set_user_attr("dense_val", prep.ws.dense_val)
+        study.set_user_attr("dense_test", prep.ws.dense_test)
+        study.set_user_attr("sampler", info.sampler)
+        study.set_user_attr("size_metric", info.size_metric)
+    if listener is not None:
+        listener.on_start(info)
+    n_trials = opts.n_trials if opts.n_trials is not None else space.trials
+    with enqueue_lock(study):  # two processes started together on one study enqueue everything once
+        recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
+        enqueue_baselines(study, space, prep.ctx, prep.heuristics)
+        enqueue_promotions(study, space)  # a resumed study continues its ladder first
+    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed)
+    targets = list(space.targets.grid or [])
+    shares = worker_shares(n_trials, opts.workers)
+    procs = spawn_workers(space, opts, shares[:-1])  # the main process runs the last share
+    if progress is not None:
+        progress.start(n_trials, f"search {study.study_name}")
+
+    def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if space.ladder is not None:
+            with enqueue_lock(st):  # new scores at a rung may lift a stopped candidate into its best part
+                enqueue_promotions(st, space)
+        if listener is not None:
+            listener.on_trial(to_record(trial))
+            handed.append(trial.number)
+            if len(handed) % FRONT_EVERY == 0:
+                listener.on_front({t.number for t in front_trials(st)})
+        if progress is not None:
+            done = len(st.get_trials(deepcopy=False, states=FINISHED)) - _finished_before
+            if time.perf_counter() - best[0] > BEST_EVERY_S or done >= n_trials:  # a scan of all trials: throttled
+                best[:] = [time.perf_counter(), _best_at_targets(st, targets)]
+            stopped[0] += trial.state == optuna.trial.TrialState.PRUNED  # early stop, or a lower ladder rung
+            progress.update(min(done, n_trials), {"best": best[1], "stopped": stopped[0]})
+
+    handed: list[int] = []
+    stopped = [0]  # trials of this run that stopped before the last rung (or early)
+    best: list[Any] = [-math.inf, {}]  # when the best-at-target figures were computed, and their values
+    _finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
+    t_opt = time.perf_counter()
+    try:
+        study.optimize(objective, n_trials=shares[-1], timeout=opts.timeout, callbacks=[on_trial],
+                       catch=CANDIDATE_ERRORS)
+        for p in procs:
+            p.join()
+    finally:
+        if progress is not None:
+            progress.stop()
+        stop_workers(procs)
+    optimize_s = time.perf_counter() - t_opt
+    return finish(study, prep, listener, time.perf_counter() - t0, objective, optimize_s)

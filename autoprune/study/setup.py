@@ -1,0 +1,91 @@
+"""Setting a search up: the options, everything loaded once per process, and opening the study."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune.heuristics import Allocation, allocations
+from autoprune.models import layer_shapes
+from autoprune.sensitivity import SensitivityCurves, load_or_scan
+from autoprune.space import SampleContext, SearchSpace
+from autoprune.study.sampler import make_sampler, search_distributions
+from autoprune.study.storage import make_storage, metric_names, open_study
+from autoprune.tasks import task_class
+from autoprune.training import choose_threads, resolve_device
+from autoprune.workspace import Workspace, load_workspace
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to run a search (the CLI flags); ``None`` means "take it from the space file"."""
+
+    n_trials: int | None = None
+    timeout: float | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    workers: int = 1
+    seed: int | None = None
+    sampler: str | None = None
+    device: str = "auto"
+    runs_dir: Path = Path("runs")
+    threads: int | None = None  # torch threads per process; None = 1 for a small model, else cores / workers
+
+
+@dataclass
+class Prepared:
+    """Everything loaded once per process: workspace, curves, heuristics, sampling context."""
+
+    ws: Workspace
+    curves: SensitivityCurves | None
+    curves_path: Path | None
+    heuristics: dict[str, Allocation]
+    ctx: SampleContext
+
+
+def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None, threads: int | None = None,
+            workers: int = 1) -> Prepared:
+    """Load the workspace, the (cached) sensitivity curves if needed, and the heuristic allocations; set torch's
+    thread count for this process (see :func:`~autoprune.training.choose_threads`)."""
+    ws = load_workspace(space, device, runs_dir)
+    choose_threads(ws.model, workers, threads)
+    curves = path = None
+    if space.anchor == "sensitivity" or "sensitivity" in space.baselines:
+        curves, path, _ = load_or_scan(runs_dir / "sensitivity", ws.model, ws.splits, ws.layers,
+                                       space.sensitivity.ratios, space.criteria[0], space.granularity,
+                                       space.sensitivity.bn_batches, advance, task=ws.task)
+    prefs = curves.preferences() if curves is not None else None
+    heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
+            for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs).items()}
+    anchor = heur.get(space.anchor) if space.anchor != "none" else None
+    ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, dense_key=ws.dense_key, sizes=ws.sizes,
+                        bounds=ws.bounds,
+                        anchor=anchor, shapes=layer_shapes(ws.model))
+    return Prepared(ws, curves, path, heur, ctx)
+
+
+def study_name_for(space: SearchSpace, opts: SearchOptions) -> str:
+    """``--study`` or the space's ``name``."""
+    return opts.study_name or space.name
+
+
+def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: int = 0) -> optuna.Study:
+    """Create or resume the study with its sampler (seeded by the trials so far), metric names and the
+    task's direction."""
+    storage = make_storage(opts.storage, opts.runs_dir)
+    seed = space.seed if opts.seed is None else opts.seed
+    name = study_name_for(space, opts)
+    existing = 0
+    with contextlib.suppress(KeyError):
+        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    # seed + trials so far: a resumed study does not replay the first run's random draws
+    sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
+                           search_distributions(space, ctx), opts.workers > 1, space.targets.grid)
+    task = task_class(space.task.kind)
+    names = metric_names(space.size_metric, str(resolve_device(opts.device)), task.primary)
+    return open_study(name, storage, sampler, names, task.direction)
