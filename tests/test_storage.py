@@ -143,11 +143,14 @@ def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trials(where: str, worker
     exe = str(Path(sys.executable).parent / "autoprune")
     cmd = [exe, "search", str(space), "--no-track", "--runs", str(runs), "--workers", str(workers),
            *(["--storage", url] if url else []), "--trials"]
-    proc = subprocess.Popen([*cmd, "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = tmp_path / "stderr.txt"
+    proc = subprocess.Popen([*cmd, "50"], stdout=subprocess.DEVNULL, stderr=err.open("w"))
+
+    storage = make_storage(url, runs) if url else None  # one engine: polling must not open a connection each time
 
     def trials() -> list[optuna.trial.FrozenTrial]:
         try:
-            return load_existing(name, make_storage(url, runs)).trials
+            return load_existing(name, storage or make_storage(None, runs)).trials
         except Exception:  # the study does not exist yet
             return []
 
@@ -161,7 +164,7 @@ def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trials(where: str, worker
             proc.send_signal(signal.SIGKILL)
             killed = True
     proc.wait()
-    assert killed, "the search ended before it could be killed"
+    assert killed, f"the search ended (rc {proc.returncode}) before it could be killed: {err.read_text()[-2000:]}"
     left = [t for t in trials() if t.state == optuna.trial.TrialState.RUNNING]
     while not all(is_gone(t.user_attrs[WORKER]) for t in left):  # workers end within a second of the main process
         time.sleep(0.2)
