@@ -77,9 +77,9 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     if quantize == "int8":
         rows += _int8_rows(res.model, ws.task, ws.splits, out_path)
     if onnx is not None:
-        export_onnx(deployable, ws.splits.input_shape, onnx)
+        export_onnx(deployable, ws.splits.input_shape, onnx, ws.splits.input_dtype)
     if torchscript is not None:
-        export_torchscript(deployable, ws.splits.input_shape, torchscript)
+        export_torchscript(deployable, ws.splits.input_shape, torchscript, ws.splits.input_dtype)
     out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
     out.print(f"saved {out_path}" + (f", {onnx}" if onnx else "") + (f", {torchscript}" if torchscript else ""))
 
@@ -89,7 +89,7 @@ def _int8_rows(model: nn.Module, task: Task, splits: Splits, out_path: Path) -> 
     q = quantize_int8(model)
     score = task.metrics(q, splits.to(torch.device("cpu")).test)[task.primary]
     int8_path = out_path.with_name(out_path.stem + ".int8.ts")  # TorchScript: quantized modules load pickle-free
-    export_torchscript(with_input_scaling(q, splits.scaling), splits.input_shape, int8_path)
+    export_torchscript(with_input_scaling(q, splits.scaling), splits.input_shape, int8_path, splits.input_dtype)
     size = int8_path.stat().st_size
     nan = float("nan")
     return [{"metric": f"test_{task.primary} (int8)", "dense": nan, "pruned": score},

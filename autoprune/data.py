@@ -22,7 +22,7 @@ from autoprune.errors import DataError, ModelError
 from autoprune.models import import_callable
 
 SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
-Targets = Literal["class", "float"]  # what y holds: class labels 0..C-1, or float values (see autoprune.tasks)
+Targets = Literal["class", "float", "tokens"]  # what y holds: class labels 0..C-1, float values, or next tokens
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,11 @@ class Splits:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example, without the batch dimension."""
         return tuple(self.train.x.shape[1:])
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The inputs' dtype: float32 features, or int64 tokens for a language model."""
+        return self.train.x.dtype
 
     def to(self, device: torch.device) -> Splits:
         """All splits on ``device``."""
@@ -173,6 +178,8 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
     """Load a dataset by name/path/reference and split it deterministically; ``targets`` is the task's
     (class labels or floats), which decides how ``y`` is checked."""
     kw = dict(kwargs or {})
+    if targets == "tokens":
+        return _token_splits(name, kw, val_fraction, test_fraction, split_seed)
     raw: Any
     if name in SKLEARN_DATASETS:
         raw = _sklearn(name)
@@ -193,6 +200,22 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
     if targets == "float":  # train and score on z-scored targets; exports map outputs back to the raw units
         scaling = {**(scaling or {}), **_standardize_targets(parts)}
     return dataclasses.replace(_finish(name, parts, targets), scaling=scaling)
+
+
+def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fraction: float, seed: int) -> Splits:
+    """Language-model data: byte-token windows of a text (see :mod:`autoprune.text`), split by window."""
+    from autoprune.text import BYTE_VOCAB, load_text, token_windows
+
+    if not (name.startswith("text:") or name.endswith(".txt")):
+        raise DataError(f"dataset {name}: a causal_lm task reads text: text:pydoc (bundled) or text:PATH / PATH.txt")
+    unknown = set(kw) - {"seq_len", "max_chars"}
+    if unknown:
+        raise DataError(f"dataset {name}: unknown option(s) {', '.join(sorted(unknown))} (seq_len, max_chars)")
+    x, y = token_windows(load_text(name), int(kw.get("seq_len", 64)), kw.get("max_chars"), name)
+    tr, va, te = _split_indices(len(x), val_fraction, test_fraction, seed)
+    parts = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
+    splits = _finish(name, parts, "tokens")
+    return dataclasses.replace(splits, num_classes=BYTE_VOCAB)
 
 
 def _standardize_targets(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, list[float]]:
@@ -228,7 +251,9 @@ def _finish(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray]], targets:
         h.update(np.ascontiguousarray(x).tobytes())
         h.update(np.ascontiguousarray(y).tobytes())
     y = parts["train"][1]
-    if targets == "float":
+    if targets == "tokens":
+        num_classes = int(max(int(parts[k][1].max()) for k in parts) + 1)
+    elif targets == "float":
         num_classes = 1 if y.ndim == 1 else int(y.shape[1])
     else:
         num_classes = int(max(int(parts[k][1].max()) for k in parts) + 1)

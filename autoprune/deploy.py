@@ -62,9 +62,9 @@ def check_fingerprint(model: nn.Module, policy: Policy) -> None:
 
 def _measure(model: nn.Module, policy: Policy, data: Splits, latency: bool, task: Task) -> dict[str, float]:
     out = {f"test_{k}": v for k, v in task.metrics(model, data.test).items()}
-    out.update(size_metrics(model, policy.granularity, data.input_shape))
+    out.update(size_metrics(model, policy.granularity, data.input_shape, data.input_dtype))
     if latency:
-        out["latency_ms"] = latency_ms(model, data.input_shape, batch=32)
+        out["latency_ms"] = latency_ms(model, data.input_shape, batch=32, dtype=data.input_dtype)
     return out
 
 
@@ -238,9 +238,10 @@ def load_pruned(path: Path, model: nn.Module) -> nn.Module:
     return with_input_scaling(model.eval(), json.loads(blob.get("scaling") or "null"))
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path,
+                dtype: torch.dtype = torch.float32) -> None:
     """ONNX via the dynamo exporter (needs onnx + onnxscript: ``pip install 'autoprune[onnx]'``)."""
-    x = torch.zeros((1, *input_shape))
+    x = torch.zeros((1, *input_shape), dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
         with warnings.catch_warnings():
@@ -249,9 +250,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> N
         write_atomic(path, out.read_bytes())
 
 
-def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
-    """TorchScript by tracing."""
-    traced = torch.jit.trace(model.cpu().eval(), torch.zeros((1, *input_shape)))
+def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path,
+                       dtype: torch.dtype = torch.float32) -> None:
+    """TorchScript by tracing (``dtype``: the inputs', e.g. int64 token ids)."""
+    traced = torch.jit.trace(model.cpu().eval(), torch.zeros((1, *input_shape), dtype=dtype))
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
     write_atomic(path, buf.getvalue())

@@ -222,10 +222,10 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
         val["kl_to_dense"] = reference.divergence(m)
     test = task.metrics(m, splits.test) if with_test else None
     sparsity = {f: layer_sparsity(m, f) for f in policy.sparsity}
-    size = size_metrics(m, policy.granularity, splits.input_shape)
+    size = size_metrics(m, policy.granularity, splits.input_shape, splits.input_dtype)
     if policy.granularity.kind == "channel":
         size = shrunk_size(m, model, policy, splits.input_shape, size)
-    latency = latency_ms(m, splits.input_shape) if measure_latency else None
+    latency = latency_ms(m, splits.input_shape, dtype=splits.input_dtype) if measure_latency else None
     device = latency_device(m) if measure_latency else None
     t2 = time.perf_counter()
     times.update(measure=t2 - t1, total=t2 - t0)

@@ -51,7 +51,8 @@ def layer_bytes(w: torch.Tensor, granularity: Granularity) -> dict[str, int]:
     return out
 
 
-def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[int, ...]) -> dict[str, float]:
+def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[int, ...],
+                 dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Nonzeros, sparsity of the prunable layers, bytes (dense vs best compressed format) and MACs."""
     params = effective_parameters(model)
     total = sum(p.numel() for p in params.values())
@@ -67,7 +68,7 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
         if key in weight_keys:
             prunable_total += p.numel()
             prunable_zero += p.numel() - kept_count(p)
-    macs_dense, macs_sparse = count_macs(model, input_shape)
+    macs_dense, macs_sparse = count_macs(model, input_shape, dtype)
     return {
         "params": float(total),
         "nonzeros": float(nonzero),
@@ -92,7 +93,8 @@ def relative_to(size: dict[str, float], dense: dict[str, float]) -> dict[str, fl
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+               ) -> tuple[int, int]:
     """(dense, effective) multiply-accumulates of Conv/Linear layers for one example.
 
     Effective MACs scale each layer's dense MACs by its weight density: exact for zeroed filters and
@@ -115,7 +117,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
         was = model.training
         model.eval()
         device = next(model.parameters()).device
-        model(torch.zeros((1, *input_shape), device=device))
+        model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
         model.train(was)
     finally:
         for h in hooks:
@@ -125,7 +127,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, runs: int = 50,
-               warmup: int = 5) -> float:
+               warmup: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Median wall time of one forward pass on the model's device, in milliseconds.
 
     On CUDA each pass is synchronised before and after (kernels run asynchronously: without it this would time
@@ -133,7 +135,8 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, r
     """
     model = model.eval()
     device = next(model.parameters()).device
-    x = torch.randn((batch, *input_shape), device=device)
+    x = torch.randn((batch, *input_shape), device=device) if dtype.is_floating_point else \
+        torch.zeros((batch, *input_shape), device=device, dtype=dtype)  # token ids
 
     def sync() -> None:
         if device.type == "cuda":

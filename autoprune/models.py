@@ -152,7 +152,14 @@ BUILTIN: dict[str, Builder] = {
     "resnet20": lambda shape, k, kw: ResNetCifar(20, shape[0], k, **kw),
     "resnet56": lambda shape, k, kw: ResNetCifar(56, shape[0], k, **kw),
     "vgg11_bn": lambda shape, k, kw: SmallVGG(shape[0], k, **kw),
+    "tiny_lm": lambda shape, k, kw: _tiny_lm(shape[0], k, kw),  # tokens (B, T) → logits: see autoprune.lm
 }
+
+
+def _tiny_lm(seq_len: int, vocab: int, kw: dict[str, Any]) -> nn.Module:
+    from autoprune.lm import TinyLM
+
+    return TinyLM(vocab=vocab, seq_len=seq_len, **kw)
 
 
 def import_callable(ref: str, what: str) -> Callable[..., Any]:

@@ -225,6 +225,9 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _check_task(self) -> SearchSpace:
+        if self.task.kind == "causal_lm" and self.granularity.kind == "channel":
+            raise ValueError("granularity.kind channel is not supported for causal_lm (prune the projections' "
+                             "weights: unstructured or nm)")
         if self.constraints.min_accuracy is not None and self.task.kind != "classification":
             raise ValueError(f"constraints.min_accuracy is for classification; task '{self.task.kind}' has its own "
                              "primary metric (choose on it with export --min-metric/--max-metric)")

@@ -92,3 +92,41 @@ def test_a_users_own_task_by_module_and_class(tmp_path: Path, runs_dir: Path) ->
     assert study.metric_names[0] == "val_mae" and result.primary == "mae"
     assert all("val_mae" in row for row in result.front)
     assert "mae" in result.dense_val
+
+
+LM = {"name": "lm_small", "model": {"name": "tiny_lm", "kwargs": {"d_model": 16, "layers": 1, "heads": 2}},
+      "data": {"name": "text:pydoc", "kwargs": {"seq_len": 16, "max_chars": 20000}}, "task": {"kind": "causal_lm"},
+      "layers": {"exclude": ["lm_head"]}, "train": {"epochs": 2, "lr": 0.01}, "targets": {"grid": [0.5]},
+      "finetune": {"epochs": [1], "lr_scale": [1.0]}, "baselines": ["uniform", "lamp"], "trials": 3}
+
+
+def test_causal_lm_search_export_apply_with_perplexity_on_the_front(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "lm.yaml", **LM)
+    runs = tmp_path / "runs"
+    res = _cli("search", str(space), "--runs", str(runs), "--no-track")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "val_perplexity" in res.stdout and "test_perplexity" in res.stdout
+    study = load_existing("lm_small", make_storage(None, runs))
+    assert study.metric_names[0] == "val_perplexity" and study.directions[0].name == "MINIMIZE"
+    front = front_trials(study)
+    assert front and all(1.0 < t.values[0] < 256.0 for t in front)  # between perfect and a uniform byte guess
+    out = _cli("export", "--study", "lm_small", "--runs", str(runs), "--knee", "-o", str(tmp_path / "p.json"))
+    assert out.returncode == 0, out.stderr
+    applied = _cli("apply", str(tmp_path / "p.json"), "--space", str(space), "--runs", str(runs),
+                   "-o", str(tmp_path / "p.pt"), "--torchscript", str(tmp_path / "p.ts"))
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    assert "test_perplexity" in applied.stdout
+    ts = torch.jit.load(str(tmp_path / "p.ts"))
+    tokens = torch.tensor([list(b"def f(x): return x")[:16]])
+    assert ts(tokens).shape == (1, 16, 256)  # token ids in, next-token logits out
+
+
+def test_text_windows_are_next_token_pairs() -> None:
+    from autoprune.data import load_data
+
+    splits = load_data("text:pydoc", {"seq_len": 32, "max_chars": 10000}, targets="tokens")
+    x, y = splits.train.x, splits.train.y
+    assert x.dtype == torch.int64 and x.shape[1] == 32 and splits.num_classes == 256
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one token
+    total = len(splits.train) + len(splits.val) + len(splits.test)
+    assert total == (10000 - 1) // 32

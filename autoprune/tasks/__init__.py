@@ -7,12 +7,15 @@ from typing import Any
 from autoprune.data import Splits
 from autoprune.errors import ConfigError
 from autoprune.tasks.base import Direction, Task
+from autoprune.tasks.causal_lm import CausalLMTask
 from autoprune.tasks.classification import ClassificationTask
 from autoprune.tasks.regression import RegressionTask
 
-__all__ = ["BUILTIN_TASKS", "ClassificationTask", "Direction", "RegressionTask", "Task", "make_task", "task_class"]
+__all__ = ["BUILTIN_TASKS", "CausalLMTask", "ClassificationTask", "Direction", "RegressionTask", "Task", "make_task",
+           "task_class"]
 
-BUILTIN_TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "regression": RegressionTask}
+BUILTIN_TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "regression": RegressionTask,
+                                        "causal_lm": CausalLMTask}
 
 
 def task_class(kind: str) -> type[Task]:

@@ -27,13 +27,13 @@ class Task(ABC):
 
     Class attributes: ``kind`` (the name in ``task: {kind: ...}``), ``primary`` (e.g. ``accuracy``, ``mse``),
     ``direction`` of the primary metric, and ``targets``: what the data's ``y`` holds (``class`` labels 0..C-1,
-    or ``float`` values), which decides how the data are checked when they are loaded.
+    ``float`` values, or next ``tokens`` of text windows), which decides how the data are loaded and checked.
     """
 
     kind: ClassVar[str]
     primary: ClassVar[str]
     direction: ClassVar[Direction]
-    targets: ClassVar[Literal["class", "float"]] = "class"
+    targets: ClassVar[Literal["class", "float", "tokens"]] = "class"
 
     def __init__(self, splits: Splits, **options: Any) -> None:
         self.outputs = splits.num_classes  # the model's output width (classes, or regression targets)
