@@ -23,7 +23,7 @@ from autoprune.errors import AutopruneError
 from autoprune.files import check_writable
 from autoprune.metrics import latency_device
 from autoprune.policy import Policy
-from autoprune.space import DataSpec, ModelSpec, SearchSpace
+from autoprune.space import DataSpec, ModelSpec, SearchSpace, TaskSpec
 from autoprune.tasks import Task
 from autoprune.training import choose_threads
 from autoprune.workspace import load_workspace
@@ -33,12 +33,19 @@ ROWS = ("params", "nonzeros", "size_nonzeros", "bytes_dense", "bytes_sparse", "m
 # (the task's test metrics come first: accuracy, precision, recall, f1, loss for classification)
 
 
-def _space(space: Path | None, model: str | None, data: str | None, checkpoint: str | None) -> SearchSpace:
+def _space(space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
+           policy: Policy) -> SearchSpace:
+    """The space to apply on: the file, or one made of --model/--data and the policy's own task."""
     if space is not None:
-        return SearchSpace.from_yaml(space)
+        sp = SearchSpace.from_yaml(space)
+        if sp.task.kind != policy.task:
+            raise AutopruneError(f"apply: the policy was searched with task '{policy.task}' but {space} has task "
+                                 f"'{sp.task.kind}': use the search's space file")
+        return sp
     if model is None or data is None:
         raise AutopruneError("apply: give --space SPACE.yaml, or both --model and --data")
-    return SearchSpace(name="apply", model=ModelSpec(name=model, checkpoint=checkpoint), data=DataSpec(name=data))
+    return SearchSpace(name="apply", model=ModelSpec(name=model, checkpoint=checkpoint), data=DataSpec(name=data),
+                       task=TaskSpec(kind=policy.task, options=policy.task_options))
 
 
 def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
@@ -55,7 +62,8 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
         if missing:
             raise AutopruneError(f"--onnx needs {', '.join(missing)}: pip install 'autoprune[onnx]'")
     policy = Policy.load(policy_path)
-    ws = load_workspace(_space(space, model, data, checkpoint), device, runs, expect_dense=policy.dense_key or None)
+    ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
+                        expect_dense=policy.dense_key or None)
     choose_threads(ws.model, 1, threads)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
     bar = RichProgress()

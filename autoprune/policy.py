@@ -75,6 +75,8 @@ class Policy(BaseModel):
     model: str = ""
     fingerprint: str = ""  # architecture fingerprint: hash of prunable layer FQNs + weight shapes
     dense_key: str = ""  # the exact dense model searched on (checkpoint SHA-256 or training cache key)
+    task: str = "classification"  # the task it was scored with (autoprune.tasks), and the task's options
+    task_options: dict[str, Any] = Field(default_factory=dict)
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # every prunable layer's weight shape, by FQN
     criterion: Criterion = "magnitude"
     granularity: Granularity = Granularity()

@@ -356,7 +356,7 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
     decay = choose(suggest, "ft_decay", list(space.finetune.decay))
     ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
     return Policy(model=ctx.model, fingerprint=ctx.fingerprint, dense_key=ctx.dense_key, shapes=ctx.shapes or {},
-                  criterion=criterion,
+                  task=space.task.kind, task_options=space.task.options, criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
                   finetune=space.finetune_recipe(epochs, lr_scale, decay), sparsity=ratios)
 

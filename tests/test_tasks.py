@@ -3,6 +3,7 @@ direction honoured by the front and the export selectors, and a user's own Task 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,11 @@ def test_regression_search_export_apply_in_raw_units(tmp_path: Path) -> None:
     applied = _cli("apply", str(tmp_path / "p.json"), "--space", str(space), "--runs", str(runs),
                    "-o", str(tmp_path / "p.pt"), "--torchscript", str(tmp_path / "p.ts"))
     assert applied.returncode == 0, applied.stderr[-2000:]
+    other = write_space(tmp_path / "cls.yaml", name="other")  # a classification space
+    refused = _cli("apply", str(tmp_path / "p.json"), "--space", str(other), "--runs", str(runs),
+                   "-o", str(tmp_path / "x.pt"))
+    assert refused.returncode == 2 and "searched with task 'regression'" in refused.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["task"] == "regression"
     row = next(line for line in applied.stdout.splitlines() if "test_mse" in line)
     test_mse = float(row.split("│")[3])
     # the TorchScript file takes raw rows and predicts in raw units: its MSE over the raw test rows, divided by the
