@@ -20,6 +20,7 @@ import torch
 
 from autoprune.errors import DataError, ModelError
 from autoprune.models import import_callable
+from autoprune.streams import is_stream, read_stream
 
 SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
 Targets = Literal["class", "float", "tokens"]  # what y holds: class labels 0..C-1, float values, or next tokens
@@ -174,9 +175,11 @@ def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, l
 
 
 def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: float = 0.15,
-              test_fraction: float = 0.15, split_seed: int = 0, targets: Targets = "class") -> Splits:
+              test_fraction: float = 0.15, split_seed: int = 0, targets: Targets = "class",
+              stream: dict[str, int] | None = None) -> Splits:
     """Load a dataset by name/path/reference and split it deterministically; ``targets`` is the task's
-    (class labels or floats), which decides how ``y`` is checked."""
+    (class labels or floats), which decides how ``y`` is checked. A callable that returns a torch ``Dataset`` or
+    ``IterableDataset`` is read only up to ``stream`` examples per split (see :mod:`autoprune.streams`)."""
     kw = dict(kwargs or {})
     if targets == "tokens":
         return _token_splits(name, kw, val_fraction, test_fraction, split_seed)
@@ -192,6 +195,9 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
             raw = import_callable(name, "dataset")(**kw)
         except ModelError as err:
             raise DataError(str(err)) from None
+        if is_stream(raw):
+            budget = stream or {"train": 20000, "val": 2000, "test": 2000}
+            raw = {k: v for k, v in read_stream(raw, budget, val_fraction, test_fraction, split_seed, name).items()}
     else:
         raise DataError(f"unknown dataset '{name}' (built-in: {', '.join(SKLEARN_DATASETS)}; "
                         "or a .pt/.npz file, package.module:callable, torchvision:NAME)")

@@ -39,6 +39,15 @@ class ModelSpec(_Strict):
     checkpoint: str | None = None  # state_dict loaded with torch.load(weights_only=True)
 
 
+class StreamSpec(_Strict):
+    """How much of a torch ``Dataset``/``IterableDataset`` a search reads (examples per split; the rest of the
+    stream is never read, so memory does not grow with its length)."""
+
+    train: int = Field(default=20000, ge=10)
+    val: int = Field(default=2000, ge=1)
+    test: int = Field(default=2000, ge=1)
+
+
 class DataSpec(_Strict):
     """Which data: ``digits``/``breast_cancer``/``wine``, a ``.pt``/``.npz`` file, ``module:callable``
     or ``torchvision:CIFAR10?root=...``; split once with a fixed seed into train/val/test."""
@@ -48,6 +57,7 @@ class DataSpec(_Strict):
     val_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     split_seed: int = 0
+    stream: StreamSpec = Field(default_factory=lambda: StreamSpec())  # used when the callable returns a Dataset
 
 
 class TaskSpec(_Strict):

@@ -71,7 +71,8 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["errors", "files", "policy", "space", "yamlfile", "budget", "pareto", "processes", "events",
                      "console"], 0),
     **dict.fromkeys(["models", "data", "training", "masks", "criteria", "channels", "metrics", "schedules",
-                     "heuristics", "sensitivity", "vision", "evaluate", "workspace", "tasks", "lm", "text"], 1),
+                     "heuristics", "sensitivity", "vision", "evaluate", "workspace", "tasks", "lm", "text",
+                     "streams"], 1),
     **dict.fromkeys(["study", "tracking", "tracking_worker", "plots", "deploy", "bench", "api", "ui"], 2),
     **dict.fromkeys(["cli", "cli_apply"], 3),
 }

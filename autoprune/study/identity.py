@@ -14,7 +14,7 @@ import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json
 
 from autoprune.errors import ConfigError
-from autoprune.space import SearchSpace
+from autoprune.space import SearchSpace, StreamSpec
 
 ATTR = "fingerprint"
 
@@ -29,7 +29,8 @@ def study_parts(space: SearchSpace, layers: dict[str, int], distributions: dict[
     ladder = space.ladder
     return {
         "model": _digest([space.model.model_dump(), space.train.model_dump()]),
-        "data": _digest(space.data.model_dump()),
+        # (default stream budgets are left out: studies made before they existed keep their fingerprint)
+        "data": _digest(space.data.model_dump(exclude={"stream"} if space.data.stream == StreamSpec() else None)),
         "task": _digest(space.task.model_dump()),
         "layers": _digest([layers, space.granularity.model_dump()]),
         "searched distributions": _digest({k: distribution_to_json(d) for k, d in distributions.items()}),

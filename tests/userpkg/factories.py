@@ -23,3 +23,22 @@ def blobs(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
 def not_a_model() -> int:
     """Returns something that is not an nn.Module."""
     return 3
+
+
+class EndlessBlobs(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """A streamed user dataset: ``n`` generated examples (13 features, 3 classes), made one at a time."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng(0)
+        for _ in range(self.n):
+            y = int(rng.integers(0, 3))
+            yield torch.tensor(rng.normal(size=13) + y * 2.0, dtype=torch.float32), y
+
+
+def stream_of_blobs(n: int = 1_000_000) -> EndlessBlobs:
+    """A data callable returning an IterableDataset (read lazily, only up to the space's stream budget)."""
+    return EndlessBlobs(n)
