@@ -45,6 +45,7 @@ class Objective:
     stopped: list[float] = field(default_factory=list)  # seconds saved by each early stop
     epoch1: dict[int, float] = field(default_factory=dict)  # trial number -> val accuracy after epoch 1
     eval_seconds: list[float] = field(default_factory=list)  # evaluation time of each trial (or rung) run here
+    trials_run: int = 0  # trials this process ran (with a ladder a trial has one evaluation per rung it climbed)
     reference: DenseReference | None = None  # dense outputs on calibration inputs (the rungs' divergence)
     worker: dict[str, Any] = field(default_factory=this_worker)  # this process (host, pid, start time)
 
@@ -94,6 +95,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
+        self.trials_run += 1
         trial.set_user_attr(WORKER, self.worker)  # who runs it: a later open re-runs it if this process dies
         attrs = trial.user_attrs  # one storage read (each access re-reads the journal)
         policy = self.policy_for(trial, attrs)

@@ -119,10 +119,10 @@ def summarize(study: optuna.Study, prep: Prepared, records: list[Any], wall_s: f
     }
     if ladder is not None:
         summary.update(compute_spent((t.user_attrs for t in study.get_trials(deepcopy=False)), len(ladder.epochs)))
-    n, eval_s = len(objective.eval_seconds), sum(objective.eval_seconds)
-    overhead = (optimize_s - eval_s) / max(n, 1)  # everything in the loop that is not evaluating a candidate
-    summary.update(optimize_s=optimize_s, eval_s=eval_s, trials_here=n, overhead_s_per_trial=overhead,
-                   overhead_share_of_eval=overhead * n / eval_s if eval_s > 0 else 0.0)
+    n, eval_s = max(objective.trials_run, 1), sum(objective.eval_seconds)
+    overhead = (optimize_s - eval_s) / n  # everything in the loop that is not evaluating a candidate, per trial
+    summary.update(optimize_s=optimize_s, eval_s=eval_s, trials_here=objective.trials_run,
+                   overhead_s_per_trial=overhead, overhead_share_of_eval=overhead * n / eval_s if eval_s > 0 else 0.0)
     return summary
 
 
