@@ -13,11 +13,11 @@ __all__ = ["Policy", "SearchSpace", "apply", "export", "load_pruned", "load_work
 
 def __getattr__(name: str) -> Any:
     if name == "Policy":
-        from autoprune.policy import Policy
+        from autoprune.config.policy import Policy
 
         return Policy
     if name == "SearchSpace":
-        from autoprune.space import SearchSpace
+        from autoprune.config.space import SearchSpace
 
         return SearchSpace
     if name in ("search", "export", "load_workspace"):
@@ -25,11 +25,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "apply":
-        from autoprune.deploy import apply
+        from autoprune.deploy.production import apply
 
         return apply
     if name == "load_pruned":
-        from autoprune.deploy import load_pruned
+        from autoprune.deploy.production import load_pruned
 
         return load_pruned
     raise AttributeError(name)

@@ -7,9 +7,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from autoprune.config.space import SamplerName, SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.files import check_runs_folder, check_writable
-from autoprune.space import SamplerName, SearchSpace
+
+__all__ = ["check_sampler", "export", "load_space", "load_workspace", "search", "sync"]
 
 
 def load_space(space: SearchSpace | str | Path) -> SearchSpace:
@@ -43,7 +45,7 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
                          seed=seed, sampler=sampler, device=device, runs_dir=Path(runs_dir), threads=threads)
     listener = None
     if track:
-        from autoprune.tracking_worker import MlflowListener
+        from autoprune.tracking.worker import MlflowListener
 
         listener = MlflowListener(tracking_uri, Path(runs_dir))
     try:
@@ -85,7 +87,7 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
     policy = policy_from_trial(st, t)
     policy.save(out)
     if track:
-        from autoprune.tracking import log_export
+        from autoprune.tracking.logger import log_export
 
         try:
             log_export(tracking_uri, Path(runs_dir), study, Path(out), t.number)
@@ -100,7 +102,7 @@ def load_workspace(space: SearchSpace | str | Path, *, device: str = "auto", run
 
     With ``policy``, the dense model must be the one the policy was searched on (refused otherwise).
     """
-    from autoprune.workspace import load_workspace as load
+    from autoprune.models.workspace import load_workspace as load
 
     return load(load_space(space), device, Path(runs_dir), expect_dense=policy.dense_key or None if policy else None)
 
@@ -110,7 +112,7 @@ def sync(study: str, *, storage: str | None = None, runs_dir: str | Path = "runs
     """Backfill MLflow from the Optuna study (after MLflow was down); returns the number of child runs added."""
     from autoprune.study import load_existing, make_storage
     from autoprune.study.sync import records_and_info
-    from autoprune.tracking import MlflowLogger
+    from autoprune.tracking.logger import MlflowLogger
 
     st = load_existing(study, make_storage(storage, Path(runs_dir)))
     records, info, summary = records_and_info(st, storage or str(Path(runs_dir) / "optuna.journal"))

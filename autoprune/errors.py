@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["AutopruneError", "ConfigError", "DataError", "FinetuneDiverged", "ModelError", "PolicyError"]
+
 
 class AutopruneError(Exception):
     """A problem with the user's input; the CLI prints ``str(err)`` on one line and exits non-zero."""

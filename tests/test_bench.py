@@ -56,8 +56,8 @@ def test_correlation_rows_rank_proxies_against_the_production_score() -> None:
 
 def test_final_epochs_sets_the_production_rung(space_path: Path) -> None:
     from autoprune.bench.run import with_final_epochs
+    from autoprune.config.space import SearchSpace
     from autoprune.errors import ConfigError
-    from autoprune.space import SearchSpace
 
     space = SearchSpace.from_yaml(space_path)  # no ladder: one becomes [0, short, final]
     assert with_final_epochs(space, 5).ladder.epochs == [0.0, 1.0, 5.0]
@@ -70,7 +70,7 @@ def test_final_epochs_sets_the_production_rung(space_path: Path) -> None:
 def test_rank_correlation_runs_every_candidate_through_every_rung(space_path: Path, tmp_path: Path) -> None:
     from autoprune.bench.fidelity import rank_correlation
     from autoprune.bench.run import with_final_epochs
-    from autoprune.space import SearchSpace
+    from autoprune.config.space import SearchSpace
 
     space = with_final_epochs(SearchSpace.from_yaml(space_path), 2)
     rows = rank_correlation(space, 12, tmp_path)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoprune.budget import BudgetError, project_to_budget, weighted_sparsity
+from autoprune.config.budget import BudgetError, project_to_budget, weighted_sparsity
 
 layer = st.tuples(st.integers(1, 100_000), st.floats(-6, 6), st.floats(0.0, 0.5), st.floats(0.5, 0.99))
 

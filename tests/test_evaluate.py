@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from autoprune.evaluate import CandidateStopped, evaluate
-from autoprune.metrics import count_macs, size_metrics
-from autoprune.models import DigitsCNN
-from autoprune.policy import FineTune, Granularity, Policy, Schedule
+from autoprune.config.policy import FineTune, Granularity, Policy, Schedule
+from autoprune.models.zoo import DigitsCNN
+from autoprune.pruning.evaluate import CandidateStopped, evaluate
+from autoprune.pruning.metrics import count_macs, size_metrics
 
 
 def _policy(ws, ratio: float = 0.8, **kw) -> Policy:  # type: ignore[no-untyped-def]
@@ -76,7 +76,7 @@ def test_size_metrics_on_known_model() -> None:
 
 
 def test_taylor_criterion_scores_and_prunes(workspace) -> None:  # type: ignore[no-untyped-def]
-    from autoprune.criteria import importance
+    from autoprune.pruning.criteria import importance
 
     scores = importance(workspace.model, workspace.layers, "taylor", workspace.splits.train, batches=2)
     for f in workspace.layers:
@@ -89,7 +89,7 @@ def test_taylor_criterion_scores_and_prunes(workspace) -> None:  # type: ignore[
 def test_thread_count_is_chosen_from_the_model_size(workspace) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    from autoprune.training import choose_threads
+    from autoprune.tasks.training import choose_threads
 
     before = torch.get_num_threads()
     try:

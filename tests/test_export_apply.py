@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from autoprune.api import export, search
-from autoprune.deploy import apply, export_onnx, load_pruned, save_pruned
+from autoprune.config.policy import FineTune, Granularity, Policy
+from autoprune.config.space import SearchSpace
+from autoprune.deploy.production import apply, export_onnx, load_pruned, save_pruned
 from autoprune.errors import ConfigError, PolicyError
-from autoprune.evaluate import evaluate
-from autoprune.masks import make_permanent
-from autoprune.policy import FineTune, Granularity, Policy
-from autoprune.space import SearchSpace
-from autoprune.workspace import load_workspace
+from autoprune.models.workspace import load_workspace
+from autoprune.pruning.evaluate import evaluate
+from autoprune.pruning.masks import make_permanent
 from conftest import write_space
 
 EXE = str(Path(sys.executable).parent / "autoprune")
@@ -70,7 +70,7 @@ def test_resnet20_channel_policy_shrinks_for_real(tmp_path: Path) -> None:
                                               granularity={"kind": "channel"}, layers={"exclude": ["conv1"]},
                                               train={"epochs": 1}))
     ws = load_workspace(space, "cpu", tmp_path / "runs")
-    from autoprune.models import layer_shapes
+    from autoprune.models.zoo import layer_shapes
 
     pol = Policy(model="resnet20", fingerprint=ws.fingerprint, shapes=layer_shapes(ws.model),
                  granularity=Granularity(kind="channel"), sparsity=dict.fromkeys(ws.layers, 0.5),
@@ -89,7 +89,7 @@ def test_resnet20_channel_policy_shrinks_for_real(tmp_path: Path) -> None:
     assert abs(res.after["size_nonzeros"] - n_pruned / n_dense) <= 0.01
     assert masked_size(masked) > 1.5 * searched
     save_pruned(res.model, pol, tmp_path / "r.pt")  # pickle-free: a fresh resnet20 is resized to the saved shapes
-    from autoprune.models import build_model
+    from autoprune.models.zoo import build_model
 
     fresh = build_model("resnet20", ws.splits.input_shape, ws.splits.num_classes, {"width": 8}, None)
     back = load_pruned(tmp_path / "r.pt", fresh)
@@ -110,7 +110,7 @@ def test_resnet20_channel_policy_shrinks_for_real(tmp_path: Path) -> None:
 
 def test_policy_from_another_model_names_the_layers(searched: str, runs_dir: Path, tmp_path: Path) -> None:
     pol = export(searched, tmp_path / "p.json", knee=True, runs_dir=runs_dir, track=False)
-    from autoprune.models import build_model
+    from autoprune.models.zoo import build_model
 
     other = build_model("digits_cnn", (1, 8, 8), 10, {"width": 4})
     with pytest.raises(PolicyError, match=r"different model.*mismatched: .*features.0 \[8, 1, 3, 3\]≠\[4, 1, 3, 3\]"):
@@ -176,7 +176,7 @@ def test_exports_take_raw_tabular_rows(tmp_path: Path, runs_dir: Path) -> None:
 
 
 def _fresh_mlp(ws: object) -> torch.nn.Module:
-    from autoprune.models import build_model
+    from autoprune.models.zoo import build_model
 
     splits = ws.splits  # type: ignore[attr-defined]
     return build_model("mlp", splits.input_shape, splits.num_classes, {}, None)

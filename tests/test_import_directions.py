@@ -28,7 +28,7 @@ def _modules() -> list[Path]:
 
 
 def test_plain_data_modules_do_not_import_torch() -> None:
-    code = ("import sys, autoprune.policy, autoprune.space, autoprune.budget; "
+    code = ("import sys, autoprune.config.policy, autoprune.config.space, autoprune.config.budget; "
             "bad = [m for m in ('torch', 'optuna', 'mlflow') if m in sys.modules]; print(bad); assert not bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -41,7 +41,7 @@ def test_only_study_package_imports_optuna() -> None:
 
 
 def test_only_tracking_imports_mlflow() -> None:
-    offenders = [str(p.relative_to(PKG)) for p in _modules() if p.name != "tracking.py"
+    offenders = [str(p.relative_to(PKG)) for p in _modules() if p.relative_to(PKG).parts[0] != "tracking"
                  and any(m.split(".")[0] == "mlflow" for m, _ in _imports(p))]
     assert offenders == []
 
@@ -53,28 +53,25 @@ def test_torchvision_never_imported_at_module_level() -> None:
 
 
 def test_nothing_imports_the_cli() -> None:
-    offenders = [str(p.relative_to(PKG)) for p in _modules() if p.name != "cli.py"
-                 and any(m == "autoprune.cli" for m, _ in _imports(p))]
+    offenders = [str(p.relative_to(PKG)) for p in _modules() if p.relative_to(PKG).parts[0] != "cli"
+                 and any(m.startswith("autoprune.cli") for m, _ in _imports(p))]
     assert offenders == []
 
 
 def test_production_path_does_not_import_optuna_or_mlflow() -> None:
-    code = ("import sys, autoprune.deploy, autoprune.cli_apply; "
+    code = ("import sys, autoprune.deploy.production, autoprune.cli.apply; "
             "bad = [m for m in ('optuna', 'mlflow') if m in sys.modules]; print(bad); assert not bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-# The layer table (DESIGN.md): plain data → torch work (models, data, tasks, pruning, training) → orchestration
-# (study, tracking, deploy, bench, api) → CLI. A module may import its own layer or a lower one, never a higher.
+# The layer table (DESIGN.md): plain data → torch work (models, tasks, pruning) → orchestration (study, tracking,
+# deploy, bench, api) → CLI. A module may import its own layer or a lower one, never a higher.
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(["errors", "files", "policy", "space", "yamlfile", "budget", "pareto", "processes", "events",
-                     "console"], 0),
-    **dict.fromkeys(["models", "data", "training", "masks", "criteria", "channels", "metrics", "schedules",
-                     "heuristics", "sensitivity", "vision", "evaluate", "workspace", "tasks", "lm", "text",
-                     "streams"], 1),
-    **dict.fromkeys(["study", "tracking", "tracking_worker", "plots", "deploy", "bench", "api", "ui"], 2),
-    **dict.fromkeys(["cli", "cli_apply"], 3),
+    **dict.fromkeys(["errors", "files", "processes", "config"], 0),
+    **dict.fromkeys(["models", "tasks", "pruning"], 1),
+    **dict.fromkeys(["study", "tracking", "deploy", "bench", "api"], 2),
+    "cli": 3,
 }
 
 
@@ -86,18 +83,37 @@ def _layer(module: str) -> int | None:
     return LAYERS[parts[1]]
 
 
+def _top(p: Path) -> str:
+    return p.relative_to(PKG).parts[0].removesuffix(".py")
+
+
 def test_every_module_imports_only_its_own_layer_or_lower() -> None:
-    unknown = sorted({p.relative_to(PKG).parts[0].removesuffix(".py") for p in _modules()} - set(LAYERS) -
-                     {"__init__"})
+    unknown = sorted({_top(p) for p in _modules()} - set(LAYERS) - {"__init__"})
     assert unknown == [], f"add these to the layer table: {unknown}"
     upward = []
     for p in _modules():
-        rel = p.relative_to(PKG).parts
-        if rel[0] == "__init__.py":
+        if _top(p) == "__init__":
             continue
-        mine = LAYERS[rel[0].removesuffix(".py")]
+        mine = LAYERS[_top(p)]
         for module, _ in _imports(p):
             theirs = _layer(module)
             if theirs is not None and theirs > mine:
-                upward.append(f"{'/'.join(rel)} imports {module}")
+                upward.append(f"{p.relative_to(PKG)} imports {module}")
     assert upward == []
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    private = []
+    for p in _modules():
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autoprune"):
+                private += [f"{p.relative_to(PKG)}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_")]
+    assert private == []
+
+
+def test_every_public_module_declares_its_api() -> None:
+    missing = [str(p.relative_to(PKG)) for p in _modules() if not p.name.startswith("_")
+               and "__all__" not in p.read_text()]
+    assert missing == []

@@ -10,10 +10,11 @@ import optuna
 import pytest
 
 from autoprune.api import export
-from autoprune.deploy import apply
+from autoprune.config.policy import Policy
+from autoprune.config.space import SearchSpace
+from autoprune.deploy.production import apply
 from autoprune.errors import ConfigError
-from autoprune.policy import Policy
-from autoprune.space import SearchSpace
+from autoprune.models.workspace import load_workspace
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.ladder import (
     RungScore,
@@ -27,8 +28,7 @@ from autoprune.study.ladder import (
     rung_key,
     scores_of,
 )
-from autoprune.training import classification_metrics
-from autoprune.workspace import load_workspace
+from autoprune.tasks.training import classification_metrics
 from conftest import write_space
 
 LADDER = {"epochs": [0, 1, 2], "keep": 0.5, "min_peers": 2}

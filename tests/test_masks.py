@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autoprune.masks import apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
-from autoprune.models import DigitsCNN
-from autoprune.policy import Granularity
+from autoprune.config.policy import Granularity
+from autoprune.models.zoo import DigitsCNN
+from autoprune.pruning.masks import apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
 
 
 def test_unstructured_mask_has_exact_sparsity() -> None:
@@ -75,7 +75,7 @@ def test_pruned_weights_stay_zero_while_training() -> None:
 
 def test_non_finite_weights_never_count_as_kept() -> None:
     """A pruned entry stays exactly zero over a NaN/inf weight; a broken (non-finite) weight is not 'kept'."""
-    from autoprune.metrics import kept_count, size_metrics
+    from autoprune.pruning.metrics import kept_count, size_metrics
 
     model = DigitsCNN(width=8)
     layer = model.classifier[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 
-from autoprune.pareto import SIZE_TOLERANCE, nondominated
+from autoprune.config.pareto import SIZE_TOLERANCE, nondominated
 from autoprune.study.trials import front_trials
 
 

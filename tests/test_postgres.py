@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.space import SearchSpace
+from autoprune.config.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
 
 PG_URL = os.environ.get("AUTOPRUNE_TEST_PG_URL")

@@ -7,9 +7,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.budget import weighted_sparsity
-from autoprune.policy import Policy
-from autoprune.space import SearchSpace
+from autoprune.config.budget import weighted_sparsity
+from autoprune.config.policy import Policy
+from autoprune.config.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.objective import Objective
 from autoprune.study.setup import prepare

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoprune.sensitivity import load_or_scan
+from autoprune.pruning.sensitivity import load_or_scan
 
 
 def test_scan_is_cached_and_written(workspace, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -29,14 +29,14 @@ def test_channel_sensitivity_prunes_the_searched_coupled_group(tmp_path: Path) -
 
     import torch
 
-    from autoprune.channels import groups_for
-    from autoprune.criteria import importance
-    from autoprune.deploy import apply
-    from autoprune.models import layer_shapes, weight_of
-    from autoprune.policy import FineTune, Granularity, Policy
-    from autoprune.sensitivity import prune_channel_group
-    from autoprune.space import SearchSpace
-    from autoprune.workspace import load_workspace
+    from autoprune.config.policy import FineTune, Granularity, Policy
+    from autoprune.config.space import SearchSpace
+    from autoprune.deploy.production import apply
+    from autoprune.models.workspace import load_workspace
+    from autoprune.models.zoo import layer_shapes, weight_of
+    from autoprune.pruning.channels import groups_for
+    from autoprune.pruning.criteria import importance
+    from autoprune.pruning.sensitivity import prune_channel_group
     from conftest import write_space
 
     space = SearchSpace.from_yaml(write_space(tmp_path / "r.yaml", model={"name": "resnet20", "kwargs": {"width": 8}},

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import FixedTrial
 
-from autoprune.budget import weighted_sparsity
+from autoprune.config.budget import weighted_sparsity
+from autoprune.config.space import SampleContext, SearchSpace, sample
 from autoprune.errors import ConfigError
-from autoprune.space import SampleContext, SearchSpace, sample
 from conftest import write_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_relative_paths_resolve_against_the_space_file(tmp_path: Path) -> None:
 
 
 def test_a_bad_layer_pattern_is_reported_before_training(tmp_path: Path) -> None:
-    from autoprune.workspace import load_workspace
+    from autoprune.models.workspace import load_workspace
 
     space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", layers={"include": ["nope.*"]},
                                               train={"epochs": 500}))

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 
-from autoprune.space import SearchSpace
+from autoprune.config.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.sampler import StaticSpaceTPE, make_sampler, search_distributions
 from autoprune.study.setup import prepare

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autoprune.errors import DataError
-from autoprune.streams import read_stream
+from autoprune.tasks.streams import read_stream
 from conftest import write_space
 
 TESTS = Path(__file__).resolve().parent

@@ -13,8 +13,8 @@ import optuna
 import pytest
 import torch
 
+from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
-from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, choose_trial, run_search
 from autoprune.study.storage import load_existing, make_storage
 from autoprune.study.trials import front_trials
@@ -62,7 +62,7 @@ def test_regression_search_export_apply_in_raw_units(tmp_path: Path) -> None:
     test_mse = float(row.split("│")[3])
     # the TorchScript file takes raw rows and predicts in raw units: its MSE over the raw test rows, divided by the
     # train split's target variance, is the z-scored test MSE that apply printed
-    from autoprune.data import _split_indices, load_data
+    from autoprune.tasks.data import _split_indices, load_data
 
     splits = load_data("diabetes", targets="float")
     from sklearn.datasets import load_diabetes
@@ -128,7 +128,7 @@ def test_causal_lm_search_export_apply_with_perplexity_on_the_front(tmp_path: Pa
 
 
 def test_text_windows_are_next_token_pairs() -> None:
-    from autoprune.data import load_data
+    from autoprune.tasks.data import load_data
 
     splits = load_data("text:pydoc", {"seq_len": 32, "max_chars": 10000}, targets="tokens")
     x, y = splits.train.x, splits.train.y

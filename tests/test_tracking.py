@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from autoprune.api import search
 from autoprune.study.storage import load_existing, make_storage
 from autoprune.study.trials import front_trials
-from autoprune.tracking import default_tracking_uri, safe_key
+from autoprune.tracking.logger import default_tracking_uri, safe_key
 
 
 def _runs(runs: Path, study: str) -> tuple[MlflowClient, object, list[object]]:
@@ -80,8 +80,8 @@ def test_sync_backfills_runs_after_mlflow_was_down(space_path: Path, tmp_path: P
 
 
 def test_pareto_tags_follow_the_front_during_a_search(tmp_path: Path) -> None:
-    from autoprune.events import StudyInfo, TrialRecord
-    from autoprune.tracking import MlflowLogger
+    from autoprune.config.events import StudyInfo, TrialRecord
+    from autoprune.tracking.logger import MlflowLogger
 
     runs = tmp_path / "runs"
     logger = MlflowLogger(None, runs)

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from autoprune.api import search
-from autoprune.tracking import default_tracking_uri
+from autoprune.tracking.logger import default_tracking_uri
 
 EXE = str(Path(sys.executable).parent / "autoprune")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

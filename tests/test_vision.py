@@ -12,10 +12,10 @@ pytestmark = pytest.mark.vision
 def test_torchvision_model_and_fakedata_search_space(tmp_path: Path) -> None:
     import torchvision  # noqa: F401  (the extra must be installed in this venv)
 
-    from autoprune.evaluate import evaluate
-    from autoprune.policy import FineTune, Granularity, Policy
-    from autoprune.space import SearchSpace
-    from autoprune.workspace import load_workspace
+    from autoprune.config.policy import FineTune, Granularity, Policy
+    from autoprune.config.space import SearchSpace
+    from autoprune.models.workspace import load_workspace
+    from autoprune.pruning.evaluate import evaluate
     from conftest import write_space
 
     space = SearchSpace.from_yaml(write_space(
@@ -33,9 +33,9 @@ def test_torchvision_model_and_fakedata_search_space(tmp_path: Path) -> None:
 
 
 def test_unknown_torchvision_names() -> None:
-    from autoprune.data import load_data
     from autoprune.errors import DataError, ModelError
-    from autoprune.models import build_model
+    from autoprune.models.zoo import build_model
+    from autoprune.tasks.data import load_data
 
     with pytest.raises(ModelError, match=r"torchvision\.models has no 'resnet7'"):
         build_model("torchvision:resnet7", (3, 16, 16), 4)

@@ -11,10 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
-from autoprune.space import SearchSpace
 from autoprune.study import SearchOptions, baseline_targets, run_search, study_user_attrs
 from autoprune.study.ladder import rank_value, rung_key
+
+__all__ = ["PROXIES", "correlation_rows", "proxy_values", "rank_correlation"]
 
 PROXIES = ("metric", "val_loss", "train_loss", "kl_to_dense")  # rung-record measurements that could rank
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from autoprune.data import Split, Splits
-from autoprune.deploy import apply
-from autoprune.metrics import count_macs, latency_ms
-from autoprune.models import ResNetCifar, prunable_layers
-from autoprune.policy import FineTune, Granularity, Policy
+from autoprune.config.policy import FineTune, Granularity, Policy
+from autoprune.deploy.production import apply
+from autoprune.models.zoo import ResNetCifar, prunable_layers
+from autoprune.pruning.metrics import count_macs, latency_ms
+from autoprune.tasks.data import Split, Splits
+
+__all__ = ["channel_speedup"]
 
 
 def channel_speedup(ratio: float = 0.3, width: int = 16, input_shape: tuple[int, int, int] = (3, 32, 32),

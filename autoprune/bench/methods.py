@@ -9,13 +9,25 @@ from pathlib import Path
 
 import numpy as np
 
-from autoprune.budget import project_to_budget
+from autoprune.config.budget import project_to_budget
+from autoprune.config.policy import Policy, Schedule
+from autoprune.config.space import SearchSpace
 from autoprune.errors import FinetuneDiverged
-from autoprune.evaluate import Evaluation, evaluate
-from autoprune.policy import Policy, Schedule
-from autoprune.space import SearchSpace
+from autoprune.pruning.evaluate import Evaluation, evaluate
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.setup import Prepared
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "HEURISTICS",
+    "SEARCHES",
+    "MethodResult",
+    "heuristic_policy",
+    "recipe_grid",
+    "run_heuristic",
+    "run_searcher",
+    "search_space_for",
+]
 
 HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform", "lamp_cubic3",
               "lamp_tuned")

@@ -10,12 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.budget import project_to_budget
-from autoprune.masks import apply_masks, compute_mask, folded_masks
-from autoprune.models import weight_of
-from autoprune.policy import Granularity
-from autoprune.training import train_epoch
-from autoprune.workspace import Workspace
+from autoprune.config.budget import project_to_budget
+from autoprune.config.policy import Granularity
+from autoprune.models.workspace import Workspace
+from autoprune.models.zoo import weight_of
+from autoprune.pruning.masks import apply_masks, compute_mask, folded_masks
+from autoprune.tasks.training import train_epoch
+
+__all__ = ["finetune_throughput", "projection_seconds"]
 
 
 def _plain_epoch(model: nn.Module, ws: Workspace, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 from rich.table import Table
 
 from autoprune.bench.methods import MethodResult
-from autoprune.pareto import hypervolume
+from autoprune.config.pareto import hypervolume
+
+__all__ = ["aggregate", "hypervolumes", "plot", "rich_table", "write_csv"]
 
 
 def aggregate(results: list[MethodResult], levels: list[float]) -> dict[str, dict[float, tuple[float, float, int]]]:

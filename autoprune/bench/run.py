@@ -19,10 +19,13 @@ from autoprune.bench.methods import (
 )
 from autoprune.bench.overhead import finetune_throughput, projection_seconds
 from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
+from autoprune.config.space import LadderSpec, SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.files import check_runs_folder
-from autoprune.space import LadderSpec, SearchSpace
 from autoprune.study.setup import prepare
+
+__all__ = ["BenchResult", "bench_space", "compute_rows", "default_out_dir", "overhead_rows", "parse_methods",
+           "with_final_epochs", "write_outputs"]
 
 
 @dataclass

@@ -7,8 +7,10 @@ from typing import Any
 
 import optuna
 
-from autoprune.heuristics import Allocation
-from autoprune.space import SampleContext, SearchSpace, fixed_choices
+from autoprune.config.space import SampleContext, SearchSpace, fixed_choices
+from autoprune.pruning.heuristics import Allocation
+
+__all__ = ["baseline_params", "baseline_targets", "enqueue_baselines"]
 
 
 def baseline_targets(space: SearchSpace) -> list[float]:

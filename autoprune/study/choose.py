@@ -9,9 +9,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import optuna
 
+from autoprune.config.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.policy import Policy
 from autoprune.study.trials import front_trials, metric_sign, policy_json, primary_metric, trial_policy
+
+__all__ = ["choose_trial", "knee", "policy_from_trial"]
 
 
 def knee(points: list[tuple[float, float]]) -> int:

@@ -23,6 +23,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+__all__ = ["SIZE_BUCKET", "ControllerState", "RLControllerSampler"]
+
 SIZE_BUCKET = 0.02  # without a target param, trials whose sizes differ by less than 2 % are compared
 
 

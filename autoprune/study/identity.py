@@ -13,8 +13,10 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json
 
+from autoprune.config.space import SearchSpace, StreamSpec
 from autoprune.errors import ConfigError
-from autoprune.space import SearchSpace, StreamSpec
+
+__all__ = ["ATTR", "check_study_parts", "study_parts"]
 
 ATTR = "fingerprint"
 

@@ -24,7 +24,24 @@ from typing import Any
 
 import optuna
 
-from autoprune.space import LadderSpec, SearchSpace
+from autoprune.config.space import LadderSpec, SearchSpace
+
+__all__ = [
+    "SAME_SIZE",
+    "SIGNS",
+    "RungScore",
+    "climbed",
+    "climbs",
+    "compute_spent",
+    "enqueue_promotions",
+    "late_promotions",
+    "peers",
+    "rank_fields",
+    "rank_value",
+    "reached",
+    "rung_key",
+    "scores_of",
+]
 
 SAME_SIZE = 5e-3  # candidates whose global sparsities differ by less than this are compared with each other
 

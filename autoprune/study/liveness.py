@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+__all__ = ["CARRIED", "REASON", "RETRY_OF", "WORKER", "is_gone", "recover", "this_worker"]
+
 WORKER = "worker"  # user attr: the process running the trial
 REASON = "fail_reason"  # user attr: why a trial failed
 RETRY_OF = "retry_of"  # user attr of a re-enqueued trial: the number of the trial it re-runs

@@ -10,12 +10,13 @@ from typing import Any
 import optuna
 import torch
 
-from autoprune.budget import weighted_sparsity
+from autoprune.config.budget import weighted_sparsity
+from autoprune.config.policy import Policy
+from autoprune.config.space import SampleContext, SearchSpace, fixed_choices, sample
 from autoprune.errors import FinetuneDiverged
-from autoprune.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
-from autoprune.heuristics import Allocation
-from autoprune.policy import Policy
-from autoprune.space import SampleContext, SearchSpace, fixed_choices, sample
+from autoprune.models.workspace import Workspace
+from autoprune.pruning.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
+from autoprune.pruning.heuristics import Allocation
 from autoprune.study.ladder import (
     climbed,
     climbs,
@@ -27,7 +28,8 @@ from autoprune.study.ladder import (
     scores_of,
 )
 from autoprune.study.liveness import REASON, WORKER, this_worker
-from autoprune.workspace import Workspace
+
+__all__ = ["CANDIDATE_ERRORS", "PHASES", "Objective", "eval_attrs", "rung_record"]
 
 # what a candidate can legitimately raise: its trial FAILs with the reason stored and the search goes on. Anything
 # else (a shape error, a validation error: a bug or bad input) stops the search loudly instead of hiding as FAILs.

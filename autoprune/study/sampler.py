@@ -12,9 +12,11 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
+from autoprune.config.space import SampleContext, SearchSpace, sample
 from autoprune.errors import ConfigError
-from autoprune.space import SampleContext, SearchSpace, sample
 from autoprune.study.ladder import rung_key
+
+__all__ = ["PerTargetTPE", "SpaceRecorder", "StaticSpaceTPE", "make_sampler", "search_distributions"]
 
 
 class SpaceRecorder:

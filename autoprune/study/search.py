@@ -11,10 +11,10 @@ from typing import Any, Protocol
 
 import optuna
 
-from autoprune.evaluate import evaluate
-from autoprune.events import SearchListener, StudyInfo
-from autoprune.pareto import best_at
-from autoprune.space import SearchSpace
+from autoprune.config.events import SearchListener, StudyInfo
+from autoprune.config.pareto import best_at
+from autoprune.config.space import SearchSpace
+from autoprune.pruning.evaluate import evaluate
 from autoprune.study.baselines import enqueue_baselines
 from autoprune.study.identity import check_study_parts, study_parts
 from autoprune.study.ladder import compute_spent, enqueue_promotions
@@ -25,6 +25,9 @@ from autoprune.study.setup import Prepared, SearchOptions, open_search_study, pr
 from autoprune.study.storage import enqueue_lock
 from autoprune.study.trials import FINISHED, front_row, front_trials, metric_sign, to_record, trial_policy
 from autoprune.study.workers import spawn_workers, stop_workers, worker_shares
+
+__all__ = ["BEST_EVERY_S", "FRONT_EVERY", "ProgressSink", "SearchResult", "finish", "run_search", "study_info",
+           "summarize", "test_front"]
 
 
 class ProgressSink(Protocol):

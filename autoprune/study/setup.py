@@ -10,15 +10,17 @@ from typing import Any
 
 import optuna
 
-from autoprune.heuristics import Allocation, allocations
-from autoprune.models import layer_shapes
-from autoprune.sensitivity import SensitivityCurves, load_or_scan
-from autoprune.space import SampleContext, SearchSpace
+from autoprune.config.space import SampleContext, SearchSpace
+from autoprune.models.workspace import Workspace, load_workspace
+from autoprune.models.zoo import layer_shapes
+from autoprune.pruning.heuristics import Allocation, allocations
+from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.study.sampler import make_sampler, search_distributions
 from autoprune.study.storage import make_storage, metric_names, open_study
 from autoprune.tasks import task_class
-from autoprune.training import choose_threads, resolve_device
-from autoprune.workspace import Workspace, load_workspace
+from autoprune.tasks.training import choose_threads, resolve_device
+
+__all__ = ["Prepared", "SearchOptions", "open_search_study", "prepare", "study_name_for"]
 
 
 @dataclass(frozen=True)

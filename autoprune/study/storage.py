@@ -23,6 +23,9 @@ from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
 
+__all__ = ["SIZE_NAMES", "TrialDurableJournal", "enqueue_lock", "first_damage", "load_existing", "make_storage",
+           "metric_names", "open_study", "repair_journal"]
+
 SIZE_NAMES = {"nonzeros": "size (nonzero parameters, fraction of dense)",
               "bytes": "size (bytes in the best sparse format, fraction of dense)",
               "flops": "size (MACs, fraction of dense)"}

@@ -6,8 +6,10 @@ from typing import Any
 
 import optuna
 
-from autoprune.events import StudyInfo, TrialRecord
+from autoprune.config.events import StudyInfo, TrialRecord
 from autoprune.study.trials import front_trials, to_record
+
+__all__ = ["records_and_info"]
 
 
 def records_and_info(study: optuna.Study, storage: str) -> tuple[list[TrialRecord], StudyInfo, dict[str, Any]]:

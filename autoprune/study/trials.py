@@ -8,11 +8,14 @@ from typing import Any
 
 import optuna
 
+from autoprune.config.events import TrialRecord
+from autoprune.config.pareto import SIZE_TOLERANCE, nondominated
+from autoprune.config.policy import Policy
 from autoprune.errors import ConfigError
-from autoprune.events import TrialRecord
-from autoprune.pareto import SIZE_TOLERANCE, nondominated
-from autoprune.policy import Policy
 from autoprune.study.storage import load_existing, make_storage
+
+__all__ = ["FINISHED", "front_row", "front_table", "front_trials", "metric_sign", "policy_json", "primary_metric",
+           "study_user_attrs", "to_record", "trial_policy"]
 
 
 def policy_json(t: optuna.trial.FrozenTrial) -> str | None:

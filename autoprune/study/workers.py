@@ -6,10 +6,12 @@ import multiprocessing as mp
 import os
 from typing import Any
 
+from autoprune.config.space import SearchSpace
 from autoprune.processes import exit_with_parent, interrupt_on_sigterm
-from autoprune.space import SearchSpace
 from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.setup import SearchOptions, open_search_study, prepare
+
+__all__ = ["spawn_workers", "stop_workers", "worker_main", "worker_shares"]
 
 
 def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: int, parent: int) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoprune.data import Splits
 from autoprune.errors import ConfigError
 from autoprune.tasks.base import Direction, Task
 from autoprune.tasks.causal_lm import CausalLMTask
 from autoprune.tasks.classification import ClassificationTask
+from autoprune.tasks.data import Splits
 from autoprune.tasks.regression import RegressionTask
 
 __all__ = ["BUILTIN_TASKS", "CausalLMTask", "ClassificationTask", "Direction", "RegressionTask", "Task", "make_task",
@@ -25,7 +25,7 @@ def task_class(kind: str) -> type[Task]:
     if ":" not in kind:
         raise ConfigError(f"task.kind '{kind}': unknown (built-in: {', '.join(BUILTIN_TASKS)}; "
                           "or package.module:ClassName of a Task subclass)")
-    from autoprune.models import import_callable
+    from autoprune.models.zoo import import_callable
 
     found = import_callable(kind, "task")
     if not (isinstance(found, type) and issubclass(found, Task)):

@@ -17,7 +17,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from autoprune.data import Split, Splits
+from autoprune.tasks.data import Split, Splits
+
+__all__ = ["Direction", "Task", "worst"]
 
 Direction = Literal["maximize", "minimize"]
 

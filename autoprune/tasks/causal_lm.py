@@ -8,9 +8,11 @@ import math
 import torch
 from torch import nn
 
-from autoprune.data import Split
 from autoprune.tasks.base import Task
-from autoprune.training import predict
+from autoprune.tasks.data import Split
+from autoprune.tasks.training import predict
+
+__all__ = ["CausalLMTask"]
 
 
 class CausalLMTask(Task):

@@ -7,9 +7,11 @@ import math
 import torch
 from torch import nn
 
-from autoprune.data import Split
 from autoprune.tasks.base import Task
-from autoprune.training import classification_metrics
+from autoprune.tasks.data import Split
+from autoprune.tasks.training import classification_metrics
+
+__all__ = ["ClassificationTask"]
 
 
 class ClassificationTask(Task):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoprune.data import Split
 from autoprune.tasks.base import Task
-from autoprune.training import predict
+from autoprune.tasks.data import Split
+from autoprune.tasks.training import predict
+
+__all__ = ["RegressionTask"]
 
 
 class RegressionTask(Task):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoprune.data import Split
 from autoprune.tasks import RegressionTask
+from autoprune.tasks.data import Split
 
 
 class MaeTask(RegressionTask):

@@ -1,0 +1,106 @@
+"""The ``autoprune apply`` command body: load model + data, apply the policy, save, report."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.cli.console import RichProgress, out, table
+from autoprune.config.policy import Policy
+from autoprune.config.space import DataSpec, ModelSpec, SearchSpace, TaskSpec
+from autoprune.deploy.production import (
+    apply,
+    export_onnx,
+    export_torchscript,
+    quantize_int8,
+    save_pruned,
+    with_input_scaling,
+)
+from autoprune.errors import AutopruneError
+from autoprune.files import check_writable
+from autoprune.models.workspace import load_workspace
+from autoprune.pruning.metrics import latency_device
+from autoprune.tasks import Task
+from autoprune.tasks.data import Splits
+from autoprune.tasks.training import choose_threads
+
+__all__ = ["ROWS", "run_apply"]
+
+# size_nonzeros: nonzero parameters as a fraction of the dense model's (the search's size objective)
+ROWS = ("params", "nonzeros", "size_nonzeros", "bytes_dense", "bytes_sparse", "macs", "latency_ms", "file_bytes")
+# (the task's test metrics come first: accuracy, precision, recall, f1, loss for classification)
+
+
+def _space(space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
+           policy: Policy) -> SearchSpace:
+    """The space to apply on: the file, or one made of --model/--data and the policy's own task."""
+    if space is not None:
+        sp = SearchSpace.from_yaml(space)
+        if sp.task.kind != policy.task:
+            raise AutopruneError(f"apply: the policy was searched with task '{policy.task}' but {space} has task "
+                                 f"'{sp.task.kind}': use the search's space file")
+        return sp
+    if model is None or data is None:
+        raise AutopruneError("apply: give --space SPACE.yaml, or both --model and --data")
+    return SearchSpace(name="apply", model=ModelSpec(name=model, checkpoint=checkpoint), data=DataSpec(name=data),
+                       task=TaskSpec(kind=policy.task, options=policy.task_options))
+
+
+def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
+              finetune_epochs: float | None, out_path: Path, onnx: Path | None, torchscript: Path | None,
+              quantize: str | None, device: str, runs: Path, threads: int | None = None) -> None:
+    """Apply a policy file and print the before/after table."""
+    if quantize not in (None, "int8"):
+        raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
+    for path, what in ((out_path, "-o"), (onnx, "--onnx"), (torchscript, "--torchscript")):
+        if path is not None:
+            check_writable(path, what)  # before the fine-tune, not after it
+    if onnx is not None:
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise AutopruneError(f"--onnx needs {', '.join(missing)}: pip install 'autoprune[onnx]'")
+    policy = Policy.load(policy_path)
+    ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
+                        expect_dense=policy.dense_key or None)
+    choose_threads(ws.model, 1, threads)
+    epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
+    bar = RichProgress()
+    bar.start(max(1, math.ceil(epochs)), "fine-tune (epochs)")
+    try:
+        res = apply(ws.model, policy, ws.splits, finetune_epochs=finetune_epochs, progress=bar.advance,
+                    task=ws.task)
+    finally:
+        bar.stop()
+    dense_file = out_path.with_name(f".{out_path.stem}.dense.tmp")
+    res.before["file_bytes"] = float(save_pruned(ws.model, policy, dense_file, compress=False))
+    dense_file.unlink()
+    res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path, scaling=ws.splits.scaling))
+    deployable = with_input_scaling(res.model, ws.splits.scaling)  # exports take the user's raw inputs
+    label = {"latency_ms": f"latency_ms ({latency_device(res.model)}, batch 32)"}
+    keys = [k for k in res.before if k.startswith("test_")] + [k for k in ROWS if not k.startswith("test_")]
+    rows = [{"metric": label.get(k, k), "dense": res.before.get(k, float("nan")),
+             "pruned": res.after.get(k, float("nan"))} for k in keys]
+    if quantize == "int8":
+        rows += _int8_rows(res.model, ws.task, ws.splits, out_path)
+    if onnx is not None:
+        export_onnx(deployable, ws.splits.input_shape, onnx, ws.splits.input_dtype)
+    if torchscript is not None:
+        export_torchscript(deployable, ws.splits.input_shape, torchscript, ws.splits.input_dtype)
+    out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
+    out.print(f"saved {out_path}" + (f", {onnx}" if onnx else "") + (f", {torchscript}" if torchscript else ""))
+
+
+def _int8_rows(model: nn.Module, task: Task, splits: Splits, out_path: Path) -> list[dict[str, object]]:
+    """Quantize (dynamic int8, CPU), save next to the pruned file, report the primary test metric and size."""
+    q = quantize_int8(model)
+    score = task.metrics(q, splits.to(torch.device("cpu")).test)[task.primary]
+    int8_path = out_path.with_name(out_path.stem + ".int8.ts")  # TorchScript: quantized modules load pickle-free
+    export_torchscript(with_input_scaling(q, splits.scaling), splits.input_shape, int8_path, splits.input_dtype)
+    size = int8_path.stat().st_size
+    nan = float("nan")
+    return [{"metric": f"test_{task.primary} (int8)", "dense": nan, "pruned": score},
+            {"metric": "file_bytes (int8)", "dense": nan, "pruned": float(size)}]

@@ -1,0 +1,145 @@
+"""The pruning policy: plain, frozen, JSON-serialisable data (no torch import).
+
+A policy says *how much* to prune each layer (``sparsity: {fqn: ratio}``) and *how* (criterion,
+granularity, schedule, fine-tune recipe). It is what the search produces and what ``apply`` consumes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoprune.errors import PolicyError
+from autoprune.files import write_atomic
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Criterion",
+    "FineTune",
+    "Granularity",
+    "GranularityKind",
+    "LrDecay",
+    "Policy",
+    "Schedule",
+]
+
+SCHEMA_VERSION = 1
+
+Criterion = Literal["magnitude", "taylor", "random"]
+GranularityKind = Literal["unstructured", "channel", "nm"]
+LrDecay = Literal["constant", "cosine"]
+
+
+class Granularity(BaseModel):
+    """Which weights are removed together: single weights, whole output channels, or N of every M."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: GranularityKind = "unstructured"
+    n: int = 2  # N:M only – weights kept per group
+    m: int = 4  # N:M only – group size
+
+    @model_validator(mode="after")
+    def _check_nm(self) -> Granularity:
+        if self.kind == "nm" and not (0 < self.n < self.m):
+            raise ValueError(f"N:M needs 0 < N < M, got {self.n}:{self.m}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. ``2:4`` or ``channel``."""
+        return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
+
+
+class Schedule(BaseModel):
+    """How the final ratios are reached: at once, or in ``steps`` cubic (Zhu & Gupta) increments."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["oneshot", "iterative"] = "oneshot"
+    steps: int = Field(default=1, ge=1, le=100)
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. ``oneshot`` or ``cubic×3``."""
+        return "oneshot" if self.kind == "oneshot" else f"cubic×{self.steps}"
+
+
+class FineTune(BaseModel):
+    """Fine-tune recipe applied after pruning (the search uses a short one, ``apply`` a longer one)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    epochs: float = Field(default=2.0, ge=0.0)
+    lr: float = Field(default=3e-4, gt=0.0)
+    batch_size: int = Field(default=64, ge=1)
+    decay: LrDecay = "constant"  # LR over the whole fine-tune: constant, or cosine from ``lr`` to 0
+    seed: int = 0  # seeds the batch order and any random criterion: the same seed reproduces the same model
+    bn_batches: int = Field(default=4, ge=0)  # BatchNorm recalibration batches after the fine-tune
+
+
+class Policy(BaseModel):
+    """A complete, versioned pruning policy keyed by fully qualified module names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    model: str = ""
+    fingerprint: str = ""  # architecture fingerprint: hash of prunable layer FQNs + weight shapes
+    dense_key: str = ""  # the exact dense model searched on (checkpoint SHA-256 or training cache key)
+    task: str = "classification"  # the task it was scored with (autoprune.tasks), and the task's options
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    shapes: dict[str, list[int]] = Field(default_factory=dict)  # every prunable layer's weight shape, by FQN
+    criterion: Criterion = "magnitude"
+    granularity: Granularity = Granularity()
+    schedule: Schedule = Schedule()
+    finetune: FineTune = FineTune()
+    sparsity: dict[str, float] = Field(default_factory=dict)
+    expected: dict[str, float] = Field(default_factory=dict)  # e.g. accuracy, size at export time
+    provenance: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _check_version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {v} (this autoprune reads {SCHEMA_VERSION})")
+        return v
+
+    @field_validator("sparsity")
+    @classmethod
+    def _check_ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        for fqn, ratio in v.items():
+            if not 0.0 <= ratio < 1.0:
+                raise ValueError(f"layer '{fqn}': ratio {ratio} outside [0, 1)")
+        return dict(sorted(v.items()))
+
+    def to_json(self) -> str:
+        """Serialise with a stable key order (readable diffs)."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a temp file in the same folder, then rename (no partial file on error)."""
+        write_atomic(Path(path), self.to_json().encode())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
+        """Validate a dict; raise :class:`PolicyError` naming the source and the field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(root)"
+            raise PolicyError(f"{source}: field '{where}': {first['msg']}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read and validate a policy JSON file."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise PolicyError(f"{p}: file not found") from None
+        except json.JSONDecodeError as err:
+            raise PolicyError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+        if not isinstance(data, dict):
+            raise PolicyError(f"{p}: expected a JSON object")
+        return cls.from_dict(data, source=str(p))

@@ -1,0 +1,410 @@
+"""The search space: a validated YAML file describing model, data and what to search (no torch import).
+
+``SearchSpace.sample(suggest, ctx)`` turns one Optuna trial (or any object with ``suggest_float`` and
+``suggest_categorical``, e.g. ``optuna.trial.FixedTrial``) into a :class:`~autoprune.policy.Policy`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoprune.config.budget import project_to_budget
+from autoprune.config.policy import Criterion, FineTune, Granularity, LrDecay, Policy, Schedule
+from autoprune.config.yamlfile import line_of, load_yaml_with_lines
+from autoprune.errors import ConfigError
+
+__all__ = ["ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec", "Heuristic", "LadderSpec", "LayerSpec",
+           "ModelSpec", "RankBy", "SampleContext", "SamplerName", "SearchSpace", "SensitivitySpec", "SizeMetric",
+           "StreamSpec", "Suggest", "TargetSpec", "TaskSpec", "TrainSpec", "choose", "fixed_choices", "sample",
+           "sample_target"]
+
+SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
+RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
+SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl"]
+Heuristic = Literal["uniform", "global", "lamp", "erk", "sensitivity"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """Which network: a built-in name (``digits_cnn``) or ``package.module:callable``."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None  # state_dict loaded with torch.load(weights_only=True)
+
+
+class StreamSpec(_Strict):
+    """How much of a torch ``Dataset``/``IterableDataset`` a search reads (examples per split; the rest of the
+    stream is never read, so memory does not grow with its length)."""
+
+    train: int = Field(default=20000, ge=10)
+    val: int = Field(default=2000, ge=1)
+    test: int = Field(default=2000, ge=1)
+
+
+class DataSpec(_Strict):
+    """Which data: ``digits``/``breast_cancer``/``wine``, a ``.pt``/``.npz`` file, ``module:callable``
+    or ``torchvision:CIFAR10?root=...``; split once with a fixed seed into train/val/test."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    stream: StreamSpec = Field(default_factory=lambda: StreamSpec())  # used when the callable returns a Dataset
+
+
+class TaskSpec(_Strict):
+    """How the model is trained and scored (see autoprune.tasks): ``classification`` (accuracy ↑),
+    ``regression`` (MSE ↓), or ``package.module:ClassName`` of a ``Task`` subclass; ``options`` are its
+    keyword arguments."""
+
+    kind: str = "classification"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSpec(_Strict):
+    """Dense-baseline training, used once when the model has no checkpoint (then cached in runs/)."""
+
+    epochs: int = Field(default=30, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    batch_size: int = Field(default=64, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+
+
+class LayerSpec(_Strict):
+    """Which layers are prunable (globs on fully qualified names) and per-layer ratio bounds."""
+
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)  # glob -> [min, max] ratio
+
+    @field_validator("bounds")
+    @classmethod
+    def _check_bounds(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for pattern, (lo, hi) in v.items():
+            if not (0.0 <= lo <= hi < 1.0):
+                raise ValueError(f"bounds for '{pattern}': need 0 <= min <= max < 1, got [{lo}, {hi}]")
+        return v
+
+
+class TargetSpec(_Strict):
+    """Global target sparsity: a grid of sizes the user cares about, or a continuous range."""
+
+    grid: list[float] | None = Field(default_factory=lambda: [0.9, 0.95, 0.97])
+    range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetSpec:
+        values = list(self.grid or []) + list(self.range or [])
+        if not values:
+            raise ValueError("give 'grid' or 'range'")
+        for v in values:
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"target sparsity {v} outside [0, 1)")
+        return self
+
+
+class FineTuneSpec(_Strict):
+    """The fine-tune recipe choices: epochs (without a ladder), LR scale (× train.lr) and LR decay.
+
+    The first choice of each list is the space's default recipe: enqueued heuristics use it.
+    """
+
+    epochs: list[float] = Field(default_factory=lambda: [2.0], min_length=1)
+    lr_scale: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
+    decay: list[LrDecay] = Field(default_factory=lambda: list[LrDecay](["constant"]), min_length=1)
+    batch_size: int = Field(default=64, ge=1)
+
+    @field_validator("epochs")
+    @classmethod
+    def _check_epochs(cls, v: list[float]) -> list[float]:
+        if any(e < 0 for e in v):
+            raise ValueError(f"epochs must be ≥ 0, got {v}")
+        return v
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _check_lr(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"lr_scale must be > 0, got {v}")
+        return v
+
+
+class LadderSpec(_Strict):
+    """The fidelity ladder: each candidate climbs rungs of growing fine-tune budget; per target, only the best
+    ``keep`` fraction of a rung's scores climbs to the next (asynchronous successive halving). The last rung is
+    the production fine-tune: exactly what ``apply`` does with an exported policy."""
+
+    epochs: list[float] = Field(default_factory=lambda: [0.0, 2.0, 20.0], min_length=2)  # fine-tune epochs per rung
+    keep: float = Field(default=0.34, gt=0.0, le=1.0)  # fraction of each rung promoted (per target)
+    min_peers: int = Field(default=4, ge=1)  # below this many scores at a rung and target, everyone climbs
+    # what ranks candidates at each rung below the last (one name for all, or one per rung): the rung's validation
+    # metric, its validation or training loss, or the KL divergence of its outputs to the dense model's.
+    # Default: kl_to_dense on a rung without fine-tune, train_loss after one (they predicted the production
+    # score best in README's rank-correlation table; the accuracy of a lower rung predicted it worst)
+    rank_by: RankBy | list[RankBy] | None = None
+
+    def rank_field(self, rung: int) -> RankBy:
+        """The measurement that ranks candidates at ``rung`` (below the last)."""
+        if self.rank_by is None:
+            return "kl_to_dense" if self.epochs[rung] == 0 else "train_loss"
+        return self.rank_by if isinstance(self.rank_by, str) else self.rank_by[rung]
+
+    @model_validator(mode="after")
+    def _check_rank_by(self) -> LadderSpec:
+        below = len(self.epochs) - 1
+        if isinstance(self.rank_by, list) and len(self.rank_by) != below:
+            raise ValueError(f"rank_by: give one name, or one per rung below the last ({below}), got {self.rank_by}")
+        for r in range(below):
+            if self.rank_field(r) == "train_loss" and self.epochs[r] == 0:
+                raise ValueError(f"rank_by: rung {r} has no fine-tune, so no training loss")
+        return self
+
+    @field_validator("epochs")
+    @classmethod
+    def _check_epochs(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(v)) or v[0] < 0:
+            raise ValueError(f"rung epochs must be ≥ 0 and strictly increasing, got {v}")
+        return v
+
+
+class ConstraintSpec(_Strict):
+    """Optional feasibility limits (Optuna constraints): max size fraction, min validation accuracy."""
+
+    max_size: float | None = Field(default=None, gt=0.0, le=1.0)
+    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class EarlyStopSpec(_Strict):
+    """Stop a candidate after its first fine-tune epoch when it trails the front by more than ``margin``."""
+
+    enabled: bool = True
+    margin: float = Field(default=0.15, ge=0.0, le=1.0)
+    min_trials: int = Field(default=8, ge=0)
+
+
+class SensitivitySpec(_Strict):
+    """Grid of ratios for the per-layer sensitivity scan."""
+
+    ratios: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99])
+    bn_batches: int = Field(default=4, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SensitivitySpec:
+        for r in self.ratios:
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"ratio {r} outside [0, 1)")
+        return self
+
+
+class SearchSpace(_Strict):
+    """A whole search space file (see ``search_spaces/template.yaml`` for every key)."""
+
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    task: TaskSpec = TaskSpec()
+    train: TrainSpec = TrainSpec()
+    layers: LayerSpec = LayerSpec()
+    criteria: list[Criterion] = Field(default_factory=lambda: list[Criterion](["magnitude"]), min_length=1)
+    granularity: Granularity = Granularity()
+    schedules: list[Schedule] = Field(default_factory=lambda: [Schedule()], min_length=1)
+    finetune: FineTuneSpec = FineTuneSpec()
+    ladder: LadderSpec | None = None  # None: one rung, the short fine-tune (no production-fidelity scores)
+    targets: TargetSpec = TargetSpec()
+    size_metric: SizeMetric = "nonzeros"
+    parametrization: Literal["projected", "independent"] = "projected"
+    anchor: Literal["lamp", "sensitivity", "none"] = "lamp"
+    offset: float = Field(default=2.0, gt=0.0, le=8.0)  # preference offset range [-offset, offset]
+    baselines: list[Heuristic] = Field(
+        default_factory=lambda: list[Heuristic](["uniform", "global", "lamp", "erk", "sensitivity"]))
+    sampler: SamplerName = "tpe"
+    trials: int = Field(default=60, ge=1)
+    seed: int = 0
+    constraints: ConstraintSpec = ConstraintSpec()
+    early_stop: EarlyStopSpec = EarlyStopSpec()
+    sensitivity: SensitivitySpec = SensitivitySpec()
+    source: str = Field(default="", exclude=True)  # the file it came from (for error messages)
+
+    @model_validator(mode="after")
+    def _check_task(self) -> SearchSpace:
+        if self.task.kind == "causal_lm" and self.granularity.kind == "channel":
+            raise ValueError("granularity.kind channel is not supported for causal_lm (prune the projections' "
+                             "weights: unstructured or nm)")
+        if self.constraints.min_accuracy is not None and self.task.kind != "classification":
+            raise ValueError(f"constraints.min_accuracy is for classification; task '{self.task.kind}' has its own "
+                             "primary metric (choose on it with export --min-metric/--max-metric)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_ladder(self) -> SearchSpace:
+        if self.ladder is not None and "epochs" in self.finetune.model_fields_set:
+            raise ValueError("finetune.epochs and ladder.epochs both given: with a ladder, the rungs' epochs "
+                             "come from ladder.epochs (the last one is the production fine-tune)")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
+        """Load and validate; errors name the file, the field and the line."""
+        p = Path(path)
+        data, lines = load_yaml_with_lines(p)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of keys at the top level")
+        try:
+            return cls.model_validate({**data, "source": str(p)})._resolve_paths(p.parent)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = tuple(first["loc"])
+            line = line_of(lines, loc)
+            where = ".".join(str(x) for x in loc) or "(root)"
+            msg = first["msg"].replace("Value error, ", "")
+            if first["type"] == "extra_forbidden":
+                msg = "unknown key"
+            at = f" (line {line})" if line else ""
+            raise ConfigError(f"{p}: field '{where}'{at}: {msg}") from None
+
+    def _resolve_paths(self, folder: Path) -> SearchSpace:
+        """Relative data files and checkpoints are relative to the space file's folder, not the current one."""
+        def resolved(name: str) -> str:
+            return name if Path(name).is_absolute() else str(folder / name)
+
+        update: dict[str, Any] = {}
+        if self.data.name.endswith((".pt", ".pth", ".npz")):
+            update["data"] = self.data.model_copy(update={"name": resolved(self.data.name)})
+        if self.model.checkpoint:
+            update["model"] = self.model.model_copy(update={"checkpoint": resolved(self.model.checkpoint)})
+        return self.model_copy(update=update) if update else self
+
+    def field_error(self, field_path: str, message: str) -> ConfigError:
+        """A :class:`ConfigError` naming this file and a field (for checks that need the model)."""
+        return ConfigError(f"{self.source or self.name}: field '{field_path}': {message}")
+
+    def select_layers(self, candidates: list[str]) -> list[str]:
+        """Apply include/exclude globs to the model's prunable FQNs; a pattern matching nothing is an error."""
+        for key, patterns in (("include", self.layers.include), ("exclude", self.layers.exclude)):
+            for pat in patterns:
+                if not fnmatch.filter(candidates, pat):
+                    raise self.field_error(f"layers.{key}", f"pattern '{pat}' matches no prunable layer "
+                                           f"(layers: {', '.join(candidates)})")
+        chosen = [c for c in candidates if any(fnmatch.fnmatchcase(c, p) for p in self.layers.include)]
+        chosen = [c for c in chosen if not any(fnmatch.fnmatchcase(c, p) for p in self.layers.exclude)]
+        if not chosen:
+            raise self.field_error("layers", "include/exclude leave no layer to prune")
+        return chosen
+
+    def bounds_for(self, layers: list[str]) -> dict[str, tuple[float, float]]:
+        """Per-layer [min, max] ratio; the first matching ``layers.bounds`` glob wins, default [0, 0.99]."""
+        for pat in self.layers.bounds:
+            if not fnmatch.filter(layers, pat):
+                raise self.field_error("layers.bounds", f"pattern '{pat}' matches no selected layer")
+        out: dict[str, tuple[float, float]] = {}
+        for fqn in layers:
+            match = next((b for p, b in self.layers.bounds.items() if fnmatch.fnmatchcase(fqn, p)), None)
+            out[fqn] = match if match is not None else (0.0, 0.99)
+        return out
+
+    def finetune_recipe(self, epochs: float, lr_scale: float, decay: LrDecay = "constant") -> FineTune:
+        """The fine-tune recipe for a candidate (seeded with the space's seed, BN recalibrated as in the scan)."""
+        return FineTune(epochs=epochs, lr=self.train.lr * lr_scale, batch_size=self.finetune.batch_size,
+                        decay=decay, seed=self.seed, bn_batches=self.sensitivity.bn_batches)
+
+    def default_recipe(self) -> FineTune:
+        """The recipe heuristics are scored with: the first choice of every list, at the last rung's epochs."""
+        ft = self.finetune
+        epochs = self.ladder.epochs[-1] if self.ladder is not None else ft.epochs[0]
+        return self.finetune_recipe(epochs, ft.lr_scale[0], ft.decay[0])
+
+
+class Suggest(Protocol):
+    """The part of ``optuna.Trial`` that sampling needs (``optuna.trial.FixedTrial`` fits too)."""
+
+    def suggest_float(self, name: str, low: float, high: float) -> float: ...
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SampleContext:
+    """What sampling needs to know about the model: layer sizes, bounds and anchor densities."""
+
+    model: str
+    fingerprint: str
+    sizes: dict[str, int]  # fqn -> number of weights
+    bounds: dict[str, tuple[float, float]]  # fqn -> [min, max] ratio
+    anchor: Callable[[float], dict[str, float]] | None = None  # target -> anchor heuristic's ratios
+    shapes: dict[str, list[int]] | None = None  # weight shapes of all prunable layers (copied into policies)
+    dense_key: str = ""  # the dense model's key (copied into policies, checked by apply)
+
+    def anchor_prefs(self, target: float) -> dict[str, float]:
+        """Log-densities of the anchor allocation at ``target`` (all zero without an anchor)."""
+        if self.anchor is None:
+            return dict.fromkeys(self.sizes, 0.0)
+        return {f: math.log(max(1.0 - r, 1e-6)) for f, r in self.anchor(target).items()}
+
+
+def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
+           ratios_for: Callable[[float], dict[str, float]] | None = None) -> Policy:
+    """Draw one candidate policy from ``space`` (parameter names are MLflow-safe: ``pref/<fqn>``).
+
+    With ``ratios_for`` (a heuristic allocation) only the target is sampled and the heuristic fills the layers.
+    """
+    criterion = choose(suggest, "criterion", list(space.criteria))
+    sched_labels = [s.label for s in space.schedules]
+    schedule = space.schedules[sched_labels.index(choose(suggest, "schedule", sched_labels))]
+    if space.ladder is not None:  # the production epochs are fixed; rungs only shorten them
+        epochs = space.ladder.epochs[-1]
+    else:
+        epochs = float(choose(suggest, "ft_epochs", list(space.finetune.epochs)))
+    lr_scale = float(choose(suggest, "ft_lr_scale", list(space.finetune.lr_scale)))
+    decay = choose(suggest, "ft_decay", list(space.finetune.decay))
+    ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
+    return Policy(model=ctx.model, fingerprint=ctx.fingerprint, dense_key=ctx.dense_key, shapes=ctx.shapes or {},
+                  task=space.task.kind, task_options=space.task.options, criterion=criterion,
+                  granularity=space.granularity, schedule=schedule,
+                  finetune=space.finetune_recipe(epochs, lr_scale, decay), sparsity=ratios)
+
+
+def choose(suggest: Suggest, name: str, choices: list[Any]) -> Any:
+    """A categorical choice; a single option is not a search dimension, so it is not asked (nor stored)."""
+    return choices[0] if len(choices) == 1 else suggest.suggest_categorical(name, choices)
+
+
+def fixed_choices(space: SearchSpace) -> dict[str, Any]:
+    """The categorical params a trial of ``space`` carries (single-option ones are left out)."""
+    cats: dict[str, list[Any]] = {"criterion": list(space.criteria), "schedule": [s.label for s in space.schedules],
+            "ft_epochs": [] if space.ladder is not None else list(space.finetune.epochs),
+            "ft_lr_scale": list(space.finetune.lr_scale), "ft_decay": list(space.finetune.decay)}
+    return {k: v[0] for k, v in cats.items() if len(v) > 1}
+
+
+def _sample_ratios(space: SearchSpace, suggest: Suggest, ctx: SampleContext) -> dict[str, float]:
+    if space.granularity.kind == "nm":
+        nm_ratio = 1.0 - space.granularity.n / space.granularity.m
+        return {f: (nm_ratio if suggest.suggest_categorical(f"nm/{f}", [True, False]) else 0.0)
+                for f in ctx.sizes}
+    if space.parametrization == "independent":
+        return {f: suggest.suggest_float(f"ratio/{f}", lo, hi) for f, (lo, hi) in ctx.bounds.items()}
+    target = sample_target(space, suggest)
+    anchor = ctx.anchor_prefs(target)
+    prefs = {f: anchor[f] + suggest.suggest_float(f"pref/{f}", -space.offset, space.offset) for f in ctx.sizes}
+    return project_to_budget(target, prefs, ctx.sizes, ctx.bounds)
+
+
+def sample_target(space: SearchSpace, suggest: Suggest) -> float:
+    """The global target sparsity: on the user's grid if given, else in the continuous range."""
+    if space.targets.grid:
+        return float(suggest.suggest_categorical("target", list(space.targets.grid)))
+    lo, hi = space.targets.range or (0.5, 0.95)
+    return suggest.suggest_float("target", lo, hi)

@@ -1,0 +1,276 @@
+"""Built-in model registry and loading of user models (``package.module:callable``) and checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import ModelError
+
+__all__ = [
+    "BUILTIN",
+    "MLP",
+    "PRUNABLE_TYPES",
+    "BasicBlock",
+    "Builder",
+    "DigitsCNN",
+    "LeNet5",
+    "ResNetCifar",
+    "SmallVGG",
+    "architecture_fingerprint",
+    "build_model",
+    "import_callable",
+    "layer_shapes",
+    "layer_weight",
+    "load_checkpoint",
+    "prunable_layers",
+    "weight_of",
+]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class MLP(nn.Module):
+    """Fully connected net: flatten → hidden layers with ReLU → logits."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (256, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = in_features
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        layers.append(nn.Linear(prev, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DigitsCNN(nn.Module):
+    """Small conv net for 8×8 digits: conv 1→32→64 (3×3, each max-pooled), fc 256→128→classes."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8×8 → 4×4
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4×4 → 2×2
+            nn.AdaptiveAvgPool2d(2),  # any larger input → 2×2 : 2w·4 = 256 features for w=32
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 4, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 adapted to small inputs (padding keeps 8×8 digits valid; any size ≥ 8 works)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 4, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """CIFAR ResNet basic block; the shortcut couples ``conv2``'s output channels to the block input."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """ResNet-(6n+2) for small images (He et al. 2016, CIFAR variant); ``width`` scales every stage."""
+
+    def __init__(self, depth: int = 20, in_channels: int = 3, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ModelError(f"resnet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        stages: list[nn.Module] = []
+        cin = width
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            blocks = [BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1)
+                      for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+class SmallVGG(nn.Module):
+    """VGG-11-BN layout with configurable width, for small images (pools stop at 1×1)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        cfg: list[int | str] = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8]
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            else:
+                cout = int(v) * width
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+                cin = cout
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin, 4 * width), nn.ReLU(),
+                                        nn.Linear(4 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _flat(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+Builder = Callable[[tuple[int, ...], int, dict[str, Any]], nn.Module]
+BUILTIN: dict[str, Builder] = {
+    "mlp": lambda shape, k, kw: MLP(_flat(shape), k, **kw),
+    "digits_cnn": lambda shape, k, kw: DigitsCNN(shape[0], k, **kw),
+    "lenet5": lambda shape, k, kw: LeNet5(shape[0], k, **kw),
+    "resnet20": lambda shape, k, kw: ResNetCifar(20, shape[0], k, **kw),
+    "resnet56": lambda shape, k, kw: ResNetCifar(56, shape[0], k, **kw),
+    "vgg11_bn": lambda shape, k, kw: SmallVGG(shape[0], k, **kw),
+    "tiny_lm": lambda shape, k, kw: _tiny_lm(shape[0], k, kw),  # tokens (B, T) → logits: see autoprune.models.lm
+}
+
+
+def _tiny_lm(seq_len: int, vocab: int, kw: dict[str, Any]) -> nn.Module:
+    from autoprune.models.lm import TinyLM
+
+    return TinyLM(vocab=vocab, seq_len=seq_len, **kw)
+
+
+def import_callable(ref: str, what: str) -> Callable[..., Any]:
+    """Resolve ``package.module:callable``; a clear error names the reference when it fails."""
+    mod_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as err:  # any import-time failure of user code is the user's input problem
+        raise ModelError(f"{what} '{ref}': cannot import module '{mod_name}' ({err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ModelError(f"{what} '{ref}': module '{mod_name}' has no callable '{attr}'")
+    return fn
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
+                kwargs: dict[str, Any] | None = None, checkpoint: str | None = None) -> nn.Module:
+    """Build a built-in model by name or a user's ``module:callable``; optionally load a state_dict."""
+    kw = dict(kwargs or {})
+    if name.startswith("torchvision:"):
+        from autoprune.models.vision import torchvision_model
+
+        model = torchvision_model(name.split(":", 1)[1], num_classes, kw)
+    elif ":" in name:
+        fn = import_callable(name, "model")
+        try:
+            model = fn(**kw)
+        except TypeError as err:
+            raise ModelError(f"model '{name}': bad kwargs {kw} ({err})") from None
+    elif name in BUILTIN:
+        try:
+            model = BUILTIN[name](tuple(input_shape), num_classes, kw)
+        except TypeError as err:
+            raise ModelError(f"model '{name}': bad kwargs {kw} ({err})") from None
+    else:
+        raise ModelError(f"unknown model '{name}' (built-in: {', '.join(BUILTIN)}; or package.module:callable)")
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model '{name}': the callable returned {type(model).__name__}, not a torch nn.Module")
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state_dict safely (``weights_only=True``); a mismatch names the offending keys."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"checkpoint {p}: file not found")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(f"checkpoint {p}: cannot be read as a weights-only state_dict ({err})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or extra or shape:
+        parts = [f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", shape))
+                 if keys]
+        raise ModelError(f"checkpoint {p} does not match the model ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv*d and Linear modules keyed by fully qualified name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """The (possibly parametrized) weight tensor of a prunable module."""
+    w = module.weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
+def architecture_fingerprint(model: nn.Module) -> str:
+    """Hash of prunable-layer FQNs and weight shapes: policies carry it so ``apply`` can check the model."""
+    h = hashlib.sha256()
+    for name, m in prunable_layers(model).items():
+        h.update(f"{name}:{tuple(layer_weight(m).shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def weight_of(model: nn.Module, fqn: str) -> torch.Tensor:
+    """The effective weight of the layer named ``fqn``."""
+    return layer_weight(model.get_submodule(fqn))
+
+
+def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Weight shape of every prunable layer, by FQN (stored in policies for precise mismatch errors)."""
+    return {name: list(layer_weight(m).shape) for name, m in prunable_layers(model).items()}

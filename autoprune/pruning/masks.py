@@ -1,0 +1,161 @@
+"""Masks as ``torch.nn.utils.parametrize`` parametrizations keyed by fully qualified module name.
+
+``apply_masks`` registers ``weight = original * mask``; ``make_permanent`` squashes it into a plain weight.
+For fine-tuning, :func:`folded_masks` temporarily bakes the masks into the weights and re-applies them once
+per optimizer step, so training pays one fused ``_foreach_mul_`` per step instead of one parametrization
+call per layer per forward (that per-forward Python overhead is ~10 % of a step on the small nets here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from autoprune.config.policy import Granularity
+from autoprune.models.zoo import weight_of
+
+__all__ = ["FoldedMasks", "Mask", "apply_masks", "compute_mask", "current_masks", "folded_masks", "layer_sparsity",
+           "make_permanent"]
+
+
+class Mask(nn.Module):
+    """Parametrization ``w ↦ w · mask`` with the mask held as a buffer (saved in the state_dict).
+
+    Pruned entries are exactly zero even where the underlying weight is not finite (``NaN · 0`` is NaN).
+    """
+
+    mask: torch.Tensor
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask != 0, w * self.mask, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def compute_mask(score: torch.Tensor, ratio: float, granularity: Granularity) -> torch.Tensor:
+    """A 0/1 float mask shaped like ``score`` removing the lowest-scoring ``ratio`` of the weights."""
+    if granularity.kind == "channel":
+        return _channel_mask(score, ratio)
+    if granularity.kind == "nm":
+        return _nm_mask(score, granularity.n, granularity.m) if ratio > 0 else torch.ones_like(score)
+    k = round(ratio * score.numel())
+    mask = torch.ones(score.numel(), dtype=score.dtype, device=score.device)
+    if k > 0:
+        idx = torch.topk(score.flatten(), k, largest=False, sorted=False).indices
+        mask[idx] = 0.0
+    return mask.view_as(score)
+
+
+def _channel_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
+    per_channel = score.flatten(1).sum(1)
+    k = min(round(ratio * per_channel.numel()), per_channel.numel() - 1)  # keep at least one filter
+    keep = torch.ones_like(per_channel)
+    if k > 0:
+        keep[torch.topk(per_channel, k, largest=False, sorted=False).indices] = 0.0
+    return keep.view(-1, *([1] * (score.dim() - 1))).expand_as(score).contiguous()
+
+
+def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    rows = score.flatten(1)
+    usable = rows.shape[1] - rows.shape[1] % m  # a trailing partial group stays dense
+    mask = torch.ones_like(rows)
+    if usable:
+        groups = rows[:, :usable].reshape(rows.shape[0], -1, m)
+        drop = torch.topk(groups, m - n, dim=2, largest=False).indices
+        gmask = torch.ones_like(groups).scatter_(2, drop, 0.0)
+        mask[:, :usable] = gmask.reshape(rows.shape[0], usable)
+    return mask.view_as(score)
+
+
+def _mask_param(module: nn.Module) -> Mask | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    for p in module.parametrizations["weight"]:  # type: ignore[index]
+        if isinstance(p, Mask):
+            return p
+    return None
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Attach (or tighten) the mask of each named layer; an existing mask is replaced in place."""
+    for fqn, mask in masks.items():
+        module = model.get_submodule(fqn)
+        existing = _mask_param(module)
+        if existing is None:
+            parametrize.register_parametrization(module, "weight", Mask(mask.detach().clone()))
+        else:
+            existing.mask.copy_(mask)
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks attached to the model, by FQN."""
+    out = {}
+    for name, module in model.named_modules():
+        p = _mask_param(module)
+        if p is not None:
+            out[name] = p.mask
+    return out
+
+
+def make_permanent(model: nn.Module) -> None:
+    """Squash every mask into a plain ``weight`` (zeros stay zeros); the model has no parametrizations after."""
+    for module in model.modules():
+        if _mask_param(module) is not None:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+class FoldedMasks:
+    """Masks baked into plain weights; ``reapply()`` after each optimizer step keeps pruned weights at zero.
+
+    ``masks`` holds the live mask tensors: tighten them in place (``copy_``) for the next pruning step.
+    """
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        self.model = model
+        self.masks = masks
+        self.extras: dict[str, torch.Tensor] = {}  # other params held at zero (coupled filters, norms, biases)
+        self._weights = [weight_of(model, f) for f in masks]
+        self._mask_list = list(masks.values())
+
+    def hold(self, param_fqn: str, mask: torch.Tensor) -> None:
+        """Also keep parameter ``module.param`` masked (set once, tightened in place afterwards)."""
+        if param_fqn in self.extras:
+            self.extras[param_fqn].copy_(mask)
+            return
+        self.extras[param_fqn] = mask.clone()
+        self._weights.append(self.model.get_parameter(param_fqn))
+        self._mask_list.append(self.extras[param_fqn])
+
+    @torch.no_grad()
+    def reapply(self) -> None:
+        """Zero the pruned weights again (one fused multiply over all layers)."""
+        torch._foreach_mul_(self._weights, self._mask_list)
+
+
+@contextmanager
+def folded_masks(model: nn.Module) -> Iterator[FoldedMasks]:
+    """Fine-tune-friendly view: parametrizations removed, masks re-applied by ``reapply()`` after each step.
+
+    On exit the parametrizations are restored with the (possibly tightened) masks. Pruned weights are
+    exactly zero in every forward pass inside the block as long as ``reapply`` follows each update.
+    """
+    masks = current_masks(model)
+    make_permanent(model)
+    folded = FoldedMasks(model, masks)
+    folded.reapply()
+    try:
+        yield folded
+    finally:
+        apply_masks(model, masks)
+
+
+def layer_sparsity(model: nn.Module, fqn: str) -> float:
+    """Fraction of exactly-zero entries in a layer's (effective) weight."""
+    w = weight_of(model, fqn)
+    return float((w == 0).sum()) / w.numel()
