@@ -23,7 +23,15 @@ from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.sampler import search_distributions
 from autoprune.study.setup import Prepared, SearchOptions, open_search_study, prepare
 from autoprune.study.storage import enqueue_lock
-from autoprune.study.trials import FINISHED, front_row, front_trials, metric_sign, to_record, trial_policy
+from autoprune.study.trials import (
+    FINISHED,
+    front_row,
+    front_trials,
+    metric_sign,
+    policy_sparsity,
+    to_record,
+    trial_policy,
+)
 from autoprune.study.workers import spawn_workers, stop_workers, worker_shares
 
 __all__ = ["BEST_EVERY_S", "FRONT_EVERY", "ProgressSink", "SearchResult", "finish", "run_search", "study_info",
@@ -67,7 +75,7 @@ def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     sign = metric_sign(study)
     points = [(sign * t.values[0], t.values[1]) for t in done]
-    sparsities = [t.user_attrs.get("eval", {}).get("sparsity", 0.0) for t in done]
+    sparsities = [policy_sparsity(t) for t in done]
     best = {tgt: best_at(points, sparsities, tgt) for tgt in targets}
     fmt = ".3f" if sign > 0 else ".4g"  # accuracy-like in [0, 1]; errors such as MSE have any scale
     return {f"{tgt:.0%}": "–" if acc is None else format(sign * acc, fmt) for tgt, acc in best.items()}

@@ -14,8 +14,19 @@ from autoprune.config.policy import Policy
 from autoprune.errors import ConfigError
 from autoprune.study.storage import load_existing, make_storage
 
-__all__ = ["FINISHED", "front_row", "front_table", "front_trials", "metric_sign", "policy_json", "primary_metric",
-           "study_user_attrs", "to_record", "trial_policy"]
+__all__ = [
+    "FINISHED",
+    "front_row",
+    "front_table",
+    "front_trials",
+    "metric_sign",
+    "policy_json",
+    "policy_sparsity",
+    "primary_metric",
+    "study_user_attrs",
+    "to_record",
+    "trial_policy",
+]
 
 
 def policy_json(t: optuna.trial.FrozenTrial) -> str | None:
@@ -29,6 +40,15 @@ def trial_policy(t: optuna.trial.FrozenTrial) -> Policy:
     if text is None:
         raise ConfigError(f"trial {t.number} has no policy: it did not complete")
     return Policy.model_validate_json(text)
+
+
+def policy_sparsity(t: optuna.trial.FrozenTrial) -> float:
+    """The sparsity the trial's policy asked for over the searched layers (what targets are stated in); the
+    measured ``sparsity`` also counts prunable layers the space excluded (e.g. an LM head)."""
+    rung = t.user_attrs.get("rung/0")
+    if rung is not None:
+        return float(rung["sparsity"])
+    return float((t.user_attrs.get("eval") or {}).get("sparsity", 0.0))
 
 
 def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str, float] | None = None

@@ -229,7 +229,7 @@ class MlflowLogger:
         # hypervolume against accuracy 0 is defined for a metric in [0, 1]; an error such as MSE has no such bound
         metrics = [Metric("hypervolume", hypervolume(pts), _ms(), 0)] if sign > 0 else []
         for level in BEST_AT:
-            best = best_at(pts, [r.sparsity for r in done], level)
+            best = best_at(pts, [float(r.metrics.get("target_sparsity", r.sparsity)) for r in done], level)
             if best is not None:
                 metrics.append(Metric(f"best_{primary}_at_{round(level * 100)}", sign * best, _ms(), 0))
         metrics += [Metric(k, float(v), _ms(), 0) for k, v in summary.items() if isinstance(v, (int, float))]
