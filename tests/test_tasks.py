@@ -13,9 +13,8 @@ import optuna
 import pytest
 import torch
 
-from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
-from autoprune.study import SearchOptions, choose_trial, run_search
+from autoprune.study import choose_trial
 from autoprune.study.storage import load_existing, make_storage
 from autoprune.study.trials import front_trials
 from conftest import write_space
@@ -90,14 +89,28 @@ def test_front_and_selectors_follow_a_minimized_metric() -> None:
         choose_trial(study, metric_bound=0.1)
 
 
-def test_a_users_own_task_by_module_and_class(tmp_path: Path, runs_dir: Path) -> None:
-    space = SearchSpace.from_yaml(write_space(tmp_path / "mae.yaml", **{
-        **REGRESSION, "name": "mae_task", "task": {"kind": "userpkg.tasks:MaeTask"}, "trials": 3}))
-    result = run_search(space, SearchOptions(runs_dir=tmp_path / "runs", device="cpu"))
-    study = load_existing("mae_task", make_storage(None, tmp_path / "runs"))
-    assert study.metric_names[0] == "val_mae" and result.primary == "mae"
-    assert all("val_mae" in row for row in result.front)
-    assert "mae" in result.dense_val
+def test_a_users_own_task_by_module_and_class_from_the_cli(tmp_path: Path) -> None:
+    import os
+
+    space = write_space(tmp_path / "mae.yaml", **{**REGRESSION, "name": "mae_task",
+                                                  "task": {"kind": "userpkg.tasks:MaeTask"}, "trials": 3})
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # where the user's package lives
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([EXE, *args], capture_output=True, text=True, env=env)
+
+    res = cli("search", str(space), "--runs", str(runs), "--no-track")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "val_mae" in res.stdout
+    study = load_existing("mae_task", make_storage(None, runs))
+    assert study.metric_names[0] == "val_mae"
+    assert cli("export", "--study", "mae_task", "--runs", str(runs), "--knee", "-o", str(tmp_path / "p.json")
+               ).returncode == 0
+    applied = cli("apply", str(tmp_path / "p.json"), "--space", str(space), "--runs", str(runs),
+                  "-o", str(tmp_path / "p.pt"))
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    assert "test_mae" in applied.stdout
 
 
 LM = {"name": "lm_small", "model": {"name": "tiny_lm", "kwargs": {"d_model": 16, "layers": 1, "heads": 2}},

@@ -41,3 +41,28 @@ def test_unknown_torchvision_names() -> None:
         build_model("torchvision:resnet7", (3, 16, 16), 4)
     with pytest.raises(DataError, match="files not found under"):
         load_data("torchvision:CIFAR10", {"root": "/nonexistent"})
+
+
+def test_an_image_folder_is_read_lazily_up_to_the_stream_budget(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from autoprune.config.space import SearchSpace
+    from autoprune.models.workspace import load_workspace
+    from conftest import write_space
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog", "owl")):  # one sub-folder per class, images of any size
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(40):
+            pixels = np.clip(rng.normal(60 + 70 * c, 20, size=(20 + i % 5, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
+    space = SearchSpace.from_yaml(write_space(
+        tmp_path / "f.yaml", model={"name": "digits_cnn", "kwargs": {"width": 8}},
+        data={"name": "torchvision:ImageFolder", "kwargs": {"root": str(tmp_path / "imgs"), "image_size": 16},
+              "stream": {"train": 60, "val": 10, "test": 10}},
+        train={"epochs": 3}))
+    ws = load_workspace(space, "cpu", tmp_path / "runs")
+    assert ws.splits.input_shape == (3, 16, 16) and ws.splits.num_classes == 3
+    assert (len(ws.splits.train), len(ws.splits.val), len(ws.splits.test)) == (60, 10, 10)  # the budget, not 120
+    assert ws.dense_val["accuracy"] > 0.5  # the classes differ in brightness: learnable

@@ -6,6 +6,7 @@ the CPU torch 2.13.0 build, beside which torchvision's compiled ops do not load)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,13 +36,36 @@ def torchvision_model(arch: str, num_classes: int, kwargs: dict[str, Any]) -> nn
     return model
 
 
-def torchvision_dataset(name: str, kwargs: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def image_folder(tv: Any, name: str, kwargs: dict[str, Any]) -> Any:
+    """``torchvision:ImageFolder`` with ``root`` (one sub-folder per class) and ``image_size`` (square, default 32):
+    a torch Dataset of (3, S, S) float tensors in [0, 1], read lazily up to the space's ``data.stream`` budget."""
+    root = Path(str(kwargs.get("root", "data")))
+    if not root.is_dir():
+        raise DataError(f"dataset '{name}': root folder '{root}' not found (one sub-folder of images per class)")
+    size = int(kwargs.get("image_size", 32))
+    transform = tv.transforms.Compose([tv.transforms.Resize((size, size)), tv.transforms.ToTensor()])
+    try:
+        return tv.datasets.ImageFolder(str(root), transform=transform, loader=_rgb)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"dataset '{name}': {err}") from None
+
+
+def _rgb(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def torchvision_dataset(name: str, kwargs: dict[str, Any]) -> Any:
     """A torchvision dataset as uint8→float arrays; files must already be under ``root`` (no download).
 
     ``FakeData`` (random images, no files) is supported for smoke tests: ``torchvision:FakeData``.
     """
     tv = _import(f"dataset '{name}'")
     cls_name = name.split(":", 1)[1]
+    if cls_name == "ImageFolder":
+        return image_folder(tv, name, kwargs)
     cls = getattr(tv.datasets, cls_name, None)
     if cls is None:
         raise DataError(f"dataset '{name}': torchvision.datasets has no '{cls_name}'")

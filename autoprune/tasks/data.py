@@ -198,12 +198,13 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
             raw = import_callable(name, "dataset")(**kw)
         except ModelError as err:
             raise DataError(str(err)) from None
-        if is_stream(raw):
-            budget = stream or {"train": 20000, "val": 2000, "test": 2000}
-            raw = {k: v for k, v in read_stream(raw, budget, val_fraction, test_fraction, split_seed, name).items()}
+
     else:
         raise DataError(f"unknown dataset '{name}' (built-in: {', '.join(SKLEARN_DATASETS)}; "
                         "or a .pt/.npz file, package.module:callable, torchvision:NAME)")
+    if is_stream(raw):  # a torch Dataset / IterableDataset: read only up to the budget
+        budget = stream or {"train": 20000, "val": 2000, "test": 2000}
+        raw = read_stream(raw, budget, val_fraction, test_fraction, split_seed, name)
     parts = _to_parts(raw, name, val_fraction, test_fraction, split_seed, targets)
     scaling = _standardize(parts) if parts["train"][0].ndim == 2 else None
     if targets == "float":  # train and score on z-scored targets; exports map outputs back to the raw units
