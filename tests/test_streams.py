@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.errors import DataError
+from autoprune.errors import ConfigError, DataError
 from autoprune.tasks.streams import read_stream
 from conftest import write_space
 
@@ -63,3 +63,23 @@ def test_read_stream_fills_each_split_once_and_stops() -> None:
     assert len(reads) < 5000  # stopped long before the end of the stream
     with pytest.raises(DataError, match="before any val, test example"):
         read_stream([(np.zeros(1, dtype=np.float32), 0)] * 3, {"train": 5, "val": 5, "test": 5}, 0.0, 0.0, 0, "t")
+
+
+def test_budgets_in_optimizer_steps_become_epochs_of_the_loaded_train_split(tmp_path: Path,
+                                                                             runs_dir: Path) -> None:
+    import math
+
+    from autoprune.config.space import SearchSpace
+    from autoprune.models.workspace import load_workspace
+    from autoprune.study import SearchOptions, run_search
+
+    space = SearchSpace.from_yaml(write_space(tmp_path / "steps.yaml", name="steps", finetune={"lr_scale": [0.3]},
+                                              ladder={"steps": [0, 10, 40], "keep": 1.0}, trials=3))
+    ws = load_workspace(space, "cpu", runs_dir)
+    per_epoch = math.ceil(len(ws.splits.train) / space.finetune.batch_size)
+    assert ws.space.ladder is not None and ws.space.ladder.epochs == [0.0, 10 / per_epoch, 40 / per_epoch]
+    result = run_search(space, SearchOptions(runs_dir=runs_dir, device="cpu"))
+    assert result.summary["complete"] == 3
+    assert abs(result.summary["finetune_epochs"] - 3 * 50 / per_epoch) < 1e-6  # 10 + 40 steps per trial
+    with pytest.raises(ConfigError, match=r"field 'ladder' \(line \d+\): ladder: give epochs or steps, not both"):
+        SearchSpace.from_yaml(write_space(tmp_path / "both.yaml", ladder={"steps": [0, 5], "epochs": [0, 1]}))

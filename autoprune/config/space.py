@@ -123,6 +123,7 @@ class FineTuneSpec(_Strict):
     """
 
     epochs: list[float] = Field(default_factory=lambda: [2.0], min_length=1)
+    steps: list[int] | None = None  # or optimizer steps (turned into epochs of the train split when it is loaded)
     lr_scale: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
     decay: list[LrDecay] = Field(default_factory=lambda: list[LrDecay](["constant"]), min_length=1)
     batch_size: int = Field(default=64, ge=1)
@@ -133,6 +134,14 @@ class FineTuneSpec(_Strict):
         if any(e < 0 for e in v):
             raise ValueError(f"epochs must be ≥ 0, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> FineTuneSpec:
+        if self.steps is not None and "epochs" in self.model_fields_set:
+            raise ValueError("finetune: give epochs or steps, not both")
+        if self.steps is not None and any(x < 0 for x in self.steps):
+            raise ValueError(f"finetune.steps must be ≥ 0, got {self.steps}")
+        return self
 
     @field_validator("lr_scale")
     @classmethod
@@ -148,6 +157,9 @@ class LadderSpec(_Strict):
     the production fine-tune: exactly what ``apply`` does with an exported policy."""
 
     epochs: list[float] = Field(default_factory=lambda: [0.0, 2.0, 20.0], min_length=2)  # fine-tune epochs per rung
+    # or optimizer steps per rung (batches of finetune.batch_size), for data sets where an epoch is too long;
+    # turned into (fractional) epochs of the train split when the data is loaded
+    steps: list[int] | None = None
     keep: float = Field(default=0.34, gt=0.0, le=1.0)  # fraction of each rung promoted (per target)
     min_peers: int = Field(default=4, ge=1)  # below this many scores at a rung and target, everyone climbs
     # what ranks candidates at each rung below the last (one name for all, or one per rung): the rung's validation
@@ -161,6 +173,17 @@ class LadderSpec(_Strict):
         if self.rank_by is None:
             return "kl_to_dense" if self.epochs[rung] == 0 else "train_loss"
         return self.rank_by if isinstance(self.rank_by, str) else self.rank_by[rung]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_or_epochs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("steps") is not None:
+            if "epochs" in data:
+                raise ValueError("ladder: give epochs or steps, not both")
+            if any(int(x) < 0 for x in data["steps"]):
+                raise ValueError(f"ladder.steps must be ≥ 0, got {data['steps']}")
+            data = {**data, "epochs": [float(x) for x in data["steps"]]}  # placeholders until the data is loaded
+        return data
 
     @model_validator(mode="after")
     def _check_rank_by(self) -> LadderSpec:
@@ -254,6 +277,18 @@ class SearchSpace(_Strict):
             raise ValueError("finetune.epochs and ladder.epochs both given: with a ladder, the rungs' epochs "
                              "come from ladder.epochs (the last one is the production fine-tune)")
         return self
+
+    def with_step_budgets(self, n_train: int) -> SearchSpace:
+        """Budgets given in optimizer steps (``ladder.steps``, ``finetune.steps``) as epochs of a train split of
+        ``n_train`` examples (a step is one batch of ``finetune.batch_size``); unchanged when none are given."""
+        per_epoch = max(1, math.ceil(n_train / self.finetune.batch_size))
+        update: dict[str, Any] = {}
+        if self.ladder is not None and self.ladder.steps is not None:
+            update["ladder"] = self.ladder.model_copy(update={"epochs": [s / per_epoch for s in self.ladder.steps]})
+        if self.finetune.steps is not None:
+            epochs = [s / per_epoch for s in self.finetune.steps]
+            update["finetune"] = self.finetune.model_copy(update={"epochs": epochs})
+        return self.model_copy(update=update) if update else self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:

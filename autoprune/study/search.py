@@ -157,6 +157,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
     t0 = time.perf_counter()
     prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers)
+    space = prep.ws.space  # budgets in steps resolved to epochs of the loaded train split
     study = open_search_study(space, opts, prep.ctx)
     check_study_parts(study, study_parts(space, prep.ws.sizes, search_distributions(space, prep.ctx)), space)
     seed = space.seed if opts.seed is None else opts.seed

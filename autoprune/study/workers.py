@@ -19,6 +19,7 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
     exit_with_parent(parent)  # a killed search leaves no worker behind (its running trial is re-run on resume)
     interrupt_on_sigterm()  # terminated with the main process at exit: its trial is marked interrupted
     prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers)
+    space = prep.ws.space  # budgets in steps resolved to epochs of the loaded train split
     study = open_search_study(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
     study.optimize(Objective(prep.ws, prep.ctx, prep.heuristics, seed), n_trials=n_trials, timeout=opts.timeout,
