@@ -149,3 +149,14 @@ def test_text_windows_are_next_token_pairs() -> None:
     assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one token
     total = len(splits.train) + len(splits.val) + len(splits.test)
     assert total == (10000 - 1) // 32
+
+
+def test_a_tokenized_data_set_from_a_callable() -> None:
+    from autoprune.tasks.data import load_data
+
+    splits = load_data("userpkg.factories:counting_tokens", {"n": 100, "seq_len": 8, "vocab": 40}, targets="tokens")
+    assert splits.num_classes == 40 and splits.input_shape == (8,) and splits.train.x.dtype == torch.int64
+    from autoprune.errors import DataError
+
+    with pytest.raises(DataError, match="non-negative integer token ids"):
+        load_data("userpkg.factories:blobs", targets="tokens")

@@ -216,16 +216,36 @@ def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fract
     """Language-model data: byte-token windows of a text (see :mod:`autoprune.tasks.text`), split by window."""
     from autoprune.tasks.text import BYTE_VOCAB, load_text, token_windows
 
-    if not (name.startswith("text:") or name.endswith(".txt")):
-        raise DataError(f"dataset {name}: a causal_lm task reads text: text:pydoc (bundled) or text:PATH / PATH.txt")
-    unknown = set(kw) - {"seq_len", "max_chars"}
-    if unknown:
-        raise DataError(f"dataset {name}: unknown option(s) {', '.join(sorted(unknown))} (seq_len, max_chars)")
-    x, y = token_windows(load_text(name), int(kw.get("seq_len", 64)), kw.get("max_chars"), name)
+    if name.startswith("text:") or name.endswith(".txt"):
+        unknown = set(kw) - {"seq_len", "max_chars"}
+        if unknown:
+            raise DataError(f"dataset {name}: unknown option(s) {', '.join(sorted(unknown))} (seq_len, max_chars)")
+        x, y = token_windows(load_text(name), int(kw.get("seq_len", 64)), kw.get("max_chars"), name)
+    elif ":" in name:  # an already tokenized data set: a callable returning (x, y) token-id arrays (N, T)
+        try:
+            x, y = _token_arrays(import_callable(name, "dataset")(**kw), name)
+        except ModelError as err:
+            raise DataError(str(err)) from None
+    else:
+        raise DataError(f"dataset {name}: a causal_lm task reads text (text:pydoc, bundled; text:PATH or PATH.txt) "
+                        "or token ids from package.module:callable")
     tr, va, te = _split_indices(len(x), val_fraction, test_fraction, seed)
     parts = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
-    splits = _finish(name, parts, "tokens")
-    return dataclasses.replace(splits, num_classes=BYTE_VOCAB)
+    splits = _finish(name, parts, "tokens")  # vocabulary: the largest id + 1 …
+    is_text = name.startswith("text:") or name.endswith(".txt")
+    return dataclasses.replace(splits, num_classes=BYTE_VOCAB) if is_text else splits  # … or all 256 bytes
+
+
+def _token_arrays(raw: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` token ids of a tokenized data set, checked: integers, the same (N, T) shape, ids ≥ 0."""
+    if not (isinstance(raw, (tuple, list)) and len(raw) == 2):
+        raise DataError(f"dataset {name}: a tokenized data set must be (x, y) token-id arrays of shape (N, T)")
+    x, y = (np.asarray(a.numpy() if isinstance(a, torch.Tensor) else a) for a in raw)
+    if not (np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer)) or x.ndim != 2 \
+            or x.shape != y.shape or x.shape[0] < 10 or min(x.min(), y.min()) < 0:
+        raise DataError(f"dataset {name}: x and y must be non-negative integer token ids of one shape (N ≥ 10, T); "
+                        f"got {x.dtype} {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
+    return x.astype(np.int64), y.astype(np.int64)
 
 
 def _standardize_targets(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, list[float]]:

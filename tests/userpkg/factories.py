@@ -42,3 +42,9 @@ class EndlessBlobs(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
 def stream_of_blobs(n: int = 1_000_000) -> EndlessBlobs:
     """A data callable returning an IterableDataset (read lazily, only up to the space's stream budget)."""
     return EndlessBlobs(n)
+
+
+def counting_tokens(n: int = 200, seq_len: int = 12, vocab: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """A tokenized user data set: windows of a repeating count modulo ``vocab`` (x) and the next ids (y)."""
+    ids = np.arange(n * seq_len + 1) % vocab
+    return ids[:-1].reshape(n, seq_len), ids[1:].reshape(n, seq_len)
