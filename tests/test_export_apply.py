@@ -34,6 +34,10 @@ def test_round_trip_reproduces_test_accuracy_and_shrinks_file(searched: str, spa
     pol = export(searched, tmp_path / "p.json", max_size=0.25, runs_dir=runs_dir)
     loaded = Policy.load(tmp_path / "p.json")
     assert loaded == pol and loaded.provenance["study"] == searched and "test_accuracy" in loaded.expected
+    raw = json.loads((tmp_path / "p.json").read_text())
+    assert next(iter(raw)) == "schema_version" and raw["granularity"] == {"kind": "unstructured"}  # no N:M noise
+    assert raw["task"] == "classification" and raw["provenance"]["data"] == "digits"
+    assert 0.5 < raw["expected"]["dense_val_accuracy"] <= 1.0
     ws = load_workspace(SearchSpace.from_yaml(space_path), "cpu", runs_dir)
     res = apply(ws.model, loaded, ws.splits, seed=ws.space.seed, measure_latency=False)
     assert abs(res.after["test_accuracy"] - loaded.expected["test_accuracy"]) <= 0.01

@@ -116,7 +116,7 @@ def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: i
                        compute={k: float(v) for k, v in result.summary.items()
                                 if k in ("finetune_epochs", "eval_seconds", "rung1_s", "complete", "trials")})
     for level in levels:
-        pts = [r for r in result.front if r["target"] >= level - 1e-3]  # like the heuristics: by the policy's
+        pts = [r for r in result.front if r["trial"] != "dense" and r["target"] >= level - 1e-3]  # by the policy's
         # target (a channel policy's measured sparsity misses it by a few channels' worth)
         best = max(pts, key=lambda r: r["val_accuracy"], default=None)
         res.test[level] = best["test_accuracy"] if best else math.nan

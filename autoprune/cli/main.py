@@ -112,7 +112,7 @@ def sensitivity(
 
 @app.command()
 def front(
-    study: Annotated[str, typer.Option(help="Study name.")] = "digits_cnn",
+    study: Annotated[str, typer.Option(help="Study name (the space's name unless --study was given to search).")],
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
     runs: Runs = Path("runs"),
 ) -> None:

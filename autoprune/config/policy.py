@@ -113,8 +113,12 @@ class Policy(BaseModel):
         return dict(sorted(v.items()))
 
     def to_json(self) -> str:
-        """Serialise with a stable key order (readable diffs)."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        """Serialise in the fields' order (``schema_version`` first; stable, readable diffs); N:M's ``n``/``m``
+        are left out of other granularities, where they mean nothing."""
+        data = self.model_dump(mode="json")
+        if self.granularity.kind != "nm":
+            data["granularity"] = {"kind": self.granularity.kind}
+        return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a temp file in the same folder, then rename (no partial file on error)."""

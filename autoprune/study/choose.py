@@ -87,7 +87,13 @@ def policy_from_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> Polic
     test = study.user_attrs.get(f"test/{t.number}")
     if test and primary in test:
         expected[f"test_{primary}"] = float(test[primary])
+    dense = study.user_attrs.get("dense_val") or {}
+    if primary in dense:
+        expected[f"dense_val_{primary}"] = float(dense[primary])  # what the pruned model is measured against
     provenance = {"study": study.study_name, "trial": str(t.number), "baseline": str(t.user_attrs.get("baseline", "")),
+                  "data": str(study.user_attrs.get("data", "")),
+                  "checkpoint_sha256": pol.dense_key.removeprefix("sha256:") if pol.dense_key.startswith("sha256:")
+                  else "",
                   "autoprune": _version("autoprune"), "torch": _version("torch"), "python": platform.python_version(),
                   "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return pol.model_copy(update={"expected": expected, "provenance": provenance})

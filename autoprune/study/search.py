@@ -25,6 +25,7 @@ from autoprune.study.setup import Prepared, SearchOptions, open_search_study, pr
 from autoprune.study.storage import enqueue_lock
 from autoprune.study.trials import (
     FINISHED,
+    dense_row,
     front_row,
     front_trials,
     metric_sign,
@@ -143,8 +144,10 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
     tests = test_front(study, prep)
     finished = study.get_trials(deepcopy=False, states=FINISHED)  # enqueued-but-unrun trials wait for a resume
     records = [to_record(t, t.number in tests, tests.get(t.number)) for t in finished]
-    front_rows = [front_row(r, prep.ws.task.primary) for r in sorted((r for r in records if r.pareto),
-                                                                      key=lambda r: r.sparsity)]
+    primary = prep.ws.task.primary
+    front_rows = [dense_row(prep.ws.dense_val, prep.ws.dense_test, sum(p.numel() for p in prep.ws.model.parameters()),
+                            primary)]
+    front_rows += [front_row(r, primary) for r in sorted((r for r in records if r.pareto), key=lambda r: r.sparsity)]
     summary = summarize(study, prep, records, wall_s, objective, optimize_s)
     if listener is not None:
         listener.on_finish(records, summary)
@@ -168,6 +171,8 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         study.set_user_attr("dense_test", prep.ws.dense_test)
         study.set_user_attr("sampler", info.sampler)
         study.set_user_attr("size_metric", info.size_metric)
+        study.set_user_attr("data", space.data.name)
+        study.set_user_attr("dense_params", sum(p.numel() for p in prep.ws.model.parameters()))
     if listener is not None:
         listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials

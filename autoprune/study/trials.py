@@ -16,6 +16,7 @@ from autoprune.study.storage import load_existing, make_storage
 
 __all__ = [
     "FINISHED",
+    "dense_row",
     "front_row",
     "front_table",
     "front_trials",
@@ -113,14 +114,26 @@ def front_row(r: Any, primary: str = "accuracy") -> dict[str, Any]:
     }
 
 
+def dense_row(dense_val: dict[str, float], dense_test: dict[str, float], params: int,
+              primary: str = "accuracy") -> dict[str, Any]:
+    """The dense model as the Pareto table's first row (size 1: what every front point is measured against)."""
+    return {"trial": "dense", "baseline": "", "sparsity": 0.0, "target": 0.0, "nonzeros": params, "size": 1.0,
+            f"val_{primary}": dense_val.get(primary, float("nan")),
+            f"test_{primary}": dense_test.get(primary, float("nan")), "schedule": "", "criterion": ""}
+
+
 def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:
     """Pareto rows of an existing study (test accuracy where the search stored it)."""
 
     study = load_existing(study_name, make_storage(storage, runs_dir))
+    primary = primary_metric(study)
     rows = []
+    if "dense_val" in study.user_attrs:
+        rows.append(dense_row(study.user_attrs["dense_val"], study.user_attrs.get("dense_test", {}),
+                              int(study.user_attrs.get("dense_params", 0)), primary))
     for t in front_trials(study):
-        rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}")), primary_metric(study)))
-    return sorted(rows, key=lambda r: r["sparsity"])
+        rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}")), primary))
+    return sorted(rows, key=lambda r: r["sparsity"])  # (stable: the dense row, at sparsity 0, stays first)
 
 
 def study_user_attrs(study_name: str, storage: str | None, runs_dir: Path) -> list[dict[str, Any]]:

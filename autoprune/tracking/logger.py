@@ -240,8 +240,9 @@ class MlflowLogger:
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             title = f"{self.info.study_name}: {primary} vs size"
-            pareto_png(records, d / "pareto.png", self.info.size_metric, title, primary)
-            pareto_html(records, d / "pareto.html", self.info.size_metric, title, primary)
+            dense = self.info.dense_val.get(primary)
+            pareto_png(records, d / "pareto.png", self.info.size_metric, title, primary, dense)
+            pareto_html(records, d / "pareto.html", self.info.size_metric, title, primary, dense)
             write_front_table(records, d / "pareto.csv", d / "pareto.json", primary)
             for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.json"):
                 self.client.log_artifact(self.parent_id, str(d / name), "pareto")
