@@ -52,6 +52,14 @@ def test_search_then_front_then_sensitivity(space_path: Path, tmp_path: Path) ->
     res = run("search", str(space_path), "--trials", "5", "--runs", str(runs), "--device", "cpu")
     assert res.returncode == 0, res.stderr
     assert "Pareto front of study 'digits_small'" in res.stdout and "test_accuracy" in res.stdout
+    assert "│ dense │" in res.stdout.replace("  ", " ").replace("  ", " ")  # the dense model is the first row
+    # not a terminal: plain log lines, one per phase event, each phase started and done (dense training, the
+    # sensitivity scan, the search, the front on test), never a progress bar cut at 80 columns
+    progress = [line for line in res.stderr.splitlines() if ": started (" in line or ": done " in line]
+    phases = [line.split(": ")[0] for line in progress if ": done " in line]
+    assert phases[0].startswith("dense model") and "sensitivity scan" in phases
+    assert "search digits_small" in phases and phases[-1] == "front re-scored on test"
+    assert all(len(line) < 200 and "━" not in line for line in res.stderr.splitlines())
     assert (runs / "optuna.journal").exists() and (runs / "mlflow.db").exists()
     res = run("front", "--study", "digits_small", "--runs", str(runs))
     assert res.returncode == 0 and "val_accuracy" in res.stdout

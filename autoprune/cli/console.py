@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,14 +19,25 @@ out = Console() if Console().is_terminal else Console(width=160)  # pipes/CI: do
 
 
 class RichProgress:
-    """A :class:`~autoprune.study.ProgressSink` drawing one bar with status fields (best accuracy, ETA)."""
+    """A :class:`~autoprune.study.ProgressSink`: one bar per phase with status fields and ETA on a terminal; plain
+    log lines when stderr is not one (CI, a pipe, a file): a line when a phase starts, at every tenth of it (at
+    most one per ``every_s`` seconds), and when it ends — never one progress line cut at 80 columns."""
 
-    def __init__(self) -> None:
+    def __init__(self, plain: bool | None = None, every_s: float = 30.0) -> None:
         self._progress: Progress | None = None
         self._task: Any = None
+        self.plain = (not console.is_terminal) if plain is None else plain
+        self.every_s = every_s
+        self._phase: dict[str, Any] = {}
 
     def start(self, total: int, description: str) -> None:
-        """Begin a bar of ``total`` steps."""
+        """Begin a phase of ``total`` steps."""
+        self.stop()
+        if self.plain:
+            self._phase = {"name": description, "total": max(total, 1), "done": 0, "t0": time.monotonic(),
+                           "said": time.monotonic(), "tenth": 0, "status": ""}
+            self._say(f"{description}: started ({total} steps)")
+            return
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
                                   TimeRemainingColumn(), console=console, transient=False)
@@ -32,22 +45,47 @@ class RichProgress:
         self._task = self._progress.add_task(description, total=total, status="")
 
     def update(self, done: int, fields: dict[str, Any]) -> None:
-        """Move the bar and show e.g. best accuracy per target size."""
-        if self._progress is None:
-            return
+        """Move to ``done`` steps and show e.g. the best score per target size."""
         status = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-        self._progress.update(self._task, completed=done, status=status)
+        if self.plain:
+            self._plain_step(done, status)
+        elif self._progress is not None:
+            self._progress.update(self._task, completed=done, status=status)
 
     def advance(self) -> None:
         """One more step done."""
-        if self._progress is not None:
+        if self.plain:
+            self._plain_step(int(self._phase.get("done", 0)) + 1, str(self._phase.get("status", "")))
+        elif self._progress is not None:
             self._progress.advance(self._task)
 
     def stop(self) -> None:
-        """Close the bar."""
+        """End the current phase."""
+        if self.plain and self._phase:
+            p, self._phase = self._phase, {}
+            self._say(f"{p['name']}: done {p['done']}/{p['total']} in {time.monotonic() - p['t0']:.1f}s "
+                      f"{p['status']}".rstrip())
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def _plain_step(self, done: int, status: str) -> None:
+        p = self._phase
+        if not p:
+            return
+        p["done"], p["status"] = done, status
+        tenth = min(10, done * 10 // p["total"])
+        now = time.monotonic()
+        if tenth > p["tenth"] and (now - p["said"] >= self.every_s or tenth == 10 or p["tenth"] == 0):
+            p["tenth"], p["said"] = tenth, now
+            elapsed = now - p["t0"]
+            eta = elapsed / max(done, 1) * (p["total"] - done)
+            self._say(f"{p['name']}: {done}/{p['total']} ({tenth * 10}%) {elapsed:.0f}s elapsed, ETA {eta:.0f}s "
+                      f"{status}".rstrip())
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _fmt(v: Any) -> str:

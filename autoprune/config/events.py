@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["SearchListener", "StudyInfo", "TrialRecord"]
+__all__ = ["ProgressSink", "SearchListener", "StudyInfo", "TrialRecord"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,16 @@ class SearchListener(Protocol):
 
     def on_abort(self) -> None:
         """The search stopped early (Ctrl-C, SIGTERM, an error): finish what was handed over, then let go."""
+
+
+class ProgressSink(Protocol):
+    """Where progress goes, phase by phase (the CLI renders it: bars on a terminal, log lines otherwise)."""
+
+    def start(self, total: int, description: str) -> None:
+        """Begin a phase of ``total`` steps."""
+
+    def update(self, done: int, fields: dict[str, Any]) -> None:
+        """``done`` steps finished; ``fields`` holds short status values."""
+
+    def stop(self) -> None:
+        """End the phase."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.config.events import ProgressSink
 from autoprune.config.space import SearchSpace, TaskSpec
 from autoprune.errors import PolicyError
 from autoprune.models.zoo import architecture_fingerprint, build_model, prunable_layers, weight_of
@@ -57,7 +58,8 @@ def _cache_key(space: SearchSpace, splits: Splits, arch: str, seed: int) -> str:
 
 
 def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torch.device,
-                seed: int = 0, expect_key: str | None = None, task: Task | None = None) -> tuple[nn.Module, bool, str]:
+                seed: int = 0, expect_key: str | None = None, task: Task | None = None,
+                progress: ProgressSink | None = None) -> tuple[nn.Module, bool, str]:
     """The dense baseline: from the checkpoint if given, else trained once and cached under runs/models/.
 
     Returns (model, cache hit, key): the key names this exact dense model (the checkpoint file's SHA-256, or the
@@ -85,7 +87,12 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
     model.to(device)
     t = space.train
     loss_fn = task.loss if task is not None else nn.functional.cross_entropy
-    fit(model, splits.to(device).train, t.epochs, t.lr, t.batch_size, seed, t.weight_decay, loss_fn=loss_fn)
+    if progress is not None:
+        progress.start(t.epochs, f"dense model {space.model.name} (epochs, trained once, then cached)")
+    fit(model, splits.to(device).train, t.epochs, t.lr, t.batch_size, seed, t.weight_decay, loss_fn=loss_fn,
+        on_epoch=None if progress is None else lambda e, loss: progress.update(e + 1, {"loss": round(loss, 4)}))
+    if progress is not None:
+        progress.stop()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
@@ -94,7 +101,7 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
 
 
 def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DEFAULT_RUNS,
-                   expect_dense: str | None = None) -> Workspace:
+                   expect_dense: str | None = None, progress: ProgressSink | None = None) -> Workspace:
     """Load data and the dense model for ``space`` and resolve the prunable layers (errors name the field).
 
     ``expect_dense``: a policy's dense-model key; another dense model is refused before any training.
@@ -105,7 +112,8 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
                        targets=task_class(space.task.kind).targets, stream=d.stream.model_dump())
     task = make_task(space.task.kind, splits, space.task.options)
     space = space.with_step_budgets(len(splits.train))  # steps → epochs of this train split
-    model, hit, key = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense, task=task)
+    model, hit, key = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense, task=task,
+                                  progress=progress)
     splits = splits.to(dev)
     model.eval()
     candidates = list(prunable_layers(model))

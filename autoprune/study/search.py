@@ -7,11 +7,11 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 
-from autoprune.config.events import SearchListener, StudyInfo
+from autoprune.config.events import ProgressSink, SearchListener, StudyInfo
 from autoprune.config.pareto import best_at
 from autoprune.config.space import SearchSpace
 from autoprune.pruning.evaluate import evaluate
@@ -37,19 +37,6 @@ from autoprune.study.workers import spawn_workers, stop_workers, worker_shares
 
 __all__ = ["BEST_EVERY_S", "FRONT_EVERY", "ProgressSink", "SearchResult", "finish", "run_search", "study_info",
            "summarize", "test_front"]
-
-
-class ProgressSink(Protocol):
-    """Where progress goes (the CLI renders it with rich; the API may pass nothing)."""
-
-    def start(self, total: int, description: str) -> None:
-        """Begin a task of ``total`` steps."""
-
-    def update(self, done: int, fields: dict[str, Any]) -> None:
-        """``done`` steps finished; ``fields`` holds short status values."""
-
-    def stop(self) -> None:
-        """End the task."""
 
 
 FRONT_EVERY = 10  # trials between Pareto-tag refreshes in MLflow
@@ -82,18 +69,28 @@ def _best_at_targets(study: optuna.Study, targets: list[float]) -> dict[str, Any
     return {f"{tgt:.0%}": "–" if acc is None else format(sign * acc, fmt) for tgt, acc in best.items()}
 
 
-def test_front(study: optuna.Study, prep: Prepared) -> dict[int, dict[str, float]]:
+def test_front(study: optuna.Study, prep: Prepared, progress: ProgressSink | None = None
+               ) -> dict[int, dict[str, float]]:
     """Re-evaluate every Pareto trial on the held-out test split (stored as study user attrs ``test/<n>``)."""
     out: dict[int, dict[str, float]] = {}
-    for t in front_trials(study):
+    front = front_trials(study)
+    todo = [t for t in front if f"test/{t.number}" not in study.user_attrs]
+    if progress is not None and todo:
+        progress.start(len(todo), "front re-scored on test")
+    for t in front:
         key = f"test/{t.number}"
         cached = study.user_attrs.get(key)
         if cached is None:
+            if progress is not None:
+                progress.update(todo.index(t), {"trial": t.number})
             policy = trial_policy(t)
             ev = evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True, task=prep.ws.task)
             cached = {**(ev.test or {}), f"val_{ev.primary}_rerun": ev.score}
             study.set_user_attr(key, cached)
         out[t.number] = cached
+    if progress is not None and todo:
+        progress.update(len(todo), {})
+        progress.stop()
     return out
 
 
@@ -139,9 +136,9 @@ def summarize(study: optuna.Study, prep: Prepared, records: list[Any], wall_s: f
 
 
 def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None, wall_s: float,
-           objective: Objective, optimize_s: float) -> SearchResult:
+           objective: Objective, optimize_s: float, progress: ProgressSink | None = None) -> SearchResult:
     """Test-evaluate the front, build records and the summary, notify the listener."""
-    tests = test_front(study, prep)
+    tests = test_front(study, prep, progress)
     finished = study.get_trials(deepcopy=False, states=FINISHED)  # enqueued-but-unrun trials wait for a resume
     records = [to_record(t, t.number in tests, tests.get(t.number)) for t in finished]
     primary = prep.ws.task.primary
@@ -159,7 +156,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
                progress: ProgressSink | None = None) -> SearchResult:
     """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
     t0 = time.perf_counter()
-    prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers)
+    prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers, progress=progress)
     space = prep.ws.space  # budgets in steps resolved to epochs of the loaded train split
     study = open_search_study(space, opts, prep.ctx)
     check_study_parts(study, study_parts(space, prep.ws.sizes, search_distributions(space, prep.ctx)), space)
@@ -218,4 +215,4 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
             progress.stop()
         stop_workers(procs)
     optimize_s = time.perf_counter() - t_opt
-    return finish(study, prep, listener, time.perf_counter() - t0, objective, optimize_s)
+    return finish(study, prep, listener, time.perf_counter() - t0, objective, optimize_s, progress)

@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from autoprune.config.events import ProgressSink
 from autoprune.config.space import SampleContext, SearchSpace
 from autoprune.models.workspace import Workspace, load_workspace
 from autoprune.models.zoo import layer_shapes
@@ -51,16 +52,21 @@ class Prepared:
 
 
 def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None, threads: int | None = None,
-            workers: int = 1) -> Prepared:
+            workers: int = 1, progress: ProgressSink | None = None) -> Prepared:
     """Load the workspace, the (cached) sensitivity curves if needed, and the heuristic allocations; set torch's
-    thread count for this process (see :func:`~autoprune.training.choose_threads`)."""
-    ws = load_workspace(space, device, runs_dir)
+    thread count for this process (see :func:`~autoprune.training.choose_threads`). ``progress`` shows the dense
+    model's training and the sensitivity scan when they run (not when they come from the cache)."""
+    ws = load_workspace(space, device, runs_dir, progress=progress)
+    if advance is None and progress is not None:
+        advance = phase_counter(progress, len(ws.layers) * len(space.sensitivity.ratios), "sensitivity scan")
     choose_threads(ws.model, workers, threads)
     curves = path = None
     if space.anchor == "sensitivity" or "sensitivity" in space.baselines:
         curves, path, _ = load_or_scan(runs_dir / "sensitivity", ws.model, ws.splits, ws.layers,
                                        space.sensitivity.ratios, space.criteria[0], space.granularity,
                                        space.sensitivity.bn_batches, advance, task=ws.task)
+    if progress is not None:
+        progress.stop()
     prefs = curves.preferences() if curves is not None else None
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
             for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs).items()}
@@ -69,6 +75,19 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
                         bounds=ws.bounds,
                         anchor=anchor, shapes=layer_shapes(ws.model))
     return Prepared(ws, curves, path, heur, ctx)
+
+
+def phase_counter(progress: ProgressSink, total: int, description: str) -> Any:
+    """A step callback that starts the phase on its first step (a cached phase never shows up)."""
+    done = [0]
+
+    def step() -> None:
+        if done[0] == 0:
+            progress.start(total, description)
+        done[0] += 1
+        progress.update(done[0], {})
+
+    return step
 
 
 def study_name_for(space: SearchSpace, opts: SearchOptions) -> str:
