@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["RichProgress", "table"]
+__all__ = ["SIZE_CAPTION", "RichProgress", "table"]
 
 console = Console(stderr=True)
 out = Console() if Console().is_terminal else Console(width=160)  # pipes/CI: do not squeeze tables to 80
@@ -104,11 +104,16 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def table(title: str, rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -> Table:
-    """A rich table from dict rows (floats to 4 decimals, NaN as –)."""
+SIZE_CAPTION = ("size: the search's size metric as a fraction of the dense model (nonzeros: nonzero parameters "
+                "over all parameters; bytes: best sparse format; flops: MACs); nonzeros: the count")
+
+
+def table(title: str, rows: Iterable[dict[str, Any]], columns: list[str] | None = None,
+          caption: str | None = None) -> Table:
+    """A rich table from dict rows (floats to 4 decimals, NaN as –), with an optional caption under it."""
     rows = list(rows)
     cols = columns or (list(rows[0]) if rows else [])
-    t = Table(title=title, show_lines=False)
+    t = Table(title=title, show_lines=False, caption=caption, caption_justify="left")
     for c in cols:
         t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
     for r in rows:

@@ -46,14 +46,14 @@ def search(
     sampler: Annotated[str | None, typer.Option(help="tpe | nsga2 | random | gp | rl (default: the YAML's).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
                                                      help="MLflow server (default sqlite under runs/).")] = None,
-    no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
+    no_track: Annotated[bool, typer.Option("--no-track", metavar="", help="Do not log to MLflow.")] = False,
     device: Device = "auto",
     threads: Threads = None,
     runs: Runs = Path("runs"),
 ) -> None:
     """Search per-layer sparsity and schedules; rerun the same command to add trials to the same study."""
     from autoprune.api import search as run
-    from autoprune.cli.console import RichProgress, out, table
+    from autoprune.cli.console import SIZE_CAPTION, RichProgress, out, table
 
     try:
         result = run(space, n_trials=trials, timeout=timeout, storage=storage, study=study, workers=workers,
@@ -63,7 +63,8 @@ def search(
         raise typer.Exit(_interrupted(stop)) from None
     metric = result.primary
     out.print(table(f"Pareto front of study '{result.study_name}' (dense val {metric} "
-                    f"{result.dense_val[metric]:.4f}, test {result.dense_test[metric]:.4f})", result.front))
+                    f"{result.dense_val[metric]:.4f}, test {result.dense_test[metric]:.4f})", result.front,
+                    caption=SIZE_CAPTION))
     s = result.summary
     if s["stopped_on_rung"]:
         rungs = ", ".join(f"{n} on rung {r}" for r, n in s["stopped_on_rung"].items())
@@ -117,11 +118,11 @@ def front(
     runs: Runs = Path("runs"),
 ) -> None:
     """Print the Pareto table of an existing study."""
-    from autoprune.cli.console import out, table
+    from autoprune.cli.console import SIZE_CAPTION, out, table
     from autoprune.study import front_table
 
     rows = front_table(study, storage, runs)
-    out.print(table(f"Pareto front of study '{study}'", rows))
+    out.print(table(f"Pareto front of study '{study}'", rows, caption=SIZE_CAPTION))
 
 
 @app.command()
@@ -138,7 +139,7 @@ def export(
     max_metric: Annotated[float | None, typer.Option(help="Smallest front point whose validation primary metric "
                                                      "is ≤ this (tasks that minimize it, e.g. regression's MSE)."
                                                      )] = None,
-    knee: Annotated[bool, typer.Option("--knee", help="The front's knee (best trade-off).")] = False,
+    knee: Annotated[bool, typer.Option("--knee", metavar="", help="The front's knee (best trade-off).")] = False,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI")] = None,
     runs: Runs = Path("runs"),
@@ -229,9 +230,11 @@ def bench(
     seeds: Annotated[int, typer.Option(min=1, help="Seeds (dense model, fine-tune, sampler).")] = 3,
     trials: Annotated[int, typer.Option(min=1, help="Trial budget of each search method.")] = 200,
     sparsities: Annotated[str, typer.Option(help="Comma-separated global sparsity levels.")] = "0.8,0.9,0.95,0.97,0.98",
-    quick: Annotated[bool, typer.Option("--quick", help="CI smoke: 1 seed, 12 trials, 2 levels.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", metavar="",
+                                        help="CI smoke: 1 seed, 12 trials, 2 levels.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default runs/bench/<time>).")] = None,
-    latency: Annotated[bool, typer.Option("--latency", help="Only time channel-pruned ResNet-20 vs dense.")] = False,
+    latency: Annotated[bool, typer.Option("--latency", metavar="",
+                                          help="Only time channel-pruned ResNet-20 vs dense.")] = False,
     channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all but tpe_naive): "
                                                 "uniform, global, lamp, erk, sensitivity, random, agp_uniform, "
