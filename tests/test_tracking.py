@@ -49,6 +49,17 @@ def test_trials_become_child_runs_with_front_artifacts(space_path: Path, tmp_pat
     one = next(c for c in children if c.data.tags["state"] == "COMPLETE")
     assert "val_accuracy" in one.data.metrics and "ratio/features.0" in one.data.params
     assert (runs / "mlflow.db").exists() and (runs / "optuna.journal").exists()
+    # a child run lasts as long as its trial did (not the moment it was logged)
+    trial = next(t for t in finished if t.number == int(one.data.tags["autoprune.trial"]))
+    assert trial.datetime_start is not None and trial.datetime_complete is not None
+    assert abs(one.info.start_time - trial.datetime_start.timestamp() * 1000) < 2
+    assert abs(one.info.end_time - trial.datetime_complete.timestamp() * 1000) < 2
+    # the parent run carries the search's configuration and describes the front on its page
+    params = client.get_run(parent.info.run_id).data.params
+    assert params["model"] == "digits_cnn" and params["task"] == "classification" and params["data"] == "digits"
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert note.startswith("**Pareto front**") and "| dense |" in note
+    assert all(f"| {n} |" in note for n in front)
 
 
 def test_param_keys_for_real_fqns_are_accepted(tmp_path: Path) -> None:

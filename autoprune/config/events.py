@@ -21,6 +21,8 @@ class TrialRecord:
     baseline: str | None = None
     pareto: bool = False
     test: dict[str, float] | None = None
+    start_ms: int | None = None  # when the trial itself started and ended (epoch milliseconds)
+    end_ms: int | None = None
 
     @property
     def sparsity(self) -> float:
@@ -43,6 +45,7 @@ class StudyInfo:
     sensitivity_files: list[str] = field(default_factory=list)
     primary: str = "accuracy"  # the task's primary metric (the first objective)
     direction: str = "maximize"  # and its direction
+    config: dict[str, str] = field(default_factory=dict)  # the search's configuration, as MLflow params
 
 
 class SearchListener(Protocol):

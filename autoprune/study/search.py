@@ -104,7 +104,25 @@ def study_info(prep: Prepared, study: optuna.Study, opts: SearchOptions) -> Stud
                      space_yaml=Path(space.source).read_text() if space.source else space.model_dump_json(),
                      space_name=space.name, sampler=opts.sampler or space.sampler, size_metric=space.size_metric,
                      dense_val=prep.ws.dense_val, dense_test=prep.ws.dense_test, sensitivity_files=files,
-                     primary=prep.ws.task.primary, direction=prep.ws.task.direction)
+                     primary=prep.ws.task.primary, direction=prep.ws.task.direction, config=search_config(space, opts))
+
+
+def search_config(space: SearchSpace, opts: SearchOptions) -> dict[str, str]:
+    """What defines the search, as short strings (MLflow params of the parent run)."""
+    ft = space.finetune
+    ladder = space.ladder
+    return {
+        "model": space.model.name, "model_kwargs": str(space.model.kwargs), "data": space.data.name,
+        "task": space.task.kind, "granularity": space.granularity.label,
+        "targets": str(space.targets.grid or list(space.targets.range or [])),
+        "sampler": opts.sampler or space.sampler, "trials": str(opts.n_trials or space.trials),
+        "seed": str(space.seed if opts.seed is None else opts.seed), "size_metric": space.size_metric,
+        "finetune_lr_scale": str(ft.lr_scale), "finetune_decay": str(ft.decay),
+        "finetune_epochs": str(ladder.epochs if ladder else ft.epochs),
+        "ladder": "none" if ladder is None else f"epochs {ladder.epochs}, keep {ladder.keep}",
+        "criteria": str(space.criteria), "schedules": str([s.label for s in space.schedules]),
+        "baselines": str(space.baselines), "workers": str(opts.workers),
+    }
 
 
 def summarize(study: optuna.Study, prep: Prepared, records: list[Any], wall_s: float, objective: Objective,

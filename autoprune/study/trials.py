@@ -70,9 +70,11 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
         stopped = t.user_attrs["stopped"]
         metrics = {"sparsity": stopped.get("sparsity"), "stopped_epoch": stopped.get("epoch"),
                    "val_accuracy": stopped.get("val_accuracy"), "early_stop_saved_s": stopped.get("saved_s")}
+    start, end = t.datetime_start, t.datetime_complete
     return TrialRecord(number=t.number, state=t.state.name, params=dict(t.params), values=values, metrics=metrics,
-                       policy_json=policy_json(t), baseline=t.user_attrs.get("baseline"),
-                       pareto=pareto, test=test)
+                       policy_json=policy_json(t), baseline=t.user_attrs.get("baseline"), pareto=pareto, test=test,
+                       start_ms=int(start.timestamp() * 1000) if start else None,
+                       end_ms=int(end.timestamp() * 1000) if end else None)
 
 
 def metric_sign(study: optuna.Study) -> float:

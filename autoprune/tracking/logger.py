@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -29,8 +30,19 @@ from autoprune.config.events import StudyInfo, TrialRecord
 from autoprune.config.pareto import best_at, hypervolume
 from autoprune.tracking.plots import pareto_html, pareto_png
 
-__all__ = ["BEST_AT", "MlflowLogger", "default_tracking_uri", "ensure_experiment", "find_parent", "log_bench",
-           "log_export", "runs_table_url", "safe_key", "write_front_table"]
+__all__ = [
+    "BEST_AT",
+    "MlflowLogger",
+    "default_tracking_uri",
+    "ensure_experiment",
+    "find_parent",
+    "front_markdown",
+    "log_bench",
+    "log_export",
+    "runs_table_url",
+    "safe_key",
+    "write_front_table",
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
 BEST_AT = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98)
@@ -149,7 +161,8 @@ class MlflowLogger:
             self.parent_id = run.info.run_id
             metrics = [Metric(f"dense_{k}", float(v), _ms(), 0) for k, v in info.dense_val.items()]
             metrics += [Metric(f"dense_test_{k}", float(v), _ms(), 0) for k, v in info.dense_test.items()]
-            self.client.log_batch(self.parent_id, metrics=metrics)
+            params = [Param(safe_key(k), v[:6000]) for k, v in info.config.items()]  # the search's configuration
+            self.client.log_batch(self.parent_id, metrics=metrics, params=params)
             self.client.log_text(self.parent_id, info.space_yaml, "search_space.yaml")
             for f in info.sensitivity_files:
                 if Path(f).exists():
@@ -194,12 +207,17 @@ class MlflowLogger:
                 "pareto": "true" if r.pareto else "false", "sampler": self.info.sampler if self.info else ""}
         if r.baseline:
             tags["baseline"] = r.baseline
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{r.number}", tags=tags)
+        if "rung" in r.metrics:
+            tags["rung"] = str(r.metrics["rung"])  # the highest rung of the fidelity ladder it reached
+        # the run's duration is the trial's own (not the moment it was logged)
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{r.number}", tags=tags,
+                                     start_time=r.start_ms)
         self.client.log_batch(run.info.run_id, metrics=_metrics(r, self.info.primary if self.info else "accuracy"),
                               params=_params(r))
         if r.policy_json:
             self.client.log_text(run.info.run_id, r.policy_json, "policy.json")
-        self.client.set_terminated(run.info.run_id, "FINISHED" if r.state == "COMPLETE" else "KILLED")
+        self.client.set_terminated(run.info.run_id, "FINISHED" if r.state == "COMPLETE" else "KILLED",
+                                   end_time=r.end_ms)
         self.children[r.number] = run.info.run_id
         self.pareto_tags[r.number] = r.pareto
         self.log_seconds.append(time.perf_counter() - t0)
@@ -219,6 +237,7 @@ class MlflowLogger:
                 self.client.log_batch(run_id, metrics=[Metric(f"test_{k}", float(v), _ms(), 0)
                                                        for k, v in r.test.items()])
         self._log_front(records, summary)
+        self.client.set_tag(self.parent_id, "mlflow.note.content", front_markdown(records, self.info))
         self.client.set_terminated(self.parent_id, "FINISHED")
 
     def _log_front(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
@@ -246,6 +265,24 @@ class MlflowLogger:
             write_front_table(records, d / "pareto.csv", d / "pareto.json", primary)
             for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.json"):
                 self.client.log_artifact(self.parent_id, str(d / name), "pareto")
+
+
+def front_markdown(records: list[TrialRecord], info: StudyInfo | None) -> str:
+    """The parent run's description (MLflow shows it on the run page): the front as a markdown table, the dense
+    model first, and where the Pareto plot is."""
+    primary = info.primary if info else "accuracy"
+    lines = [f"**Pareto front** ({primary} on validation and test, size as a fraction of the dense model; "
+             "plot: Artifacts → `pareto/pareto.png`, interactive: `pareto/pareto.html`)", "",
+             f"| trial | baseline | sparsity | size | val {primary} | test {primary} |", "|---|---|---|---|---|---|"]
+    if info is not None:
+        lines.append(f"| dense | | 0 | 1 | {info.dense_val.get(primary, float('nan')):.4f} | "
+                     f"{info.dense_test.get(primary, float('nan')):.4f} |")
+    for r in sorted((r for r in records if r.pareto and r.values), key=lambda r: r.sparsity):
+        val, size = r.values or (math.nan, math.nan)
+        test = (r.test or {}).get(primary)
+        lines.append(f"| {r.number} | {r.baseline or ''} | {r.sparsity:.4f} | {size:.4f} | {val:.4f} | "
+                     f"{'–' if test is None else f'{test:.4f}'} |")
+    return "\n".join(lines)
 
 
 def write_front_table(records: list[TrialRecord], csv_path: Path, json_path: Path, primary: str = "accuracy"
