@@ -90,9 +90,13 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
         from autoprune.tracking.logger import log_export
 
         try:
-            log_export(tracking_uri, Path(runs_dir), study, Path(out), t.number)
+            run_id = log_export(tracking_uri, Path(runs_dir), study, Path(out), t.number)
         except Exception as err:  # the policy file is written; MLflow is a convenience here
             print(f"warning: could not log the export to MLflow ({type(err).__name__})", file=sys.stderr)
+        else:  # say what changed in MLflow (export touches a run the user may be looking at)
+            print(f"MLflow: attached {Path(out).name} to run {run_id} of study '{study}' (artifacts exported/, tag "
+                  "exported_policy)" if run_id else f"MLflow: nothing logged (no run of study '{study}')",
+                  file=sys.stderr)
     return policy
 
 

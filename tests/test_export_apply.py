@@ -216,3 +216,29 @@ def test_apply_refuses_another_dense_model_before_training(searched: str, runs_d
     assert f"searched on dense model {pol.dense_key}" in res.stderr and "Traceback" not in res.stderr
     assert sorted((runs_dir / "models").iterdir()) == models_before  # refused before training a new one
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_apply_logs_the_model_to_the_studys_run_and_registers_it(searched: str, space_path: Path, runs_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from autoprune.tracking.logger import default_tracking_uri
+
+    export(searched, tmp_path / "p.json", knee=True, runs_dir=runs_dir, track=False)
+    res = subprocess.run([EXE, "apply", str(tmp_path / "p.json"), "--space", str(space_path), "--runs", str(runs_dir),
+                          "-o", str(tmp_path / "p.pt"), "--torchscript", str(tmp_path / "p.ts"),
+                          "--register", "digits-pruned"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"wrote {tmp_path / 'p.ts'}" in res.stdout and "dense tensors" in res.stdout  # says what it wrote
+    line = next((x for x in res.stdout.splitlines() if x.startswith("MLflow: logged the pruned model")), res.stdout)
+    assert "registered as digits-pruned version 1, alias @pruned" in line
+    uri = default_tracking_uri(runs_dir)
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("digits-pruned", "pruned")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model("models:/digits-pruned@pruned")
+    x = torch.zeros(2, 1, 8, 8)
+    assert model(x).shape == (2, 10) and int(version.version) == 1  # any batch size
+    parent = client.get_run(version.run_id)
+    assert parent.data.tags["autoprune.role"] == "parent" and "applied_test_accuracy" in parent.data.metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,8 +53,10 @@ def _space(space: Path | None, model: str | None, data: str | None, checkpoint: 
 
 def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
               finetune_epochs: float | None, out_path: Path, onnx: Path | None, torchscript: Path | None,
-              quantize: str | None, device: str, runs: Path, threads: int | None = None) -> None:
-    """Apply a policy file and print the before/after table."""
+              quantize: str | None, device: str, runs: Path, threads: int | None = None, track: bool = True,
+              register: str | None = None, tracking_uri: str | None = None) -> None:
+    """Apply a policy file, print the before/after table, say which files were written, and log the model to
+    the study's MLflow parent run (registered under ``register`` with the alias ``pruned`` when given)."""
     if quantize not in (None, "int8"):
         raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
     for path, what in ((out_path, "-o"), (onnx, "--onnx"), (torchscript, "--torchscript")):
@@ -91,7 +94,48 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     if torchscript is not None:
         export_torchscript(deployable, ws.splits.input_shape, torchscript, ws.splits.input_dtype)
     out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
-    out.print(f"saved {out_path}" + (f", {onnx}" if onnx else "") + (f", {torchscript}" if torchscript else ""))
+    for line in written_files(out_path, onnx, torchscript, quantize == "int8"):
+        out.print(line, soft_wrap=True)  # one line each, however long (logs are grepped)
+    if track or register:
+        example = torch.zeros((1, *ws.splits.input_shape), dtype=ws.splits.input_dtype).numpy()
+        logged = _log_to_mlflow(policy, res, deployable, example, runs, register, tracking_uri)
+        out.print(logged, soft_wrap=True)
+
+
+def written_files(out_path: Path, onnx: Path | None, torchscript: Path | None, int8: bool) -> list[str]:
+    """One line per file written, with its size and what it stores."""
+    lines = [f"wrote {out_path} ({out_path.stat().st_size:,} bytes): the pruned weights, zeros compressed, "
+             "pickle-free; load with autoprune.load_pruned(path, model)"]
+    for path, kind in ((onnx, "ONNX"), (torchscript, "TorchScript")):
+        if path is not None:
+            lines.append(f"wrote {path} ({path.stat().st_size:,} bytes): {kind} with dense tensors (pruned weights "
+                         "stored as zeros), taking raw inputs")
+    if int8:
+        int8_path = out_path.with_name(out_path.stem + ".int8.ts")
+        lines.append(f"wrote {int8_path} ({int8_path.stat().st_size:,} bytes): TorchScript, dynamic int8 Linear "
+                     "layers (dense int8 tensors, zeros included)")
+    return lines
+
+
+def _log_to_mlflow(policy: Policy, res: Any, deployable: nn.Module, example: Any, runs: Path, register: str | None,
+                   tracking_uri: str | None) -> str:
+    """Log the applied model to its study's MLflow parent run; one line saying what was logged (or why not)."""
+    study = policy.provenance.get("study")
+    if not study:
+        return "MLflow: nothing logged (the policy names no study)"
+    from autoprune.tracking.logger import log_applied_model
+
+    try:
+        info = log_applied_model(tracking_uri, runs, study, deployable.cpu(), policy.to_json(), res.before, res.after,
+                                 example, register)
+    except Exception as err:  # the files are written; MLflow is a convenience here
+        return f"MLflow: could not log the model ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    if not info:
+        return f"MLflow: nothing logged (no run of study '{study}' in {tracking_uri or runs})"
+    line = f"MLflow: logged the pruned model {info['model_uri']} on run {info['run_id']} of study '{study}'"
+    if "registered" in info:
+        line += f"; registered as {info['registered']} version {info['version']}, alias @{info['alias']}"
+    return line
 
 
 def _int8_rows(model: nn.Module, task: Task, splits: Splits, out_path: Path) -> list[dict[str, object]]:

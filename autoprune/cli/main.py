@@ -169,6 +169,11 @@ def apply_cmd(
     onnx: Annotated[Path | None, typer.Option(help="Also export ONNX here.")] = None,
     torchscript: Annotated[Path | None, typer.Option(help="Also export TorchScript here.")] = None,
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic quantization after pruning.")] = None,
+    no_track: Annotated[bool, typer.Option("--no-track", metavar="", help="Do not log the model to MLflow (by "
+                                           "default it goes to the study's parent run).")] = False,
+    register: Annotated[str | None, typer.Option(help="Also register the model in MLflow's registry under this "
+                                                 "name, alias @pruned on the new version.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI")] = None,
     device: Device = "auto",
     threads: Threads = None,
     runs: Runs = Path("runs"),
@@ -177,7 +182,7 @@ def apply_cmd(
     from autoprune.cli.apply import run_apply
 
     run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs,
-              threads)
+              threads, track=not no_track, register=register, tracking_uri=tracking_uri)
 
 
 @app.command()

@@ -37,6 +37,7 @@ __all__ = [
     "ensure_experiment",
     "find_parent",
     "front_markdown",
+    "log_applied_model",
     "log_bench",
     "log_export",
     "runs_table_url",
@@ -329,15 +330,55 @@ def _metrics(r: TrialRecord, primary: str = "accuracy") -> list[Metric]:
     return out
 
 
-def log_export(tracking_uri: str | None, runs_dir: Path, study_name: str, policy_path: Path, trial: int) -> None:
-    """Attach an exported policy to the study's parent run and mark it as the study's exported policy."""
+def log_export(tracking_uri: str | None, runs_dir: Path, study_name: str, policy_path: Path, trial: int
+               ) -> str | None:
+    """Attach an exported policy to the study's parent run and mark it as the study's exported policy; returns
+    the run's id (None when the study has no MLflow run)."""
     client = MlflowClient(tracking_uri or default_tracking_uri(runs_dir))
     exp = client.get_experiment_by_name(study_name)
     run_id = find_parent(client, str(exp.experiment_id), study_name) if exp is not None else None
     if run_id is None:
-        return
+        return None
     client.log_artifact(run_id, str(policy_path), "exported")
     client.set_tag(run_id, "exported_policy", f"trial {trial}: {policy_path.name}")
+    return run_id
+
+
+def log_applied_model(tracking_uri: str | None, runs_dir: Path, study_name: str, model: Any, policy_json: str,
+                      before: dict[str, float], after: dict[str, float], example: Any, register: str | None = None,
+                      alias: str = "pruned") -> dict[str, str]:
+    """Log the applied (pruned, fine-tuned, raw-input) model as an MLflow logged model on the study's parent run,
+    with the policy and the before/after metrics; with ``register``, register it and point ``alias`` at the new
+    version (MLflow's stages are deprecated: aliases are the convention). ``example``: one raw input (a numpy
+    array), on which the model is traced to TorchScript (MLflow stores a ScriptModule with ``torch.jit.save``).
+    Returns what was logged."""
+    import mlflow.pytorch
+    import torch
+
+    uri = tracking_uri or default_tracking_uri(runs_dir)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study_name)
+    parent = find_parent(client, str(exp.experiment_id), study_name) if exp is not None else None
+    if parent is None:
+        return {}
+    with mlflow.start_run(run_id=parent):
+        # TorchScript (traced on the example): no pickled classes, and any batch size (torch.export's program
+        # would fix the example's batch of 1)
+        traced = torch.jit.trace(model.eval(), torch.from_numpy(example))
+        info = mlflow.pytorch.log_model(traced, name="pruned-model", registered_model_name=register,
+                                        input_example=example, serialization_format="pickle",
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        mlflow.log_text(policy_json, "applied/policy.json")
+        mlflow.log_metrics({safe_key(f"applied_{k}"): float(v) for k, v in after.items()
+                            if isinstance(v, (int, float)) and math.isfinite(v)})
+        mlflow.log_metrics({safe_key(f"applied_dense_{k}"): float(v) for k, v in before.items()
+                            if isinstance(v, (int, float)) and math.isfinite(v)})
+    out = {"model_uri": info.model_uri, "run_id": parent}
+    if register and info.registered_model_version is not None:
+        client.set_registered_model_alias(register, alias, str(info.registered_model_version))
+        out.update(registered=register, version=str(info.registered_model_version), alias=alias)
+    return out
 
 
 def runs_table_url(tracking_uri: str | None, runs_dir: Path, study_name: str | None, host: str, port: int) -> str:
