@@ -202,18 +202,19 @@ def sync(
 
 @app.command()
 def ui(
-    study: Annotated[str | None, typer.Option(help="Print the runs-table URL of this study.")] = None,
+    study: Annotated[str | None, typer.Option(help="Print where this study's front is: its run page (plot and "
+                                                "table), its runs table, the Pareto PNG.")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
     timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")] = None,
     runs: Runs = Path("runs"),
 ) -> None:
-    """Serve the MLflow UI on runs/ and print the study's runs-table URL; Ctrl-C stops it and its workers."""
+    """Serve the MLflow UI on runs/ and print where the study's front is; Ctrl-C stops it and its workers."""
     import signal
     import time
 
     from autoprune.cli.console import out as console
-    from autoprune.tracking.logger import default_tracking_uri, runs_table_url
+    from autoprune.tracking.logger import default_tracking_uri, study_urls
     from autoprune.tracking.ui import start_server, stop_server, wait_ready
 
     proc = start_server(default_tracking_uri(runs), runs / "artifacts", host, port)
@@ -221,7 +222,11 @@ def ui(
     try:
         if not wait_ready(host, port, proc):
             raise AutopruneError(f"mlflow ui did not start on {host}:{port} (port in use?)")
-        console.print(f"MLflow UI: {runs_table_url(None, runs, study, host, port)}", soft_wrap=True)
+        urls = study_urls(None, runs, study, host, port)
+        console.print(f"MLflow UI: {urls['landing']}", soft_wrap=True)  # the front, with no further click
+        for key, label in (("plot", "Pareto plot"), ("runs", "all trials (runs table)")):
+            if key in urls:
+                console.print(f"{label}: {urls[key]}", soft_wrap=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while proc.poll() is None and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.5)

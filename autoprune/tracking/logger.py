@@ -40,8 +40,9 @@ __all__ = [
     "log_applied_model",
     "log_bench",
     "log_export",
-    "runs_table_url",
+    "pareto_artifact",
     "safe_key",
+    "study_urls",
     "write_front_table",
 ]
 
@@ -238,7 +239,8 @@ class MlflowLogger:
                 self.client.log_batch(run_id, metrics=[Metric(f"test_{k}", float(v), _ms(), 0)
                                                        for k, v in r.test.items()])
         self._log_front(records, summary)
-        self.client.set_tag(self.parent_id, "mlflow.note.content", front_markdown(records, self.info))
+        self.client.set_tag(self.parent_id, "mlflow.note.content",
+                            front_markdown(records, self.info, pareto_artifact(self.parent_id)))
         self.client.set_terminated(self.parent_id, "FINISHED")
 
     def _log_front(self, records: list[TrialRecord], summary: dict[str, Any]) -> None:
@@ -268,11 +270,12 @@ class MlflowLogger:
                 self.client.log_artifact(self.parent_id, str(d / name), "pareto")
 
 
-def front_markdown(records: list[TrialRecord], info: StudyInfo | None) -> str:
-    """The parent run's description (MLflow shows it on the run page): the front as a markdown table, the dense
-    model first, and where the Pareto plot is."""
+def front_markdown(records: list[TrialRecord], info: StudyInfo | None, plot: str | None = None) -> str:
+    """The parent run's description (MLflow shows it on the run page): the Pareto plot (``plot``: its URL, relative
+    to the MLflow server), then the front as a markdown table, the dense model first."""
     primary = info.primary if info else "accuracy"
-    lines = [f"**Pareto front** ({primary} on validation and test, size as a fraction of the dense model; "
+    lines = [f"![Pareto front]({plot})", ""] if plot else []
+    lines += [f"**Pareto front** ({primary} on validation and test, size as a fraction of the dense model; "
              "plot: Artifacts → `pareto/pareto.png`, interactive: `pareto/pareto.html`)", "",
              f"| trial | baseline | sparsity | size | val {primary} | test {primary} |", "|---|---|---|---|---|---|"]
     if info is not None:
@@ -381,16 +384,29 @@ def log_applied_model(tracking_uri: str | None, runs_dir: Path, study_name: str,
     return out
 
 
-def runs_table_url(tracking_uri: str | None, runs_dir: Path, study_name: str | None, host: str, port: int) -> str:
-    """URL of the study's runs table (MLflow 3 opens experiments on an empty GenAI page otherwise)."""
+def study_urls(tracking_uri: str | None, runs_dir: Path, study_name: str | None, host: str, port: int
+               ) -> dict[str, str]:
+    """Where to look in ``mlflow ui``: ``landing`` (the study's parent run in the model-training pages, its
+    description showing the Pareto plot and the front table), ``runs`` (the runs table) and ``plot`` (the Pareto
+    PNG itself). Just the server's root when the study has no run yet."""
     base = f"http://{host}:{port}/"
     if study_name is None:
-        return base
+        return {"landing": base}
     client = MlflowClient(tracking_uri or default_tracking_uri(runs_dir))
     exp = client.get_experiment_by_name(study_name)
     if exp is None:
-        return base
-    return f"{base}#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        return {"landing": base}
+    runs = f"{base}#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"  # not the GenAI pages
+    parent = find_parent(client, str(exp.experiment_id), study_name)
+    if parent is None:
+        return {"landing": runs, "runs": runs}
+    return {"landing": f"{base}#/experiments/{exp.experiment_id}/runs/{parent}?workflowType=machine_learning",
+            "runs": runs, "plot": f"{base}{pareto_artifact(parent)}"}
+
+
+def pareto_artifact(run_id: str) -> str:
+    """The Pareto PNG as the MLflow server serves it (a URL relative to the server's root)."""
+    return f"get-artifact?path=pareto%2Fpareto.png&run_uuid={run_id}"
 
 
 def log_bench(tracking_uri: str | None, runs_dir: Path, name: str, params: dict[str, str],
