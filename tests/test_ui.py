@@ -71,7 +71,7 @@ def test_ui_prints_the_studys_landing_page_and_leaves_no_orphans(ui_runs: Path) 
     # the landing page is the study's parent run (its description shows the plot and the front) in the
     # model-training pages, not the GenAI ones
     assert url == (f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
-                   "?workflowType=machine_learning")
+                   "/artifacts/pareto/pareto.png?workflowType=machine_learning")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
         assert r.status == 200
     assert proc.wait() == 0
@@ -96,7 +96,8 @@ def test_chromium_lands_on_the_front_in_mlflow_ui(ui_runs: Path) -> None:
     try:
         landing = _wait_url(proc)
         assert proc.stdout is not None
-        plot = proc.stdout.readline().split("Pareto plot:", 1)[1].strip()
+        run_page = proc.stdout.readline().split("(run page):", 1)[1].strip()
+        plot = proc.stdout.readline().split("Pareto plot (PNG):", 1)[1].strip()
         with urllib.request.urlopen(plot, timeout=30) as r:
             assert r.read()[:8] == b"\x89PNG\r\n\x1a\n"
         keep = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
@@ -104,13 +105,16 @@ def test_chromium_lands_on_the_front_in_mlflow_ui(ui_runs: Path) -> None:
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1400,1400", "--virtual-time-budget=20000"]
-        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", landing], capture_output=True, text=True).stdout
-        shot = keep / "mlflow_ui_landing.png"
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", landing], capture_output=True)
-        assert "Pareto front" in dom and "val accuracy" in dom and "test accuracy" in dom, dom[-2000:]
-        assert "get-artifact?path=pareto%2Fpareto.png" in dom  # the plot, inline in the description
-        assert "Evaluation runs" not in dom and "Judges" not in dom  # the GenAI sidebar is not shown
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for page, name in ((landing, "mlflow_ui_landing.png"), (run_page, "mlflow_ui_parent_run.png")):
+            dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True).stdout
+            subprocess.run([CHROMIUM, *flags, f"--screenshot={keep / name}", page], capture_output=True)
+            assert (keep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert "Evaluation runs" not in dom and "Judges" not in dom  # the GenAI pages are not shown
+            if page == landing:  # opened on the Pareto plot itself
+                assert "pareto/pareto.png" in dom and "<img" in dom, dom[-2000:]
+            else:  # the run page: the front table (and the plot) in the description, the search's settings
+                assert "Pareto front" in dom and "val accuracy" in dom and "test accuracy" in dom, dom[-2000:]
+                assert "get-artifact?path=pareto%2Fpareto.png" in dom
     finally:
         proc.terminate()  # SIGTERM: the CLI must still end the whole mlflow process group
         proc.wait()

@@ -224,7 +224,8 @@ def ui(
             raise AutopruneError(f"mlflow ui did not start on {host}:{port} (port in use?)")
         urls = study_urls(None, runs, study, host, port)
         console.print(f"MLflow UI: {urls['landing']}", soft_wrap=True)  # the front, with no further click
-        for key, label in (("plot", "Pareto plot"), ("runs", "all trials (runs table)")):
+        for key, label in (("run", "front table and search settings (run page)"), ("plot", "Pareto plot (PNG)"),
+                           ("runs", "all trials (runs table)")):
             if key in urls:
                 console.print(f"{label}: {urls[key]}", soft_wrap=True)
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -386,9 +386,10 @@ def log_applied_model(tracking_uri: str | None, runs_dir: Path, study_name: str,
 
 def study_urls(tracking_uri: str | None, runs_dir: Path, study_name: str | None, host: str, port: int
                ) -> dict[str, str]:
-    """Where to look in ``mlflow ui``: ``landing`` (the study's parent run in the model-training pages, its
-    description showing the Pareto plot and the front table), ``runs`` (the runs table) and ``plot`` (the Pareto
-    PNG itself). Just the server's root when the study has no run yet."""
+    """Where to look in ``mlflow ui``: ``landing`` (the study's parent run in the model-training pages, opened on
+    its Pareto plot), ``run`` (the run's overview: the front table in its description, its params and metrics),
+    ``runs`` (every trial in the runs table) and ``plot`` (the PNG itself). The server's root when the study has
+    no run yet."""
     base = f"http://{host}:{port}/"
     if study_name is None:
         return {"landing": base}
@@ -400,8 +401,9 @@ def study_urls(tracking_uri: str | None, runs_dir: Path, study_name: str | None,
     parent = find_parent(client, str(exp.experiment_id), study_name)
     if parent is None:
         return {"landing": runs, "runs": runs}
-    return {"landing": f"{base}#/experiments/{exp.experiment_id}/runs/{parent}?workflowType=machine_learning",
-            "runs": runs, "plot": f"{base}{pareto_artifact(parent)}"}
+    page = f"{base}#/experiments/{exp.experiment_id}/runs/{parent}"
+    return {"landing": f"{page}/artifacts/pareto/pareto.png?workflowType=machine_learning",
+            "run": f"{page}?workflowType=machine_learning", "runs": runs, "plot": f"{base}{pareto_artifact(parent)}"}
 
 
 def pareto_artifact(run_id: str) -> str:
