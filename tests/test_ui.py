@@ -1,5 +1,6 @@
-"""`autoprune ui`: serves the MLflow UI on runs/, prints the runs-table URL, leaves no orphan processes;
-a headless Chromium opens the study's parent run and finds the Pareto plot artifact listed."""
+"""`autoprune ui`: serves the MLflow UI on runs/, prints where the study's front is, leaves no orphan processes;
+a headless Chromium opens what it prints and finds the front. optuna-dashboard serves the same study's journal and
+shows its Pareto front with autoprune's metric names."""
 
 from __future__ import annotations
 
@@ -123,3 +124,53 @@ def test_chromium_lands_on_the_front_in_mlflow_ui(ui_runs: Path) -> None:
         time.sleep(0.5)
         waited += 0.5
     assert _procs_mentioning(str(ui_runs)) == []
+
+
+def _chromium_flags() -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1400,1100", "--virtual-time-budget=20000"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_optuna_dashboard_shows_the_front_with_metric_names(ui_runs: Path) -> None:
+    import json
+    import signal
+
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium missing: scripts/test.sh installs Debian's chromium package")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    dashboard = str(Path(sys.executable).parent / "optuna-dashboard")
+    port = _free_port()
+    proc = subprocess.Popen([dashboard, str(ui_runs / "optuna.journal"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        studies = None
+        while studies is None and proc.poll() is None:  # a condition: the server answers
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard ended before it served"
+        study = next(x for x in studies if x["study_name"] == "ui_study")
+        page = f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}"
+        dom = subprocess.run([CHROMIUM, *_chromium_flags(), "--dump-dom", page], capture_output=True,
+                             text=True).stdout
+        keep = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
+        keep.mkdir(parents=True, exist_ok=True)
+        subprocess.run([CHROMIUM, *_chromium_flags(), f"--screenshot={keep / 'optuna_dashboard.png'}", page],
+                       capture_output=True)
+        assert "Pareto Front" in dom, dom[-2000:]
+        assert "val_accuracy" in dom and "size (nonzero parameters, fraction of dense)" in dom  # not "Objective 0"
+        assert (keep / "optuna_dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=30) as r:
+            trials = json.loads(r.read())["trials"]
+        attrs = [{a["key"]: a["value"] for a in t["user_attrs"]} for t in trials if t["state"] == "Complete"]
+        assert attrs and all("sparse" in a["summary"] and "val accuracy" in a["summary"] for a in attrs)
+        assert any(a.get("baseline") for a in attrs)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its gunicorn workers
+        proc.wait()

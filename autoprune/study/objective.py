@@ -29,7 +29,14 @@ from autoprune.study.ladder import (
 )
 from autoprune.study.liveness import REASON, WORKER, this_worker
 
-__all__ = ["CANDIDATE_ERRORS", "PHASES", "Objective", "eval_attrs", "rung_record"]
+__all__ = [
+    "CANDIDATE_ERRORS",
+    "PHASES",
+    "Objective",
+    "eval_attrs",
+    "policy_summary",
+    "rung_record",
+]
 
 # what a candidate can legitimately raise: its trial FAILs with the reason stored and the search goes on. Anything
 # else (a shape error, a validation error: a bug or bad input) stops the search loudly instead of hiding as FAILs.
@@ -170,12 +177,21 @@ class Objective:
         if trial.number in self.epoch1:
             measured["epoch1_val_accuracy"] = self.epoch1.pop(trial.number)
         trial.set_user_attr("eval", {**measured, "policy": policy.to_json()})  # one journal write for both
+        trial.set_user_attr("summary", policy_summary(policy, ev))  # one line, for optuna-dashboard's trial table
         c = self.space.constraints
         if c.max_size is not None:
             trial.set_constraint("max_size", size - c.max_size)
         if c.min_accuracy is not None:
             trial.set_constraint("min_accuracy", c.min_accuracy - ev.accuracy)
         return ev.score, size
+
+
+def policy_summary(policy: Policy, ev: Evaluation) -> str:
+    """One line: sparsity, schedule, criterion, granularity, the fine-tune recipe, and the score it got."""
+    ft = policy.finetune
+    sparsity = ev.size.get("sparsity", float("nan"))
+    return (f"{sparsity:.1%} sparse, {policy.schedule.label}, {policy.criterion}, {policy.granularity.label}; "
+            f"fine-tune {ft.epochs:g} ep, lr {ft.lr:.2g} {ft.decay}; val {ev.primary} {ev.score:.4f}")
 
 
 PHASES = ("prune", "finetune", "measure")  # the parts of an evaluation timed on each rung
