@@ -176,7 +176,15 @@ def test_exports_take_raw_tabular_rows(tmp_path: Path, runs_dir: Path) -> None:
             assert torch.equal(pred, scaled_pred)
         int8 = torch.jit.load(str(tmp_path / "pruned.int8.ts"))  # dynamic int8, also on raw rows
         agree = float((int8(raw).argmax(1) == scaled_pred).float().mean())
+        # the sparse int8 file: pickle-free, zeros compressed, and the same int8 model as the TorchScript one
+        from autoprune.deploy.int8 import load_int8
+
+        sparse = load_int8(tmp_path / "pruned.int8.pt", _fresh_mlp(ws))
+        assert torch.equal(sparse(raw), int8(raw))
     assert agree > 0.9
+    sparsity = json.loads((tmp_path / "p.json").read_text())["expected"]["sparsity"]
+    ratio = (tmp_path / "pruned.int8.pt").stat().st_size / (tmp_path / "pruned.int8.ts").stat().st_size
+    assert sparsity >= 0.45 and ratio < 0.85  # at 50 % sparsity the sparse int8 file is clearly smaller
 
 
 def _fresh_mlp(ws: object) -> torch.nn.Module:

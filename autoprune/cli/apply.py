@@ -13,6 +13,7 @@ from torch import nn
 from autoprune.cli.console import RichProgress, out, table
 from autoprune.config.policy import Policy
 from autoprune.config.space import DataSpec, ModelSpec, SearchSpace, TaskSpec
+from autoprune.deploy.int8 import save_int8
 from autoprune.deploy.production import (
     apply,
     export_onnx,
@@ -88,7 +89,7 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     rows = [{"metric": label.get(k, k), "dense": res.before.get(k, float("nan")),
              "pruned": res.after.get(k, float("nan"))} for k in keys]
     if quantize == "int8":
-        rows += _int8_rows(res.model, ws.task, ws.splits, out_path)
+        rows += _int8_rows(res.model, ws.task, ws.splits, out_path, policy)
     if onnx is not None:
         export_onnx(deployable, ws.splits.input_shape, onnx, ws.splits.input_dtype)
     if torchscript is not None:
@@ -111,6 +112,9 @@ def written_files(out_path: Path, onnx: Path | None, torchscript: Path | None, i
             lines.append(f"wrote {path} ({path.stat().st_size:,} bytes): {kind} with dense tensors (pruned weights "
                          "stored as zeros), taking raw inputs")
     if int8:
+        sparse = out_path.with_name(out_path.stem + ".int8.pt")
+        lines.append(f"wrote {sparse} ({sparse.stat().st_size:,} bytes): dynamic int8 Linear layers, zeros "
+                     "compressed, pickle-free; load with autoprune.deploy.int8.load_int8(path, model)")
         int8_path = out_path.with_name(out_path.stem + ".int8.ts")
         lines.append(f"wrote {int8_path} ({int8_path.stat().st_size:,} bytes): TorchScript, dynamic int8 Linear "
                      "layers (dense int8 tensors, zeros included)")
@@ -138,13 +142,17 @@ def _log_to_mlflow(policy: Policy, res: Any, deployable: nn.Module, example: Any
     return line
 
 
-def _int8_rows(model: nn.Module, task: Task, splits: Splits, out_path: Path) -> list[dict[str, object]]:
-    """Quantize (dynamic int8, CPU), save next to the pruned file, report the primary test metric and size."""
+def _int8_rows(model: nn.Module, task: Task, splits: Splits, out_path: Path,
+               policy: Policy) -> list[dict[str, object]]:
+    """Quantize (dynamic int8, CPU); save it sparse and pickle-free (``.int8.pt``, zeros compressed) and as
+    TorchScript (``.int8.ts``, dense int8 tensors); report the primary test metric and both sizes."""
     q = quantize_int8(model)
     score = task.metrics(q, splits.to(torch.device("cpu")).test)[task.primary]
     int8_path = out_path.with_name(out_path.stem + ".int8.ts")  # TorchScript: quantized modules load pickle-free
     export_torchscript(with_input_scaling(q, splits.scaling), splits.input_shape, int8_path, splits.input_dtype)
-    size = int8_path.stat().st_size
+    sparse = save_int8(q, policy, out_path.with_name(out_path.stem + ".int8.pt"), splits.scaling)
     nan = float("nan")
     return [{"metric": f"test_{task.primary} (int8)", "dense": nan, "pruned": score},
-            {"metric": "file_bytes (int8)", "dense": nan, "pruned": float(size)}]
+            {"metric": "file_bytes (int8, sparse .int8.pt)", "dense": nan, "pruned": float(sparse)},
+            {"metric": "file_bytes (int8, TorchScript .int8.ts)", "dense": nan,
+             "pruned": float(int8_path.stat().st_size)}]

@@ -43,6 +43,7 @@ __all__ = [
     "export_torchscript",
     "load_pruned",
     "quantize_int8",
+    "resize_to",
     "save_pruned",
     "with_input_scaling",
 ]
@@ -171,7 +172,8 @@ def compress_state(state: dict[str, torch.Tensor], min_sparsity: float = 0.3) ->
     out: dict[str, Any] = {}
     for k, v in state.items():
         v = v.detach().cpu()
-        if v.is_floating_point() and v.numel() >= 64 and float((v == 0).float().mean()) >= min_sparsity:
+        packable = v.is_floating_point() or v.dtype == torch.int8  # int8: a quantized model's weights
+        if packable and v.numel() >= 64 and float((v == 0).float().mean()) >= min_sparsity:
             nz = v != 0
             bits = torch.from_numpy(np.packbits(nz.flatten().numpy()))
             out[k] = {"bitmask": bits, "values": v[nz].clone(), "shape": torch.tensor(list(v.shape))}
@@ -212,7 +214,7 @@ def save_pruned(model: nn.Module, policy: Policy, path: Path, compress: bool = T
     return path.stat().st_size
 
 
-def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Give a fresh model's Conv/Linear/BatchNorm layers the (shrunk) shapes found in ``state``.
 
     Hand-written because torch-pruning's own ``tp.state_dict`` pickles whole module ``__dict__`` s, which a
@@ -249,7 +251,7 @@ def load_pruned(path: Path, model: nn.Module) -> nn.Module:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise PolicyError(f"{path}: not an autoprune pruned-model file ({FORMAT}); re-run `autoprune apply`")
     state = decompress_state(blob["state"])
-    _resize_to(model, state)
+    resize_to(model, state)
     model.load_state_dict(state)
     return with_input_scaling(model.eval(), json.loads(blob.get("scaling") or "null"))
 
