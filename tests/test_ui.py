@@ -165,6 +165,9 @@ def test_optuna_dashboard_shows_the_front_with_metric_names(ui_runs: Path) -> No
                        capture_output=True)
         assert "Pareto Front" in dom, dom[-2000:]
         assert "val_accuracy" in dom and "size (nonzero parameters, fraction of dense)" in dom  # not "Objective 0"
+        note = subprocess.run([CHROMIUM, *_chromium_flags(), "--dump-dom", f"{page}/note"], capture_output=True,
+                              text=True).stdout
+        assert "Chosen on validation" in note and "test accuracy" in note  # the study's note: the front on test
         assert (keep / "optuna_dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=30) as r:
             trials = json.loads(r.read())["trials"]

@@ -153,6 +153,19 @@ def summarize(study: optuna.Study, prep: Prepared, records: list[Any], wall_s: f
     return summary
 
 
+def dashboard_note(study: optuna.Study, rows: list[dict[str, Any]], primary: str) -> None:
+    """The front with its test scores as the study's note in optuna-dashboard (markdown; a finished trial's own
+    attrs can no longer be written). Only when optuna-dashboard is installed: it is an optional viewer."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    head = f"| trial | baseline | sparsity | size | val {primary} | test {primary} |\n|---|---|---|---|---|---|\n"
+    body = "".join(f"| {r['trial']} | {r['baseline']} | {r['sparsity']:.4f} | {r['size']:.4f} | "
+                   f"{r[f'val_{primary}']:.4f} | {r[f'test_{primary}']:.4f} |\n" for r in rows)
+    save_note(study, f"## Pareto front\n\nChosen on validation; the test split is only reported.\n\n{head}{body}")
+
+
 def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None, wall_s: float,
            objective: Objective, optimize_s: float, progress: ProgressSink | None = None) -> SearchResult:
     """Test-evaluate the front, build records and the summary, notify the listener."""
@@ -164,6 +177,7 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
                             primary)]
     front_rows += [front_row(r, primary) for r in sorted((r for r in records if r.pareto), key=lambda r: r.sparsity)]
     summary = summarize(study, prep, records, wall_s, objective, optimize_s)
+    dashboard_note(study, front_rows, primary)
     if listener is not None:
         listener.on_finish(records, summary)
     return SearchResult(study.study_name, str(prep.ws.runs_dir), len(records), front_rows, prep.ws.dense_val,
