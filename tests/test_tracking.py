@@ -58,7 +58,8 @@ def test_trials_become_child_runs_with_front_artifacts(space_path: Path, tmp_pat
     params = client.get_run(parent.info.run_id).data.params
     assert params["model"] == "digits_cnn" and params["task"] == "classification" and params["data"] == "digits"
     note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
-    assert note.startswith("**Pareto front**") and "| dense |" in note
+    assert note.startswith("![Pareto front](get-artifact?path=pareto%2Fpareto.png")  # the plot first, then the table
+    assert "**Pareto front**" in note and "| dense |" in note
     assert all(f"| {n} |" in note for n in front)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,23 @@ from autoprune.tasks import Task, make_task, task_class
 from autoprune.tasks.data import Splits, load_data
 from autoprune.tasks.training import fit, resolve_device
 
-__all__ = ["DEFAULT_RUNS", "Workspace", "dense_model", "load_workspace"]
+__all__ = ["DEFAULT_RUNS", "PreCheck", "Workspace", "dense_model", "load_workspace", "selected_layers"]
 
 DEFAULT_RUNS = Path("runs")
+
+# called with the space (budgets resolved), the untrained model and its selected layers before any training: checks
+# that need the model's shape but not its weights (e.g. a study's fingerprint) fail in one line before minutes of work
+PreCheck = Callable[[SearchSpace, nn.Module, list[str]], None]
+
+
+def selected_layers(space: SearchSpace, model: nn.Module) -> list[str]:
+    """The prunable layers ``space`` selects in ``model`` (patterns and bounds checked; errors name the field)."""
+    candidates = list(prunable_layers(model))
+    layers = space.select_layers(candidates)
+    if space.granularity.kind == "channel" and candidates[-1] in layers:
+        layers.remove(candidates[-1])  # removing output channels of the classifier would delete classes
+    space.bounds_for(layers)  # validates bounds patterns
+    return layers
 
 
 @dataclass(frozen=True)
@@ -59,12 +74,13 @@ def _cache_key(space: SearchSpace, splits: Splits, arch: str, seed: int) -> str:
 
 def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torch.device,
                 seed: int = 0, expect_key: str | None = None, task: Task | None = None,
-                progress: ProgressSink | None = None) -> tuple[nn.Module, bool, str]:
+                progress: ProgressSink | None = None, precheck: PreCheck | None = None
+                ) -> tuple[nn.Module, bool, str]:
     """The dense baseline: from the checkpoint if given, else trained once and cached under runs/models/.
 
     Returns (model, cache hit, key): the key names this exact dense model (the checkpoint file's SHA-256, or the
     cache key of the training that made it). With ``expect_key`` (a policy's), another dense model is refused
-    before any training.
+    before any training; ``precheck`` runs on the untrained model before any training too.
     """
     torch.manual_seed(seed)  # deterministic initial weights
     model = build_model(space.model.name, splits.input_shape, splits.num_classes, space.model.kwargs,
@@ -73,11 +89,13 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
         key = "sha256:" + hashlib.sha256(Path(space.model.checkpoint).read_bytes()).hexdigest()[:16]
     else:
         key = _cache_key(space, splits, architecture_fingerprint(model), seed)
-    space.select_layers(list(prunable_layers(model)))  # a bad layer pattern is reported before any training
+    layers = selected_layers(space, model)  # a bad layer or bounds pattern is reported before any training
     if expect_key and key != expect_key:
         raise PolicyError(f"the policy was searched on dense model {expect_key}, but {space.source or 'this model'}"
                           f" gives {key} (another checkpoint, training recipe, data or seed): apply with the "
                           f"search's space file (--space)")
+    if precheck is not None:
+        precheck(space, model, layers)
     if space.model.checkpoint:
         return model.to(device), True, key
     path = runs_dir / "models" / f"{space.model.name.replace(':', '_')}-{key}.pt"
@@ -101,10 +119,12 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
 
 
 def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DEFAULT_RUNS,
-                   expect_dense: str | None = None, progress: ProgressSink | None = None) -> Workspace:
+                   expect_dense: str | None = None, progress: ProgressSink | None = None,
+                   precheck: PreCheck | None = None) -> Workspace:
     """Load data and the dense model for ``space`` and resolve the prunable layers (errors name the field).
 
     ``expect_dense``: a policy's dense-model key; another dense model is refused before any training.
+    ``precheck``: see :data:`PreCheck`.
     """
     dev = resolve_device(device)
     d = space.data
@@ -113,14 +133,10 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
     task = make_task(space.task.kind, splits, space.task.options)
     space = space.with_step_budgets(len(splits.train))  # steps → epochs of this train split
     model, hit, key = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense, task=task,
-                                  progress=progress)
+                                  progress=progress, precheck=precheck)
     splits = splits.to(dev)
     model.eval()
-    candidates = list(prunable_layers(model))
-    layers = space.select_layers(candidates)
-    if space.granularity.kind == "channel" and candidates[-1] in layers:
-        layers.remove(candidates[-1])  # removing output channels of the classifier would delete classes
-    space.bounds_for(layers)  # validates bounds patterns early
+    layers = selected_layers(space, model)
     sizes = {f: weight_of(model, f).numel() for f in layers}
     return Workspace(space=space, model=model, splits=splits, layers=layers, sizes=sizes,
                      fingerprint=architecture_fingerprint(model),

@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from autoprune.config.space import SearchSpace, StreamSpec
 from autoprune.errors import ConfigError
 
-__all__ = ["ATTR", "check_study_parts", "study_parts"]
+__all__ = ["ATTR", "check_study_parts", "refuse_other_parts", "study_parts"]
 
 ATTR = "fingerprint"
 
@@ -44,10 +44,15 @@ def study_parts(space: SearchSpace, layers: dict[str, int], distributions: dict[
 
 def check_study_parts(study: optuna.Study, parts: dict[str, str], space: SearchSpace) -> None:
     """Store the parts in a new study; refuse (one line) a study created with other parts."""
-    stored = study.user_attrs.get(ATTR)
-    if stored is None:  # a new study (or one from before fingerprints: nothing to compare with)
+    if study.user_attrs.get(ATTR) is None:  # a new study (or one from before fingerprints: nothing to compare with)
         study.set_user_attr(ATTR, parts)
         return
+    refuse_other_parts(study, parts, space)
+
+
+def refuse_other_parts(study: optuna.Study, parts: dict[str, str], space: SearchSpace) -> None:
+    """Raise one line naming the parts in which ``study`` was created differently (nothing stored: no check)."""
+    stored = study.user_attrs.get(ATTR) or {}
     differ = [k for k, v in parts.items() if k in stored and stored[k] != v]  # (parts added later: not compared)
     if differ:
         raise ConfigError(f"{space.source or space.name}: study '{study.study_name}' was created with another "

@@ -10,19 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from autoprune.config.events import ProgressSink, SearchListener, StudyInfo
 from autoprune.config.pareto import best_at
-from autoprune.config.space import SearchSpace
+from autoprune.config.space import SampleContext, SearchSpace
+from autoprune.errors import ConfigError
+from autoprune.models.workspace import PreCheck
+from autoprune.models.zoo import weight_of
 from autoprune.pruning.evaluate import evaluate
 from autoprune.study.baselines import enqueue_baselines
-from autoprune.study.identity import check_study_parts, study_parts
+from autoprune.study.identity import check_study_parts, refuse_other_parts, study_parts
 from autoprune.study.ladder import compute_spent, enqueue_promotions
 from autoprune.study.liveness import recover
 from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.sampler import search_distributions
 from autoprune.study.setup import Prepared, SearchOptions, open_search_study, prepare
-from autoprune.study.storage import enqueue_lock
+from autoprune.study.storage import enqueue_lock, load_existing, make_storage
 from autoprune.study.trials import (
     FINISHED,
     dense_row,
@@ -184,11 +188,29 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
                         prep.ws.dense_test, summary, prep.ws.task.primary)
 
 
+def study_precheck(opts: SearchOptions) -> PreCheck:
+    """Before the dense model is trained: the storage opens, and a study of this name, if there is one, was made
+    with this space (what can be refused in one line is refused before minutes of work)."""
+
+    def check(space: SearchSpace, model: torch.nn.Module, layers: list[str]) -> None:
+        storage = make_storage(opts.storage, opts.runs_dir)
+        sizes = {f: weight_of(model, f).numel() for f in layers}
+        ctx = SampleContext(model=space.model.name, fingerprint="", sizes=sizes, bounds=space.bounds_for(layers))
+        try:
+            study = load_existing(opts.study_name or space.name, storage)
+        except ConfigError:  # no such study yet
+            return
+        refuse_other_parts(study, study_parts(space, sizes, search_distributions(space, ctx)), space)
+
+    return check
+
+
 def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener | None = None,
                progress: ProgressSink | None = None) -> SearchResult:
     """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
     t0 = time.perf_counter()
-    prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers, progress=progress)
+    prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers, progress=progress,
+                   precheck=study_precheck(opts))
     space = prep.ws.space  # budgets in steps resolved to epochs of the loaded train split
     study = open_search_study(space, opts, prep.ctx)
     check_study_parts(study, study_parts(space, prep.ws.sizes, search_distributions(space, prep.ctx)), space)

@@ -12,7 +12,7 @@ import optuna
 
 from autoprune.config.events import ProgressSink
 from autoprune.config.space import SampleContext, SearchSpace
-from autoprune.models.workspace import Workspace, load_workspace
+from autoprune.models.workspace import PreCheck, Workspace, load_workspace
 from autoprune.models.zoo import layer_shapes
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
@@ -52,11 +52,12 @@ class Prepared:
 
 
 def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None, threads: int | None = None,
-            workers: int = 1, progress: ProgressSink | None = None) -> Prepared:
+            workers: int = 1, progress: ProgressSink | None = None, precheck: PreCheck | None = None) -> Prepared:
     """Load the workspace, the (cached) sensitivity curves if needed, and the heuristic allocations; set torch's
     thread count for this process (see :func:`~autoprune.training.choose_threads`). ``progress`` shows the dense
-    model's training and the sensitivity scan when they run (not when they come from the cache)."""
-    ws = load_workspace(space, device, runs_dir, progress=progress)
+    model's training and the sensitivity scan when they run (not when they come from the cache); ``precheck`` runs
+    on the untrained model first."""
+    ws = load_workspace(space, device, runs_dir, progress=progress, precheck=precheck)
     if advance is None and progress is not None:
         advance = phase_counter(progress, len(ws.layers) * len(space.sensitivity.ratios), "sensitivity scan")
     choose_threads(ws.model, workers, threads)
