@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import typing
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 from autoprune.config.space import SamplerName, SearchSpace
 from autoprune.errors import ConfigError
-from autoprune.files import check_runs_folder, check_writable
+from autoprune.files import check_runs_folder, check_writable, write_atomic
 
 __all__ = ["check_sampler", "export", "load_space", "load_workspace", "search", "sync"]
 
@@ -86,6 +87,9 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
     t = choose_trial(st, trial, max_size, min_accuracy, knee, metric_bound=bound)
     policy = policy_from_trial(st, t)
     policy.save(out)
+    recipes = Path(out).with_suffix(".ratios.json")  # the same ratios for torch-pruning and LLM compression tools
+    write_atomic(recipes, (json.dumps(policy.ratio_recipes(), indent=1) + "\n").encode())
+    print(f"wrote {out} and {recipes} (pruning_ratio_dict for torch-pruning, module-regex recipe)", file=sys.stderr)
     if track:
         from autoprune.tracking.logger import log_export
 

@@ -24,6 +24,7 @@ from autoprune.deploy.production import (
 )
 from autoprune.errors import AutopruneError
 from autoprune.files import check_writable
+from autoprune.models.hf import CausalLM, hf_tokenizer, save_hf_folder
 from autoprune.models.workspace import load_workspace
 from autoprune.pruning.metrics import latency_device
 from autoprune.tasks import Task
@@ -55,12 +56,12 @@ def _space(space: Path | None, model: str | None, data: str | None, checkpoint: 
 def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
               finetune_epochs: float | None, out_path: Path, onnx: Path | None, torchscript: Path | None,
               quantize: str | None, device: str, runs: Path, threads: int | None = None, track: bool = True,
-              register: str | None = None, tracking_uri: str | None = None) -> None:
+              register: str | None = None, tracking_uri: str | None = None, hf_folder: Path | None = None) -> None:
     """Apply a policy file, print the before/after table, say which files were written, and log the model to
     the study's MLflow parent run (registered under ``register`` with the alias ``pruned`` when given)."""
     if quantize not in (None, "int8"):
         raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
-    for path, what in ((out_path, "-o"), (onnx, "--onnx"), (torchscript, "--torchscript")):
+    for path, what in ((out_path, "-o"), (onnx, "--onnx"), (torchscript, "--torchscript"), (hf_folder, "--hf-folder")):
         if path is not None:
             check_writable(path, what)  # before the fine-tune, not after it
     if onnx is not None:
@@ -70,6 +71,8 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     policy = Policy.load(policy_path)
     ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
                         expect_dense=policy.dense_key or None)
+    if hf_folder is not None and not isinstance(ws.model, CausalLM):
+        raise AutopruneError(f"--hf-folder: {policy.model} is not a Hugging Face language model")
     choose_threads(ws.model, 1, threads)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
     bar = RichProgress()
@@ -94,13 +97,24 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
         export_onnx(deployable, ws.splits.input_shape, onnx, ws.splits.input_dtype)
     if torchscript is not None:
         export_torchscript(deployable, ws.splits.input_shape, torchscript, ws.splits.input_dtype)
+    if hf_folder is not None:
+        save_hf_folder(res.model, hf_folder, _tokenizer_of(ws.space))
     out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
+    if hf_folder is not None:
+        out.print(f"wrote {hf_folder}/: Hugging Face folder (safetensors, pruned weights as zeros); load with "
+                  f"transformers.AutoModelForCausalLM.from_pretrained('{hf_folder}')", soft_wrap=True)
     for line in written_files(out_path, onnx, torchscript, quantize == "int8"):
         out.print(line, soft_wrap=True)  # one line each, however long (logs are grepped)
     if track or register:
         example = torch.zeros((1, *ws.splits.input_shape), dtype=ws.splits.input_dtype).numpy()
         logged = _log_to_mlflow(policy, res, deployable, example, runs, register, tracking_uri)
         out.print(logged, soft_wrap=True)
+
+
+def _tokenizer_of(space: SearchSpace) -> Any:
+    """The tokenizer the data were cut with (saved beside a Hugging Face folder), or None for byte tokens."""
+    name = space.data.kwargs.get("tokenizer")
+    return hf_tokenizer(str(name)) if name else None
 
 
 def written_files(out_path: Path, onnx: Path | None, torchscript: Path | None, int8: bool) -> list[str]:

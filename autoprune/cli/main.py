@@ -43,7 +43,8 @@ def search(
     study: Annotated[str | None, typer.Option(help="Study name (default: the YAML's name); same = resume.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes sharing the study storage.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed for sampler and fine-tune (default: the YAML's).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe | nsga2 | random | gp | rl (default: the YAML's).")] = None,
+    sampler: Annotated[str | None, typer.Option(
+        help="tpe | nsga2 | random | gp | rl | evolution (default: the YAML's).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI",
                                                      help="MLflow server (default sqlite under runs/).")] = None,
     no_track: Annotated[bool, typer.Option("--no-track", metavar="", help="Do not log to MLflow.")] = False,
@@ -169,6 +170,8 @@ def apply_cmd(
     onnx: Annotated[Path | None, typer.Option(help="Also export ONNX here.")] = None,
     torchscript: Annotated[Path | None, typer.Option(help="Also export TorchScript here.")] = None,
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic quantization after pruning.")] = None,
+    hf_folder: Annotated[Path | None, typer.Option(help="Language models: also save a Hugging Face folder here "
+                                                   "(save_pretrained, safetensors; transformers loads it).")] = None,
     no_track: Annotated[bool, typer.Option("--no-track", metavar="", help="Do not log the model to MLflow (by "
                                            "default it goes to the study's parent run).")] = False,
     register: Annotated[str | None, typer.Option(help="Also register the model in MLflow's registry under this "
@@ -182,7 +185,7 @@ def apply_cmd(
     from autoprune.cli.apply import run_apply
 
     run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs,
-              threads, track=not no_track, register=register, tracking_uri=tracking_uri)
+              threads, track=not no_track, register=register, tracking_uri=tracking_uri, hf_folder=hf_folder)
 
 
 @app.command()

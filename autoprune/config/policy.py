@@ -7,6 +7,7 @@ granularity, schedule, fine-tune recipe). It is what the search produces and wha
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-Criterion = Literal["magnitude", "taylor", "random"]
+Criterion = Literal["magnitude", "taylor", "random", "wanda"]
 GranularityKind = Literal["unstructured", "channel", "nm"]
 LrDecay = Literal["constant", "cosine"]
 
@@ -119,6 +120,17 @@ class Policy(BaseModel):
         if self.granularity.kind != "nm":
             data["granularity"] = {"kind": self.granularity.kind}
         return json.dumps(data, indent=2) + "\n"
+
+    def ratio_recipes(self) -> dict[str, Any]:
+        """The per-layer ratios in the forms other tools take: torch-pruning's ``pruning_ratio_dict`` (by FQN), and
+        a ``{"module regex": sparsity}`` recipe with the names the model itself uses (a Hugging Face model's,
+        without autoprune's ``hf.`` wrapper prefix), as LLM compression tools take it."""
+        def plain(fqn: str) -> str:
+            return fqn.removeprefix("hf.")
+
+        return {"pruning_ratio_dict": dict(self.sparsity),
+                "recipe": {"^" + re.escape(plain(f)) + "$": r for f, r in self.sparsity.items()},
+                "criterion": self.criterion, "granularity": self.granularity.label}
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a temp file in the same folder, then rename (no partial file on error)."""

@@ -28,8 +28,8 @@ __all__ = ["ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec", "Heuri
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
 RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
-SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl"]
-Heuristic = Literal["uniform", "global", "lamp", "erk", "sensitivity"]
+SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl", "evolution"]
+Heuristic = Literal["uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha"]
 
 
 class _Strict(BaseModel):
@@ -249,7 +249,7 @@ class SearchSpace(_Strict):
     targets: TargetSpec = TargetSpec()
     size_metric: SizeMetric = "nonzeros"
     parametrization: Literal["projected", "independent"] = "projected"
-    anchor: Literal["lamp", "sensitivity", "none"] = "lamp"
+    anchor: Literal["lamp", "sensitivity", "owl", "alpha", "none"] = "lamp"
     offset: float = Field(default=2.0, gt=0.0, le=8.0)  # preference offset range [-offset, offset]
     baselines: list[Heuristic] = Field(
         default_factory=lambda: list[Heuristic](["uniform", "global", "lamp", "erk", "sensitivity"]))
@@ -266,6 +266,13 @@ class SearchSpace(_Strict):
         if self.task.kind == "causal_lm" and self.granularity.kind == "channel":
             raise ValueError("granularity.kind channel is not supported for causal_lm (prune the projections' "
                              "weights: unstructured or nm)")
+        if self.sampler == "evolution" and (self.parametrization != "projected" or not self.targets.grid
+                                            or self.granularity.kind == "nm"):
+            raise ValueError("sampler evolution moves sparsity between units at each size of targets.grid: it needs "
+                             "parametrization projected, a grid of targets and a granularity other than nm")
+        owl = "owl" in self.baselines or self.anchor == "owl"
+        if owl and "wanda" not in self.criteria:
+            raise ValueError("the owl heuristic reads the Wanda scores' outliers: add wanda to criteria")
         if self.constraints.min_accuracy is not None and self.task.kind != "classification":
             raise ValueError(f"constraints.min_accuracy is for classification; task '{self.task.kind}' has its own "
                              "primary metric (choose on it with export --min-metric/--max-metric)")

@@ -84,9 +84,12 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
     """
     torch.manual_seed(seed)  # deterministic initial weights
     model = build_model(space.model.name, splits.input_shape, splits.num_classes, space.model.kwargs,
-                        space.model.checkpoint)
+                        space.model.checkpoint, cache_dir=runs_dir / "models")
+    pretrained = getattr(model, "source", "random") != "random"  # a pretrained language model: no training
     if space.model.checkpoint:
         key = "sha256:" + hashlib.sha256(Path(space.model.checkpoint).read_bytes()).hexdigest()[:16]
+    elif pretrained:
+        key = f"hf:{model.source}"
     else:
         key = _cache_key(space, splits, architecture_fingerprint(model), seed)
     layers = selected_layers(space, model)  # a bad layer or bounds pattern is reported before any training
@@ -96,7 +99,7 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
                           f"search's space file (--space)")
     if precheck is not None:
         precheck(space, model, layers)
-    if space.model.checkpoint:
+    if space.model.checkpoint or pretrained:
         return model.to(device), True, key
     path = runs_dir / "models" / f"{space.model.name.replace(':', '_')}-{key}.pt"
     if path.exists():

@@ -196,10 +196,16 @@ def import_callable(ref: str, what: str) -> Callable[..., Any]:
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
-                kwargs: dict[str, Any] | None = None, checkpoint: str | None = None) -> nn.Module:
-    """Build a built-in model by name or a user's ``module:callable``; optionally load a state_dict."""
+                kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
+                cache_dir: Path | None = None) -> nn.Module:
+    """Build a built-in model by name or a user's ``module:callable``; optionally load a state_dict.
+    ``cache_dir``: where a pretrained language model's de-quantized weights are cached (see models.hf)."""
     kw = dict(kwargs or {})
-    if name.startswith("torchvision:"):
+    from autoprune.models.hf import hf_model, is_hf_model
+
+    if is_hf_model(name):
+        model: nn.Module = hf_model(name, num_classes, kw, cache_dir)
+    elif name.startswith("torchvision:"):
         from autoprune.models.vision import torchvision_model
 
         model = torchvision_model(name.split(":", 1)[1], num_classes, kw)
@@ -215,7 +221,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
         except TypeError as err:
             raise ModelError(f"model '{name}': bad kwargs {kw} ({err})") from None
     else:
-        raise ModelError(f"unknown model '{name}' (built-in: {', '.join(BUILTIN)}; or package.module:callable)")
+        raise ModelError(f"unknown model '{name}' (built-in: {', '.join(BUILTIN)}, smollm2-135m, hf-llama; or "
+                         "hf:PATH, package.module:callable)")
     if not isinstance(model, nn.Module):
         raise ModelError(f"model '{name}': the callable returned {type(model).__name__}, not a torch nn.Module")
     if checkpoint:

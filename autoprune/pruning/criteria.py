@@ -1,6 +1,9 @@
-"""Importance scores per weight: magnitude (L1), first-order Taylor |w·∂L/∂w|, random (a control)."""
+"""Importance scores per weight: magnitude (L1), first-order Taylor |w·∂L/∂w|, Wanda |W_ij|·‖X_j‖₂ (weights times
+the norm of their input feature over calibration data; Sun et al. 2024), random (a control)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,7 +14,14 @@ from autoprune.models.zoo import weight_of
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["importance"]
+__all__ = ["WANDA_WINDOWS", "importance", "input_norms", "row_wise"]
+
+WANDA_WINDOWS = 32  # calibration examples (token windows) whose activations Wanda reads: the first of the train split
+
+
+def row_wise(criterion: Criterion) -> bool:
+    """Whether the criterion compares weights within each output row (Wanda) rather than across the layer."""
+    return criterion == "wanda"
 
 
 def importance(model: nn.Module, layers: list[str], criterion: Criterion, data: Split | None = None,
@@ -26,7 +36,10 @@ def importance(model: nn.Module, layers: list[str], criterion: Criterion, data: 
         gen = torch.Generator().manual_seed(seed)
         return {f: torch.rand(w.shape, generator=gen).to(w.device) for f, w in weights.items()}
     if data is None:
-        raise ValueError("the taylor criterion needs training data")
+        raise ValueError(f"the {criterion} criterion needs training data")
+    if criterion == "wanda":
+        norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
+        return {f: w.detach().abs() * norms[f].to(w.dtype)[None, :] for f, w in weights.items()}
     return _taylor(model, weights, data, batches, batch_size, seed, loss_fn)
 
 
@@ -51,3 +64,29 @@ def _taylor(model: nn.Module, weights: dict[str, torch.Tensor], data: Split, bat
                 scores[f] += (w.detach() * g).abs()
     model.train(was_training)
     return scores
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8
+                ) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ of each Linear's input feature j over every token of ``inputs`` (forward hooks, batches of
+    ``batch_size``), accumulated in float64 so the result does not depend on how the batches are cut."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(fqn: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def record(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[fqn] = sums.get(fqn, 0) + x.pow(2).sum(0)
+        return record
+
+    handles = [model.get_submodule(f).register_forward_hook(hook(f)) for f in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, inputs.shape[0], batch_size):
+            model(inputs[i:i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {f: sums[f].sqrt().float() for f in layers}

@@ -15,7 +15,8 @@ from autoprune.config.policy import Policy
 from autoprune.errors import FinetuneDiverged, PolicyError
 from autoprune.models.zoo import prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
-from autoprune.pruning.criteria import importance
+from autoprune.pruning.criteria import importance, row_wise
+from autoprune.pruning.levels import LevelDatabase
 from autoprune.pruning.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
 from autoprune.pruning.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.pruning.schedules import ratios_per_step
@@ -80,14 +81,22 @@ def check_policy_layers(model: nn.Module, policy: Policy) -> list[str]:
 
 
 def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], policy: Policy,
-               splits: Splits, seed: int, loss_fn: LossFn = nn.functional.cross_entropy) -> None:
-    """Tighten the live masks to ``ratios`` using the policy's criterion and granularity."""
+               splits: Splits, seed: int, loss_fn: LossFn = nn.functional.cross_entropy,
+               levels: LevelDatabase | None = None) -> None:
+    """Tighten the live masks to ``ratios`` using the policy's criterion and granularity. ``levels``: the dense
+    model's level database, used when it holds this criterion's orders (the model must still be dense)."""
+    if levels is not None and levels.criterion == policy.criterion and policy.granularity.kind == "unstructured":
+        for fqn, mask in levels.masks(ratios).items():
+            folded.masks[fqn].copy_(mask)
+        folded.reapply()
+        return
     scores = importance(model, list(ratios), policy.criterion, splits.train, seed=seed, loss_fn=loss_fn)
     if policy.granularity.kind == "channel":
         _prune_channels(model, folded, ratios, scores, splits)
     else:
+        per_row = row_wise(policy.criterion)
         for fqn, ratio in ratios.items():
-            folded.masks[fqn].copy_(compute_mask(scores[fqn], ratio, policy.granularity))
+            folded.masks[fqn].copy_(compute_mask(scores[fqn], ratio, policy.granularity, per_row))
     folded.reapply()
 
 
@@ -152,10 +161,11 @@ def _after_step(folded: FoldedMasks, opt: torch.optim.Optimizer, decay: str, tot
 
 def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: int = 0,
                        on_epoch: EpochCallback | None = None, size_hint: float = 1.0,
-                       progress: Callable[[], None] | None = None, task: Task | None = None
-                       ) -> tuple[list[float], dict[str, float]]:
+                       progress: Callable[[], None] | None = None, task: Task | None = None,
+                       levels: LevelDatabase | None = None) -> tuple[list[float], dict[str, float]]:
     """In place: mask ``model`` per the policy's schedule, fine-tuning between steps on the task's loss
-    (classification when no task is given). Returns (losses, times)."""
+    (classification when no task is given); the first step may take its masks from ``levels``. Returns (losses,
+    times)."""
     task = task or ClassificationTask(splits)
     layers = check_policy_layers(model, policy)
     apply_masks(model, {f: torch.ones_like(weight_of(model, f)) for f in layers})
@@ -173,7 +183,7 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
         after_step = _after_step(folded, opt, ft.decay, _total_steps(plan, per_epoch))
         for i, (ratios, caps) in enumerate(zip(steps, plan, strict=True)):
             t0 = time.perf_counter()
-            prune_step(model, folded, ratios, policy, splits, seed + i, task.loss)
+            prune_step(model, folded, ratios, policy, splits, seed + i, task.loss, levels if i == 0 else None)
             t1 = time.perf_counter()
             t_prune += t1 - t0
             for e, cap in enumerate(caps):
@@ -198,13 +208,15 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
 def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | None = None,
              on_epoch: EpochCallback | None = None, size_hint: float = 1.0, bn_batches: int | None = None,
              measure_latency: bool = False, with_test: bool = False, epochs: float | None = None,
-             reference: DenseReference | None = None, task: Task | None = None) -> Evaluation:
+             reference: DenseReference | None = None, task: Task | None = None,
+             levels: LevelDatabase | None = None) -> Evaluation:
     """Prune a deep copy of the dense ``model`` under ``policy``, fine-tune, recalibrate BN, and measure.
 
     ``seed`` and ``bn_batches`` default to the policy's recipe (so ``apply`` reproduces the result);
     ``epochs`` shortens the fine-tune (a lower rung of the fidelity ladder; 0 = no fine-tune); ``reference``
     adds the divergence of the pruned model's outputs from the dense model's on calibration inputs (the task's:
     KL for classification), stored as ``kl_to_dense``. ``task`` scores the model (classification when None).
+    ``levels``: the dense model's level database (one-shot masks without a calibration pass per candidate).
     """
     task = task or ClassificationTask(splits)
     ft = policy.finetune
@@ -214,7 +226,7 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
         policy = policy.model_copy(update={"finetune": ft.model_copy(update={"epochs": epochs})})
     t0 = time.perf_counter()
     m = copy.deepcopy(model)
-    losses, times = prune_and_finetune(m, policy, splits, seed, on_epoch, size_hint, task=task)
+    losses, times = prune_and_finetune(m, policy, splits, seed, on_epoch, size_hint, task=task, levels=levels)
     broken = [n for n, p in m.named_parameters() if not bool(torch.isfinite(p).all())]
     if broken:
         raise FinetuneDiverged(f"fine-tune left non-finite weights in {', '.join(broken[:3])}; lower the LR")
@@ -259,8 +271,10 @@ class DenseReference:
 
     @classmethod
     def of(cls, model: nn.Module, splits: Splits, n: int = 256, task: Task | None = None) -> DenseReference:
-        """Cache the dense outputs on the first ``n`` training examples (the search's calibration set)."""
-        x = splits.train.x[:n]
+        """Cache the dense outputs on the first ``n`` training examples (the search's calibration set), fewer when
+        they would exceed 2**26 numbers (a language model's logits: windows × tokens × vocabulary)."""
+        per_example = splits.num_classes * (splits.train.x[0].numel() if not splits.train.x.is_floating_point() else 1)
+        x = splits.train.x[:max(1, min(n, 2**26 // max(per_example, 1)))]
         return cls(x, predict(model, x), task or ClassificationTask(splits))
 
     def divergence(self, model: nn.Module) -> float:

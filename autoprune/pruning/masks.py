@@ -19,7 +19,7 @@ from autoprune.config.policy import Granularity
 from autoprune.models.zoo import weight_of
 
 __all__ = ["FoldedMasks", "Mask", "apply_masks", "compute_mask", "current_masks", "folded_masks", "layer_sparsity",
-           "make_permanent"]
+           "make_permanent", "row_mask", "row_order"]
 
 
 class Mask(nn.Module):
@@ -38,18 +38,37 @@ class Mask(nn.Module):
         return torch.where(self.mask != 0, w * self.mask, torch.zeros((), dtype=w.dtype, device=w.device))
 
 
-def compute_mask(score: torch.Tensor, ratio: float, granularity: Granularity) -> torch.Tensor:
-    """A 0/1 float mask shaped like ``score`` removing the lowest-scoring ``ratio`` of the weights."""
+def compute_mask(score: torch.Tensor, ratio: float, granularity: Granularity, per_row: bool = False) -> torch.Tensor:
+    """A 0/1 float mask shaped like ``score`` removing the lowest-scoring ``ratio`` of the weights (of each output
+    row with ``per_row``: Wanda's comparison group)."""
     if granularity.kind == "channel":
         return _channel_mask(score, ratio)
     if granularity.kind == "nm":
         return _nm_mask(score, granularity.n, granularity.m) if ratio > 0 else torch.ones_like(score)
+    if per_row:
+        return row_mask(row_order(score), ratio).view_as(score)
     k = round(ratio * score.numel())
     mask = torch.ones(score.numel(), dtype=score.dtype, device=score.device)
     if k > 0:
         idx = torch.topk(score.flatten(), k, largest=False, sorted=False).indices
         mask[idx] = 0.0
     return mask.view_as(score)
+
+
+def row_order(score: torch.Tensor) -> torch.Tensor:
+    """Each output row's weights from the lowest score to the highest (a stable sort: ties keep their order).
+    Stored as int16 when a row is short enough (the level database keeps these for every unit)."""
+    order = torch.sort(score.flatten(1), dim=1, stable=True).indices
+    return order.to(torch.int16) if order.shape[1] <= torch.iinfo(torch.int16).max else order.to(torch.int32)
+
+
+def row_mask(order: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The 0/1 mask (rows, columns) pruning the first ``round(ratio · columns)`` entries of each row's order."""
+    k = round(ratio * order.shape[1])
+    mask = torch.ones(order.shape, dtype=torch.float32, device=order.device)
+    if k > 0:
+        mask.scatter_(1, order[:, :k].long(), 0.0)
+    return mask
 
 
 def _channel_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ from autoprune.errors import FinetuneDiverged
 from autoprune.models.workspace import Workspace
 from autoprune.pruning.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.pruning.heuristics import Allocation
+from autoprune.pruning.levels import LevelDatabase
 from autoprune.study.ladder import (
     climbed,
     climbs,
@@ -57,6 +58,7 @@ class Objective:
     trials_run: int = 0  # trials this process ran (with a ladder a trial has one evaluation per rung it climbed)
     reference: DenseReference | None = None  # dense outputs on calibration inputs (the rungs' divergence)
     worker: dict[str, Any] = field(default_factory=this_worker)  # this process (host, pid, start time)
+    levels: LevelDatabase | None = None  # the dense model's level database (one-shot Wanda masks, no calibration)
 
     def __post_init__(self) -> None:
         if self.space.ladder is not None and self.reference is None:
@@ -133,7 +135,7 @@ class Objective:
         for r in range(int(attrs.get("start_rung", 0)), last + 1):
             ev = evaluate(self.ws.model, policy, self.ws.splits, epochs=ladder.epochs[r],
                           measure_latency=r == last and self.space.size_metric == "latency",
-                          reference=self.reference, task=self.ws.task)
+                          reference=self.reference, task=self.ws.task, levels=self.levels)
             self.eval_seconds.append(ev.times["total"])
             record = rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)
             if r < last:
@@ -159,7 +161,8 @@ class Objective:
         try:
             ev = evaluate(self.ws.model, policy, self.ws.splits,
                           on_epoch=self.early_stop(trial, sparsity, "baseline" in attrs),
-                          measure_latency=self.space.size_metric == "latency", task=self.ws.task)
+                          measure_latency=self.space.size_metric == "latency", task=self.ws.task,
+                          levels=self.levels)
         except CandidateStopped as stop:
             self.stopped.append(stop.saved_s)
             self.eval_seconds.append(stop.elapsed_s)

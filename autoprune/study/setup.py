@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from autoprune.config.events import ProgressSink
 from autoprune.config.space import SampleContext, SearchSpace
 from autoprune.models.workspace import PreCheck, Workspace, load_workspace
 from autoprune.models.zoo import layer_shapes
 from autoprune.pruning.heuristics import Allocation, allocations
+from autoprune.pruning.levels import LevelDatabase, load_or_build
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.study.sampler import make_sampler, search_distributions
 from autoprune.study.storage import make_storage, metric_names, open_study
@@ -49,6 +51,7 @@ class Prepared:
     curves_path: Path | None
     heuristics: dict[str, Allocation]
     ctx: SampleContext
+    levels: LevelDatabase | None = None  # one-shot Wanda masks of every unit at any level (see pruning.levels)
 
 
 def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None, threads: int | None = None,
@@ -69,13 +72,29 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     if progress is not None:
         progress.stop()
     prefs = curves.preferences() if curves is not None else None
+    levels = level_database(ws)
+    wanted = {*space.baselines, space.anchor}
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
-            for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs).items()}
+            for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs, levels.outliers if levels else None,
+                                    alpha="alpha" in wanted).items()}
     anchor = heur.get(space.anchor) if space.anchor != "none" else None
     ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, dense_key=ws.dense_key, sizes=ws.sizes,
                         bounds=ws.bounds,
                         anchor=anchor, shapes=layer_shapes(ws.model))
-    return Prepared(ws, curves, path, heur, ctx)
+    return Prepared(ws, curves, path, heur, ctx, levels)
+
+
+def level_database(ws: Workspace) -> LevelDatabase | None:
+    """The dense model's level database when the space searches Wanda on unstructured sparsity (cached in
+    ``runs/levels``), else None. Wanda scores Linear layers: another layer type is refused naming it."""
+    space = ws.space
+    if "wanda" not in space.criteria or space.granularity.kind != "unstructured":
+        return None
+    other = [f for f in ws.layers if not isinstance(ws.model.get_submodule(f), torch.nn.Linear)]
+    if other:
+        raise space.field_error("criteria", f"wanda scores Linear layers only; {other[0]} is "
+                                f"{type(ws.model.get_submodule(other[0])).__name__} (exclude it in layers.exclude)")
+    return load_or_build(ws.runs_dir / "levels", ws.dense_key, ws.model, ws.layers, "wanda", ws.splits.train)
 
 
 def phase_counter(progress: ProgressSink, total: int, description: str) -> Any:
@@ -107,7 +126,7 @@ def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContex
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     # seed + trials so far: a resumed study does not replay the first run's random draws
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
-                           search_distributions(space, ctx), opts.workers > 1, space.targets.grid)
+                           search_distributions(space, ctx), opts.workers > 1, space.targets.grid, ctx, space.offset)
     task = task_class(space.task.kind)
     names = metric_names(space.size_metric, str(resolve_device(opts.device)), task.primary)
     return open_study(name, storage, sampler, names, task.direction)

@@ -22,8 +22,8 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
     space = prep.ws.space  # budgets in steps resolved to epochs of the loaded train split
     study = open_search_study(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
-    study.optimize(Objective(prep.ws, prep.ctx, prep.heuristics, seed), n_trials=n_trials, timeout=opts.timeout,
-                   catch=CANDIDATE_ERRORS)
+    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, levels=prep.levels)
+    study.optimize(objective, n_trials=n_trials, timeout=opts.timeout, catch=CANDIDATE_ERRORS)
 
 
 def worker_shares(n_trials: int, workers: int) -> list[int]:

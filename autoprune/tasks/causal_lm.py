@@ -31,9 +31,10 @@ class CausalLMTask(Task):
     def metrics(self, model: nn.Module, split: Split) -> dict[str, float]:
         """Perplexity = exp(mean token NLL), token accuracy, and the NLL itself as ``loss``."""
         nll = total = correct = 0.0
-        for i in range(0, len(split), 256):
-            logits = predict(model, split.x[i:i + 256])
-            y = split.y[i:i + 256]
+        chunk = max(1, min(256, 2**24 // max(1, split.x.shape[1] * self.outputs)))  # logits of ≤ 2**24 numbers
+        for i in range(0, len(split), chunk):
+            logits = predict(model, split.x[i:i + chunk])
+            y = split.y[i:i + chunk]
             nll += float(nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
             correct += float((logits.argmax(-1) == y).sum())
             total += y.numel()

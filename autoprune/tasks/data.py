@@ -216,11 +216,20 @@ def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fract
     """Language-model data: byte-token windows of a text (see :mod:`autoprune.tasks.text`), split by window."""
     from autoprune.tasks.text import BYTE_VOCAB, load_text, token_windows
 
+    vocab = BYTE_VOCAB
     if name.startswith("text:") or name.endswith(".txt"):
-        unknown = set(kw) - {"seq_len", "max_chars"}
+        unknown = set(kw) - {"seq_len", "max_chars", "tokenizer"}
         if unknown:
-            raise DataError(f"dataset {name}: unknown option(s) {', '.join(sorted(unknown))} (seq_len, max_chars)")
-        x, y = token_windows(load_text(name), int(kw.get("seq_len", 64)), kw.get("max_chars"), name)
+            raise DataError(f"dataset {name}: unknown option(s) {', '.join(sorted(unknown))} (seq_len, max_chars, "
+                            "tokenizer)")
+        encode = None
+        if kw.get("tokenizer"):  # the model's own tokenizer (a pretrained language model), else UTF-8 bytes
+            from autoprune.models.hf import hf_tokenizer
+
+            tok = hf_tokenizer(str(kw["tokenizer"]))
+            vocab = len(tok)
+            encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        x, y = token_windows(load_text(name), int(kw.get("seq_len", 64)), kw.get("max_chars"), name, encode)
     elif ":" in name:  # an already tokenized data set: a callable returning (x, y) token-id arrays (N, T)
         try:
             x, y = _token_arrays(import_callable(name, "dataset")(**kw), name)
@@ -233,7 +242,7 @@ def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fract
     parts = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
     splits = _finish(name, parts, "tokens")  # vocabulary: the largest id + 1 …
     is_text = name.startswith("text:") or name.endswith(".txt")
-    return dataclasses.replace(splits, num_classes=BYTE_VOCAB) if is_text else splits  # … or all 256 bytes
+    return dataclasses.replace(splits, num_classes=vocab) if is_text else splits  # … or the whole vocabulary
 
 
 def _token_arrays(raw: Any, name: str) -> tuple[np.ndarray, np.ndarray]:

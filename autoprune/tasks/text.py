@@ -8,6 +8,7 @@ is the same window shifted by one token (next-token prediction). Windows do not 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,16 @@ def load_text(name: str) -> str:
         raise DataError(f"dataset {name}: cannot read {path} as UTF-8 text ({err})") from None
 
 
-def token_windows(text: str, seq_len: int = 64, max_chars: int | None = None, source: str = "text"
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping windows of byte tokens: ``x`` (N, seq_len) and ``y`` = ``x`` shifted by one token."""
+def token_windows(text: str, seq_len: int = 64, max_chars: int | None = None, source: str = "text",
+                  encode: Callable[[str], list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping windows of tokens: ``x`` (N, seq_len) and ``y`` = ``x`` shifted by one token. Tokens are
+    UTF-8 bytes, or the ids ``encode`` (a model's tokenizer) gives the first ``max_chars`` characters."""
     if seq_len < 2:
         raise DataError(f"dataset {source}: seq_len {seq_len}; need at least 2 tokens per window")
-    data = np.frombuffer(text.encode("utf-8")[: max_chars or None], dtype=np.uint8).astype(np.int64)
+    if encode is not None:
+        data = np.asarray(encode(text[: max_chars or None]), dtype=np.int64)
+    else:
+        data = np.frombuffer(text.encode("utf-8")[: max_chars or None], dtype=np.uint8).astype(np.int64)
     n = (len(data) - 1) // seq_len
     if n < 10:
         raise DataError(f"dataset {source}: {len(data)} bytes make {n} windows of {seq_len}; a train/validation/"

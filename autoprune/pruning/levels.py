@@ -1,0 +1,98 @@
+"""The level database: what one-shot pruning of each unit at any sparsity level needs, computed once per dense model.
+
+For a row-wise criterion (Wanda) the scores of a unit come from the dense model's calibration activations and do
+not depend on how much the other units are pruned, so each unit's pruned weights at every level are fixed by one
+ordering per output row. The database keeps that ordering (int16 per weight), so a candidate of any allocation is
+assembled by masking the dense weights: no calibration pass per candidate (EvoPress keeps the pruned weights of
+every level instead, 100–200 GB for an 8 B model; an ordering is 2 bytes per weight and gives every level).
+It is built on the same scores, in the same stable order, as :func:`~autoprune.pruning.masks.compute_mask`, so a
+model assembled from it equals a directly pruned one bit for bit (tested). It also keeps each unit's block's
+outlier ratio (OWL's statistic), computed from the same scores while they are in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.config.policy import Criterion
+from autoprune.models.zoo import weight_of
+from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
+from autoprune.pruning.masks import row_mask, row_order
+from autoprune.tasks.data import Split
+
+__all__ = ["OWL_M", "LevelDatabase", "block_of", "load_or_build"]
+
+OWL_M = 5.0  # OWL's outlier threshold: a score above M × its block's mean score is an outlier (the paper's M)
+
+
+def block_of(fqn: str) -> str:
+    """The block a unit belongs to: its name up to the first numeric part (``hf.model.layers.3``), else itself."""
+    parts = fqn.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return fqn
+
+
+@dataclass
+class LevelDatabase:
+    """Per unit: the row-wise pruning order of its weights (and shape); per unit: its block's outlier ratio."""
+
+    criterion: Criterion
+    orders: dict[str, torch.Tensor]  # fqn -> (rows, columns) indices, lowest score first
+    shapes: dict[str, list[int]]
+    outliers: dict[str, float]  # fqn -> fraction of its block's scores above OWL_M × the block's mean
+
+    @classmethod
+    def build(cls, model: nn.Module, layers: list[str], criterion: Criterion, data: Split) -> LevelDatabase:
+        """Score every unit once on the dense model (one calibration pass) and keep the orders."""
+        if not row_wise(criterion):
+            raise ValueError(f"the level database needs a row-wise criterion (wanda), not {criterion}")
+        scores = importance(model, layers, criterion, data)
+        orders = {f: row_order(s) for f, s in scores.items()}
+        blocks: dict[str, list[torch.Tensor]] = {}
+        for f, s in scores.items():
+            blocks.setdefault(block_of(f), []).append(s.flatten().double())
+        ratio = {}
+        for b, parts in blocks.items():
+            flat = torch.cat(parts)
+            ratio[b] = float((flat > OWL_M * flat.mean()).double().mean())
+        return cls(criterion, orders, {f: list(weight_of(model, f).shape) for f in layers},
+                   {f: ratio[block_of(f)] for f in layers})
+
+    def masks(self, ratios: dict[str, float]) -> dict[str, torch.Tensor]:
+        """The mask of each unit at its ratio, assembled from the stored orders."""
+        return {f: row_mask(self.orders[f], r).view(self.shapes[f]) for f, r in ratios.items()}
+
+    def save(self, path: Path) -> None:
+        """Write atomically (weights-only loadable tensors and plain JSON metadata)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        meta = json.dumps({"criterion": self.criterion, "shapes": self.shapes, "outliers": self.outliers})
+        torch.save({"meta": meta, "orders": self.orders}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> LevelDatabase:
+        """Read a database written by :meth:`save`."""
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(blob["meta"])
+        return cls(meta["criterion"], blob["orders"], meta["shapes"], meta["outliers"])
+
+
+def load_or_build(folder: Path, dense_key: str, model: nn.Module, layers: list[str], criterion: Criterion,
+                  data: Split) -> LevelDatabase:
+    """The database of this dense model, layers, criterion and calibration data: from ``folder`` or built once."""
+    blob = json.dumps([dense_key, layers, criterion, WANDA_WINDOWS, data.x[:WANDA_WINDOWS].tolist()])
+    path = folder / f"levels-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        return LevelDatabase.load(path)
+    db = LevelDatabase.build(model, layers, criterion, data)
+    db.save(path)
+    return db

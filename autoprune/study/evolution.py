@@ -1,0 +1,150 @@
+"""An evolutionary sampler (``--sampler evolution``): the genetic search of the pruning literature and EvoPress.
+
+Per target size, the population is the study's best trials at that size (ranked by the highest fidelity rung they
+reached, then by their score there); a new candidate is a parent chosen by tournament from it, mutated by a few
+*moves*: ``step`` of the smaller unit's weights are taken from one unit's kept weights and given to another's, so the
+weighted sparsity stays exactly on the target (EvoPress's level-switch mutation, for units of unequal size).
+Before the population fills, parents are the anchor heuristic's allocation (OWL for language models, LAMP for
+CNNs), so the search starts where the best rule is. Recipe choices are inherited, each re-drawn with a small
+probability. Candidates are written back as the space's own parameters (``pref/<fqn>`` = log density minus the
+anchor's), so the projection reproduces the mutated ratios and every other part of autoprune (ladder, export,
+TPE's view) sees ordinary trials. The sampler keeps no state: it is a function of the study's trials and the
+trial number (seeded per trial), so resume and workers rebuild it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.config.budget import project_to_budget
+from autoprune.config.space import SampleContext
+from autoprune.study.ladder import rung_key
+
+__all__ = ["EvolutionSampler", "mutate", "preferences"]
+
+
+def mutate(ratios: dict[str, float], sizes: dict[str, int], bounds: dict[str, tuple[float, float]],
+           rng: np.random.Generator, moves: int, step: float = 0.05,
+           allowed: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
+    """``moves`` moves of sparsity between random pairs of units; each moves ``step`` × the smaller unit's weights,
+    so Σ size·ratio is unchanged. A move that would leave a unit's bounds (or make ``allowed`` false) is drawn
+    again."""
+    out = dict(ratios)
+    units = list(out)
+    for _ in range(moves):
+        for _attempt in range(20):
+            a, b = rng.choice(len(units), size=2, replace=False)
+            fa, fb = units[int(a)], units[int(b)]
+            moved = step * min(sizes[fa], sizes[fb])
+            ra, rb = out[fa] + moved / sizes[fa], out[fb] - moved / sizes[fb]  # fa pruned more, fb less
+            if not (bounds[fa][0] <= ra <= bounds[fa][1] and bounds[fb][0] <= rb <= bounds[fb][1]):
+                continue
+            trial = {**out, fa: ra, fb: rb}
+            if allowed is None or allowed(trial):
+                out = trial
+                break
+    return out
+
+
+def preferences(ratios: dict[str, float], anchor: dict[str, float]) -> dict[str, float]:
+    """Preference offsets whose projection gives ``ratios`` back: log density minus the anchor's, shifted by the
+    constant that centres them (the projection's scale absorbs any common shift)."""
+    raw = {f: math.log(max(1.0 - r, 1e-6)) - anchor[f] for f, r in ratios.items()}
+    centre = (max(raw.values()) + min(raw.values())) / 2
+    return {f: v - centre for f, v in raw.items()}
+
+
+class EvolutionSampler(optuna.samplers.BaseSampler):
+    """Tournament selection per target + sparsity-moving mutations, over the space's ``pref/`` params."""
+
+    def __init__(self, search_space: dict[str, BaseDistribution], ctx: SampleContext, targets: list[float],
+                 offset: float, seed: int = 0, population: int = 8, max_moves: int = 3, step: float = 0.05,
+                 redraw: float = 0.1) -> None:
+        self._space = {k: d for k, d in search_space.items() if k != "target" and not d.single()}
+        self._ctx, self._targets, self._offset = ctx, list(targets), offset
+        self._seed, self._population, self._max_moves, self._step, self._redraw = (
+            seed, population, max_moves, step, redraw)
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        """The space's params (the target is assigned, not sampled)."""
+        return dict(self._space)
+
+    def _target(self, study: optuna.Study, trial: FrozenTrial) -> float:
+        fixed = trial.system_attrs.get("fixed_params", {})
+        if "target" in fixed:
+            return float(fixed["target"])
+        counts = dict.fromkeys(self._targets, 0)
+        for t in study.get_trials(deepcopy=False):
+            tgt = t.params.get("target", t.user_attrs.get("target"))
+            if tgt in counts and t.number < trial.number:
+                counts[tgt] += 1
+        return min(self._targets, key=lambda g: counts[g])  # the size with the fewest trials so far
+
+    def _rank(self, t: FrozenTrial, sign: float) -> tuple[float, float] | None:
+        """(rung reached, higher-is-better score there) of a finished trial, None when it has no score."""
+        if t.state == TrialState.COMPLETE and t.values is not None:
+            return (math.inf, sign * t.values[0])
+        if t.state == TrialState.PRUNED and "ladder_stop" in t.user_attrs:
+            r = int(t.user_attrs["ladder_stop"])
+            rank = t.user_attrs.get(rung_key(r), {}).get("rank")
+            return None if rank is None else (float(r), float(rank))
+        return None
+
+    def parents(self, study: optuna.Study, target: float) -> list[FrozenTrial]:
+        """The population at ``target``: its best finished trials that carry every searched param."""
+        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        scored = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            rank = self._rank(t, sign)
+            if rank is not None and t.params.get("target") == target and all(k in t.params for k in self._space):
+                scored.append((rank, -t.number, t))
+        scored.sort(key=lambda x: (x[0], x[1]), reverse=True)
+        return [t for _, _, t in scored[: self._population]]
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """A mutated child of a tournament winner at this trial's target (or of the anchor, early on)."""
+        if not search_space:
+            return {}
+        target = self._target(study, trial)
+        rng = np.random.default_rng([self._seed, trial.number])
+        pool = self.parents(study, target)
+        prefs = {f: 0.0 for f in self._ctx.sizes}  # the anchor itself
+        parent: dict[str, Any] = {}
+        if len(pool) >= 2:
+            best = min(rng.choice(len(pool), size=2, replace=False))  # the better of two: the pool is sorted best first
+            parent = pool[int(best)].params
+            prefs = {f: float(parent[f"pref/{f}"]) for f in self._ctx.sizes}
+        anchor = self._ctx.anchor_prefs(target)
+        ratios = project_to_budget(target, {f: anchor[f] + p for f, p in prefs.items()}, self._ctx.sizes,
+                                   self._ctx.bounds)
+
+        def inside(candidate: dict[str, float]) -> bool:  # expressible in the box [-offset, offset]
+            return all(abs(v) <= self._offset for v in preferences(candidate, anchor).values())
+
+        child = mutate(ratios, self._ctx.sizes, self._ctx.bounds, rng, int(rng.integers(1, self._max_moves + 1)),
+                       self._step, inside)
+        child_prefs = preferences(child, anchor)
+        out: dict[str, Any] = {}
+        for name, dist in search_space.items():
+            if name.startswith("pref/"):
+                out[name] = min(max(child_prefs[name.removeprefix("pref/")], -self._offset), self._offset)
+            elif isinstance(dist, CategoricalDistribution):
+                keep = name in parent and rng.random() >= self._redraw
+                out[name] = parent[name] if keep else dist.choices[int(rng.integers(len(dist.choices)))]
+        return out
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        """The target is assigned (fewest trials first); anything else is drawn at random."""
+        if param_name == "target":
+            return self._target(study, trial)
+        return self._random.sample_independent(study, trial, param_name, param_distribution)

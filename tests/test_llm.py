@@ -1,0 +1,225 @@
+"""Language-model pruning on a tiny random Llama (seconds; never the 135 M model): Wanda, the level database, OWL and
+AlphaPruning allocations, the evolutionary sampler, and search → export → apply → a Hugging Face folder."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from autoprune.config.budget import weighted_sparsity
+from autoprune.config.policy import FineTune, Policy
+from autoprune.config.space import SampleContext, SearchSpace, sample
+from autoprune.models.zoo import build_model, prunable_layers, weight_of
+from autoprune.pruning.criteria import WANDA_WINDOWS, importance
+from autoprune.pruning.evaluate import prune_and_finetune
+from autoprune.pruning.heuristics import alpha_ratios, owl_ratios
+from autoprune.pruning.levels import LevelDatabase, block_of
+from autoprune.pruning.masks import make_permanent
+from autoprune.study.evolution import EvolutionSampler, mutate
+from autoprune.study.sampler import search_distributions
+from autoprune.tasks.causal_lm import CausalLMTask
+from autoprune.tasks.data import Split, Splits
+
+pytest.importorskip("transformers")  # the llm extra is part of the dev extra: CI always has it
+
+ROOT = Path(__file__).resolve().parents[1]
+AUTOPRUNE = str(Path(sys.executable).with_name("autoprune"))
+
+
+def _tiny() -> tuple[torch.nn.Module, list[str], Split]:
+    torch.manual_seed(0)
+    model = build_model("hf-llama", (16,), 64, {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4})
+    layers = [f for f in prunable_layers(model) if f.startswith("hf.model.layers.")]
+    x = torch.randint(0, 64, (40, 16))
+    return model.eval(), layers, Split(x, torch.roll(x, -1, 1))
+
+
+def test_wanda_scores_equal_a_direct_computation() -> None:
+    model, layers, data = _tiny()
+    scores = importance(model, layers, "wanda", data)
+    seen: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(f).register_forward_hook(
+        lambda m, a, o, f=f: seen.__setitem__(f, a[0].detach().reshape(-1, a[0].shape[-1]))) for f in layers]
+    with torch.no_grad():
+        model(data.x[:WANDA_WINDOWS])  # all calibration windows at once: one activation matrix per layer
+    for h in handles:
+        h.remove()
+    assert len(layers) == 14
+    for f in layers:
+        direct = weight_of(model, f).detach().abs() * seen[f].double().norm(dim=0).float()[None, :]
+        torch.testing.assert_close(scores[f], direct, rtol=1e-5, atol=1e-7)
+
+
+def _policy(ratios: dict[str, float]) -> Policy:
+    return Policy(model="hf-llama", criterion="wanda", sparsity=ratios, finetune=FineTune(epochs=0, batch_size=8))
+
+
+def test_level_database_reproduces_direct_pruning_bit_for_bit_and_every_row_is_exact() -> None:
+    model, layers, data = _tiny()
+    splits = Splits("t", data, data, data, 64, "f")
+    task = CausalLMTask(splits)
+    rng = np.random.default_rng(0)
+    ratios = {f: float(rng.choice([0.1, 0.25, 0.5, 0.7, 0.9])) for f in layers}
+    direct, assembled = copy.deepcopy(model), copy.deepcopy(model)
+    prune_and_finetune(direct, _policy(ratios), splits, task=task)
+    db = LevelDatabase.build(model, layers, "wanda", data)
+    prune_and_finetune(assembled, _policy(ratios), splits, task=task, levels=db)
+    make_permanent(direct)
+    make_permanent(assembled)
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(tensor, assembled.state_dict()[name]), name
+    for f, r in ratios.items():  # Wanda compares within each output row: every row loses exactly its share
+        w = weight_of(direct, f)
+        zeros = (w == 0).sum(1)
+        assert torch.all(zeros == round(r * w.shape[1])), f
+
+
+def test_level_database_survives_a_save_and_load(tmp_path: Path) -> None:
+    model, layers, data = _tiny()
+    db = LevelDatabase.build(model, layers, "wanda", data)
+    db.save(tmp_path / "db.pt")
+    again = LevelDatabase.load(tmp_path / "db.pt")
+    ratios = dict.fromkeys(layers, 0.6)
+    assert all(torch.equal(a, b) for a, b in zip(db.masks(ratios).values(), again.masks(ratios).values(), strict=True))
+    assert again.outliers == db.outliers and set(again.outliers) == set(layers)
+
+
+def test_owl_keeps_more_weights_in_blocks_with_more_outliers_and_alpha_hits_the_target() -> None:
+    units = {f"m.layers.{b}.{p}": 100 for b in range(3) for p in ("q", "up")}
+    outliers = {f: [0.01, 0.05, 0.03][int(f.split(".")[2])] for f in units}
+    ratios = owl_ratios(outliers, 0.6)
+    assert ratios["m.layers.1.q"] < ratios["m.layers.2.q"] < ratios["m.layers.0.q"]  # more outliers, less pruned
+    assert math.isclose(ratios["m.layers.0.q"] - ratios["m.layers.1.q"], 2 * 0.08)  # spread over ±λ
+    assert math.isclose(weighted_sparsity(ratios, units), 0.6)
+    alphas = {f: [2.0, 4.0, 3.0][int(f.split(".")[2])] for f in units}
+    ar = alpha_ratios(alphas, units, 0.5)
+    assert math.isclose(weighted_sparsity(ar, units), 0.5) and ar["m.layers.1.up"] > ar["m.layers.0.up"]
+    assert block_of("hf.model.layers.12.mlp.up_proj") == "hf.model.layers.12"
+
+
+def test_mutations_keep_the_total_sparsity_exactly_on_target() -> None:
+    rng = np.random.default_rng(1)
+    sizes = {f"l{i}": int(s) for i, s in enumerate(rng.integers(100, 5000, 12))}
+    bounds = dict.fromkeys(sizes, (0.0, 0.99))
+    ratios = dict.fromkeys(sizes, 0.7)
+    for _ in range(200):
+        child = mutate(ratios, sizes, bounds, rng, 3)
+        assert child != ratios
+        assert math.isclose(weighted_sparsity(child, sizes), 0.7, abs_tol=1e-12)
+        assert all(0.0 <= r <= 0.99 for r in child.values())
+        ratios = child
+
+
+def _synthetic_study(seed: int, n: int, storage: optuna.storages.BaseStorage | None = None,
+                     name: str = "evo") -> tuple[optuna.Study, SampleContext, SearchSpace]:
+    """An evolutionary search on a made-up objective: layer 'a' should keep its weights."""
+    space = SearchSpace.model_validate({"name": "e", "model": {"name": "mlp"}, "data": {"name": "digits"},
+                                        "targets": {"grid": [0.5, 0.8]}, "offset": 1.0, "sampler": "evolution",
+                                        "finetune": {"lr_scale": [0.1, 0.3]}})
+    sizes = {"a": 400, "b": 1000, "c": 2500}
+    ctx = SampleContext(model="m", fingerprint="f", sizes=sizes, bounds=dict.fromkeys(sizes, (0.0, 0.99)))
+    sampler = EvolutionSampler(search_distributions(space, ctx), ctx, [0.5, 0.8], space.offset, seed=seed)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=["maximize", "minimize"],
+                                load_if_exists=True)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        p = sample(space, trial, ctx)
+        assert math.isclose(weighted_sparsity(p.sparsity, sizes), float(trial.params["target"]), abs_tol=1e-9)
+        return -p.sparsity["a"], weighted_sparsity(p.sparsity, sizes)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=n)
+    return study, ctx, space
+
+
+def test_evolution_improves_is_deterministic_and_rebuilds_its_state_on_resume(tmp_path: Path) -> None:
+    one, _, _ = _synthetic_study(3, 40)
+    two, _, _ = _synthetic_study(3, 40)
+    assert [t.params for t in one.trials] == [t.params for t in two.trials]  # same seed, same candidates
+    per_target = {g: [t.values[0] for t in one.trials if t.params["target"] == g] for g in (0.5, 0.8)}
+    assert all(len(v) == 20 for v in per_target.values())  # each size gets an equal share
+    for values in per_target.values():  # selection works: the late candidates beat the early ones
+        assert np.mean(values[-5:]) > np.mean(values[:5])
+    # resume: a new process (a new sampler) continuing the stored study draws what one run would have drawn
+    storage = optuna.storages.InMemoryStorage()
+    _synthetic_study(3, 25, storage, "r")
+    resumed, _, _ = _synthetic_study(3, 15, storage, "r")
+    assert [t.params for t in resumed.trials] == [t.params for t in one.trials]
+
+
+def test_only_the_hf_adapter_imports_transformers() -> None:
+    pkg = ROOT / "autoprune"
+    importers = []
+    for p in pkg.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "transformers" for n in names):
+                importers.append(str(p.relative_to(pkg)))
+    assert sorted(set(importers)) == ["models/hf.py"]
+
+
+SPACE = """\
+name: tiny_llama
+model:
+  name: hf-llama
+  kwargs: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2}
+data:
+  name: text:pydoc
+  kwargs: {seq_len: 32, max_chars: 30000}
+task: {kind: causal_lm}
+layers:
+  include: ["hf.model.layers.*"]
+train: {epochs: 2, lr: 0.003, batch_size: 32}
+criteria: [wanda]
+finetune: {epochs: [0]}
+targets: {grid: [0.5, 0.7]}
+baselines: [uniform, owl, alpha]
+anchor: owl
+early_stop: {enabled: false}
+sampler: evolution
+trials: 14
+"""
+
+
+@pytest.mark.slow
+def test_search_export_apply_writes_a_folder_transformers_loads(tmp_path: Path) -> None:
+    import transformers
+
+    (tmp_path / "s.yaml").write_text(SPACE)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([AUTOPRUNE, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res
+
+    run("search", "s.yaml", "--no-track", "--threads", "1")
+    run("export", "--study", "tiny_llama", "--max-size", "0.65", "-o", "p.json")
+    policy = Policy.load(tmp_path / "p.json")
+    assert policy.criterion == "wanda" and len(policy.sparsity) == 14
+    recipes = json.loads((tmp_path / "p.ratios.json").read_text())
+    assert recipes["pruning_ratio_dict"] == policy.sparsity
+    assert recipes["recipe"][r"^model\.layers\.0\.self_attn\.q_proj$"] == policy.sparsity[
+        "hf.model.layers.0.self_attn.q_proj"]
+    run("apply", "p.json", "--space", "s.yaml", "--hf-folder", "hf", "--no-track", "-o", "pruned.pt")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    from autoprune.models.workspace import load_workspace
+
+    ws = load_workspace(SearchSpace.from_yaml(tmp_path / "s.yaml"), "cpu", tmp_path / "runs")
+    wrapped = build_model("hf-llama", ws.splits.input_shape, ws.splits.num_classes, ws.space.model.kwargs)
+    wrapped.hf = hf
+    for f, r in policy.sparsity.items():  # the folder holds the policy's sparsity, unit by unit
+        w = weight_of(wrapped, f)
+        assert abs(float((w == 0).float().mean()) - r) < 1.0 / w.shape[1] + 1e-9
+    ppl = ws.task.metrics(wrapped, ws.splits.test)["perplexity"]
+    assert math.isclose(ppl, policy.expected["test_perplexity"], rel_tol=1e-5)  # the trial's test score, reloaded
