@@ -16,10 +16,12 @@ from autoprune.errors import FinetuneDiverged
 from autoprune.pruning.evaluate import Evaluation, evaluate
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.setup import Prepared
+from autoprune.tasks import task_class
 
 __all__ = [
     "DEFAULT_METHODS",
     "HEURISTICS",
+    "SAMPLER_OF",
     "SEARCHES",
     "MethodResult",
     "heuristic_policy",
@@ -29,15 +31,18 @@ __all__ = [
     "search_space_for",
 ]
 
-HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "random", "agp_uniform", "lamp_cubic3",
-              "lamp_tuned")
-SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl")  # autoprune_rl: the same design, RL controller sampler
-DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES if m != "tpe_naive")
+HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha", "random", "agp_uniform",
+              "lamp_cubic3", "lamp_tuned")
+# autoprune: the space's own sampler; _rl, _tpe, _evo: the same design with the RL controller, TPE or evolution
+SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl", "autoprune_tpe", "autoprune_evo")
+SAMPLER_OF = {"autoprune_rl": "rl", "autoprune_tpe": "tpe", "autoprune_evo": "evolution"}
+DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES if m not in ("tpe_naive", "autoprune_tpe", "autoprune_evo"))
 
 
 @dataclass
 class MethodResult:
-    """One method, one seed: test accuracy (and size) at each sparsity level; NaN where it has no point."""
+    """One method, one seed: the task's primary test metric (and size) at each sparsity level; NaN where it has no
+    point."""
 
     method: str
     seed: int
@@ -86,7 +91,7 @@ def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> 
         if ev is None:  # its fine-tune diverged: no model at this level
             res.test[level] = res.size[level] = math.nan
             continue
-        res.test[level] = (ev.test or {})["accuracy"]
+        res.test[level] = (ev.test or {})[prep.ws.task.primary]
         res.size[level] = ev.size_value(prep.ws.space.size_metric)
         res.seconds += ev.times["total"]
     return res
@@ -99,27 +104,30 @@ def search_space_for(space: SearchSpace, method: str, levels: list[float], trial
         return space.model_copy(update={"parametrization": "independent", "baselines": [], "trials": trials,
                                         "seed": seed, "sampler": "tpe", "anchor": "none"})
     targets = space.targets.model_copy(update={"grid": list(levels), "range": None})
-    sampler = "rl" if method == "autoprune_rl" else space.sampler
+    sampler = SAMPLER_OF.get(method, space.sampler)
     return space.model_copy(update={"targets": targets, "trials": trials, "seed": seed, "sampler": sampler})
 
 
 def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int, runs_dir: Path,
-                 track: bool) -> tuple[MethodResult, dict[str, float]]:
+                 track: bool, threads: int | None = None) -> tuple[MethodResult, dict[str, float]]:
     """Run one search; its answer at a level is the best-validation front point with a target ≥ level, on test."""
     from autoprune.api import search
 
     sp = search_space_for(space, method, levels, trials, seed)
     study = f"bench-{space.name}-{method}-s{seed}"
-    result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track) \
-        if track else run_search(sp, SearchOptions(n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir))
+    result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track,
+                    threads=threads) if track else run_search(sp, SearchOptions(
+        n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir, threads=threads))
     res = MethodResult(method, seed, seconds=result.summary["wall_s"],
                        compute={k: float(v) for k, v in result.summary.items()
                                 if k in ("finetune_epochs", "eval_seconds", "rung1_s", "complete", "trials")})
+    task = task_class(space.task.kind)
+    sign = 1.0 if task.direction == "maximize" else -1.0
     for level in levels:
         pts = [r for r in result.front if r["trial"] != "dense" and r["target"] >= level - 1e-3]  # by the policy's
         # target (a channel policy's measured sparsity misses it by a few channels' worth)
-        best = max(pts, key=lambda r: r["val_accuracy"], default=None)
-        res.test[level] = best["test_accuracy"] if best else math.nan
+        best = max(pts, key=lambda r: sign * r[f"val_{task.primary}"], default=None)
+        res.test[level] = best[f"test_{task.primary}"] if best else math.nan
         res.size[level] = best["size"] if best else math.nan
     return res, result.summary
 
@@ -130,8 +138,9 @@ def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int) -> Me
     for level in levels:
         grid = recipe_grid(prep.ws.space, heuristic_policy(prep, heuristic, level, seed))
         evs = [ev for ev in (_evaluate(prep, p) for p in grid) if ev is not None]  # a diverging recipe is out
-        best = max(evs, key=lambda ev: ev.accuracy)  # first best on validation: a deterministic choice
-        res.test[level] = (best.test or {})["accuracy"]
+        task = prep.ws.task
+        best = max(evs, key=lambda ev: task.sign * ev.score)  # first best on validation: a deterministic choice
+        res.test[level] = (best.test or {})[task.primary]
         res.size[level] = best.size_value(prep.ws.space.size_metric)
         res.seconds += sum(ev.times["total"] for ev in evs)
         res.compute["finetune_epochs"] = res.compute.get("finetune_epochs", 0.0) + sum(p.finetune.epochs for p in grid)

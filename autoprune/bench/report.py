@@ -39,37 +39,41 @@ def hypervolumes(results: list[MethodResult]) -> dict[str, float]:
 
 
 def rich_table(title: str, agg: dict[str, dict[float, tuple[float, float, int]]], levels: list[float],
-               hv: dict[str, float]) -> Table:
-    """Mean ± std per method and level; the best mean per level in bold."""
-    best = {lv: max((agg[m][lv][0] for m in agg if not math.isnan(agg[m][lv][0])), default=math.nan)
+               hv: dict[str, float], direction: str = "maximize") -> Table:
+    """Mean ± std per method and level; the best mean per level (highest, or lowest for a metric to minimize) in
+    bold; the hypervolume column only when ``hv`` has values."""
+    pick = max if direction == "maximize" else min
+    best = {lv: pick((agg[m][lv][0] for m in agg if not math.isnan(agg[m][lv][0])), default=math.nan)
             for lv in levels}
     t = Table(title=title)
     t.add_column("method")
     for lv in levels:
         t.add_column(f"{lv:.0%}", justify="right")
-    t.add_column("hypervolume", justify="right")
+    if hv:
+        t.add_column("hypervolume", justify="right")
     for m, row in agg.items():
         cells = []
         for lv in levels:
             mean, std, n = row[lv]
             text = "n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f} ({n})"
             cells.append(f"[bold]{text}[/bold]" if not math.isnan(mean) and mean == best[lv] else text)
-        t.add_row(m, *cells, f"{hv.get(m, 0.0):.4f}")
+        t.add_row(m, *cells, *([f"{hv.get(m, 0.0):.4f}"] if hv else []))
     return t
 
 
-def write_csv(results: list[MethodResult], path: Path) -> None:
+def write_csv(results: list[MethodResult], path: Path, primary: str = "accuracy") -> None:
     """One row per method, seed and level."""
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["method", "seed", "sparsity", "test_accuracy", "size", "seconds"])
+        w.writerow(["method", "seed", "sparsity", f"test_{primary}", "size", "seconds"])
         for r in results:
             for lv, a in r.test.items():
                 w.writerow([r.method, r.seed, lv, f"{a:.6f}", f"{r.size.get(lv, math.nan):.6f}", f"{r.seconds:.2f}"])
 
 
-def plot(agg: dict[str, dict[float, tuple[float, float, int]]], levels: list[float], path: Path, title: str) -> None:
-    """Test accuracy vs sparsity with error bars (std over seeds), one line per method."""
+def plot(agg: dict[str, dict[float, tuple[float, float, int]]], levels: list[float], path: Path, title: str,
+         metric: str = "test accuracy") -> None:
+    """The test metric vs sparsity with error bars (std over seeds), one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +86,7 @@ def plot(agg: dict[str, dict[float, tuple[float, float, int]]], levels: list[flo
         ax.errorbar(xs, [row[lv][0] for lv in xs], yerr=[row[lv][1] for lv in xs], marker="o", ms=4, capsize=3,
                     label=m, **style)
     ax.set_xlabel("global sparsity of prunable layers")
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

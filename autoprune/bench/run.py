@@ -23,9 +23,19 @@ from autoprune.config.space import LadderSpec, SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.files import check_runs_folder
 from autoprune.study.setup import prepare
+from autoprune.tasks import task_class
 
-__all__ = ["BenchResult", "bench_space", "compute_rows", "default_out_dir", "overhead_rows", "parse_methods",
-           "with_final_epochs", "write_outputs"]
+__all__ = [
+    "BenchResult",
+    "bench_space",
+    "compute_rows",
+    "default_out_dir",
+    "overhead_rows",
+    "parse_methods",
+    "time_rows",
+    "with_final_epochs",
+    "write_outputs",
+]
 
 
 @dataclass
@@ -38,6 +48,8 @@ class BenchResult:
     overhead: dict[str, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    primary: str = "accuracy"  # the task's primary metric, compared on the test split
+    direction: str = "maximize"
 
     @property
     def aggregated(self) -> dict[str, dict[float, tuple[float, float, int]]]:
@@ -46,45 +58,56 @@ class BenchResult:
 
 
 def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
-                log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS) -> BenchResult:
-    """Run every method for every seed on one search space."""
-    if space.task.kind != "classification":
-        raise ConfigError(f"bench compares methods by test accuracy: space '{space.name}' has task "
-                          f"'{space.task.kind}' (search, export and apply support it; bench does not yet)")
+                log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS, threads: int | None = None
+                ) -> BenchResult:
+    """Run every method for every seed on one search space (``threads``: torch threads; default per model size)."""
     check_runs_folder(out_dir)
     t0 = time.perf_counter()
     results: list[MethodResult] = []
     overhead: dict[str, float] = {}
     for seed in range(seeds):
         sp = space.model_copy(update={"seed": seed})
-        prep = prepare(sp, "cpu", out_dir)
+        prep = prepare(sp, "cpu", out_dir, threads=threads)
         for name in HEURISTICS:
             if name in methods and (name in prep.heuristics or name in ("random", "agp_uniform", "lamp_cubic3",
                                                                          "lamp_tuned")):
                 results.append(run_heuristic(prep, name, levels, seed))
         log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
         for method in (m for m in SEARCHES if m in methods):
-            res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"))
+            res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"),
+                                        threads=threads)
             results.append(res)
             if method == "autoprune" and seed == 0:
                 overhead.update({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
             log(f"  seed {seed}: {method} done ({time.perf_counter() - t0:.0f}s)")
-        if seed == 0:
+        if seed == 0 and sp.task.kind == "classification":  # (the plain loop it is timed against is a classifier's)
             overhead.update(finetune_throughput(prep.ws))
             overhead["projection_s"] = projection_seconds(prep.ws)
-    return BenchResult(space.name, results, levels, overhead, seconds=time.perf_counter() - t0)
+    task = task_class(space.task.kind)
+    return BenchResult(space.name, results, levels, overhead, seconds=time.perf_counter() - t0, primary=task.primary,
+                       direction=task.direction)
+
+
+def time_rows(res: BenchResult) -> list[dict[str, Any]]:
+    """Mean wall seconds of each method over seeds (a heuristic: its evaluations; a search: the whole run)."""
+    rows = []
+    for method in dict.fromkeys(r.method for r in res.results):
+        secs = [r.seconds for r in res.results if r.method == method]
+        rows.append({"method": method, "seconds": sum(secs) / len(secs)})
+    return rows
 
 
 def write_outputs(res: BenchResult, out_dir: Path) -> Any:
     """CSV, PNG and the rich table for one space."""
     agg = res.aggregated
     csv_path, png_path = out_dir / f"bench-{res.space}.csv", out_dir / f"bench-{res.space}.png"
-    write_csv(res.results, csv_path)
+    write_csv(res.results, csv_path, res.primary)
     seeds = len({r.seed for r in res.results})
-    plot(agg, res.levels, png_path, f"{res.space}: test accuracy vs sparsity ({seeds} seeds)")
+    metric = f"test {res.primary}"
+    plot(agg, res.levels, png_path, f"{res.space}: {metric} vs sparsity ({seeds} seeds)", metric)
     res.files = [csv_path, png_path]
-    return rich_table(f"{res.space}: test accuracy, mean ± std (n seeds) over {seeds} seeds", agg, res.levels,
-                      hypervolumes(res.results))
+    return rich_table(f"{res.space}: {metric}, mean ± std (n seeds) over {seeds} seeds", agg, res.levels,
+                      hypervolumes(res.results) if res.direction == "maximize" else {}, res.direction)
 
 
 def overhead_rows(o: dict[str, float]) -> list[dict[str, Any]]:

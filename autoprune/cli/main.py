@@ -250,15 +250,18 @@ def bench(
     latency: Annotated[bool, typer.Option("--latency", metavar="",
                                           help="Only time channel-pruned ResNet-20 vs dense.")] = False,
     channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
-    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all but tpe_naive): "
-                                                "uniform, global, lamp, erk, sensitivity, random, agp_uniform, "
-                                                "lamp_cubic3, tpe_naive, autoprune, autoprune_rl.")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all but tpe_naive, "
+                                                "autoprune_tpe, autoprune_evo): uniform, global, lamp, erk, "
+                                                "sensitivity, owl, alpha, random, agp_uniform, lamp_cubic3, "
+                                                "lamp_tuned, tpe_naive, autoprune (the space's sampler), "
+                                                "autoprune_rl, autoprune_tpe, autoprune_evo.")] = None,
     final_epochs: Annotated[float | None, typer.Option(help="Production fine-tune epochs (the ladder's last rung; "
                                                        "every method is scored after it). Default: the space's.")
                             ] = None,
     rank_correlation: Annotated[int | None, typer.Option(
         help="Instead: run N candidates per target through every rung and print the Spearman rank correlation "
              "of each rung's scores (and proxies: losses, divergence to dense) with the production score.")] = None,
+    threads: Threads = None,
 ) -> None:
     """Search (TPE and RL controller) vs heuristics, every method scored after the production fine-tune.
 
@@ -280,6 +283,7 @@ def bench(
         default_out_dir,
         overhead_rows,
         parse_methods,
+        time_rows,
         with_final_epochs,
         write_outputs,
     )
@@ -305,8 +309,10 @@ def bench(
             continue
         console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
                       f"recipe {sp.default_recipe().model_dump()}")
-        res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen)
+        res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen, threads=threads)
         console.print(write_outputs(res, folder))
+        console.print(table("wall time of each method (seconds, mean over seeds; searches include loading the "
+                            "model)", time_rows(res)))
         if sp.ladder is not None:
             console.print(table("compute of each search (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
         console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))

@@ -123,7 +123,7 @@ class Objective:
         except CANDIDATE_ERRORS as err:
             trial.set_user_attr(REASON, str(err))  # Optuna marks it FAIL (caught by optimize); the search goes on
             raise
-        return self.record(trial, ev, policy, sample_s)
+        return self.record(trial, ev, policy, sample_s, sparsity)
 
     def climb(self, trial: optuna.Trial, attrs: dict[str, Any], policy: Policy, sparsity: float) -> Evaluation:
         """Climb the fidelity ladder from ``start_rung`` (a late promotion) or 0; stop where the candidate is not
@@ -173,10 +173,14 @@ class Objective:
         self.eval_seconds.append(ev.times["total"])
         return ev
 
-    def record(self, trial: optuna.Trial, ev: Evaluation, policy: Policy, sample_s: float) -> tuple[float, float]:
-        """Store what was measured (one user attr), set the constraints, return (val primary metric, size)."""
+    def record(self, trial: optuna.Trial, ev: Evaluation, policy: Policy, sample_s: float,
+               sparsity: float | None = None) -> tuple[float, float]:
+        """Store what was measured (one user attr), set the constraints, return (val primary metric, size).
+        ``sparsity``: the policy's own over the searched layers (what targets are stated in)."""
         size = ev.size_value(self.space.size_metric)
         measured = eval_attrs(ev, sample_s)
+        if sparsity is not None:
+            measured["policy_sparsity"] = sparsity
         if trial.number in self.epoch1:
             measured["epoch1_val_accuracy"] = self.epoch1.pop(trial.number)
         trial.set_user_attr("eval", {**measured, "policy": policy.to_json()})  # one journal write for both

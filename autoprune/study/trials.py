@@ -49,7 +49,8 @@ def policy_sparsity(t: optuna.trial.FrozenTrial) -> float:
     rung = t.user_attrs.get("rung/0")
     if rung is not None:
         return float(rung["sparsity"])
-    return float((t.user_attrs.get("eval") or {}).get("sparsity", 0.0))
+    measured = t.user_attrs.get("eval") or {}
+    return float(measured.get("policy_sparsity", measured.get("sparsity", 0.0)))
 
 
 def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str, float] | None = None
@@ -64,6 +65,8 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
         metrics["rung"] = max(int(k[5:]) for k in rungs)  # the highest rung this trial reached
         metrics["target_sparsity"] = next(iter(rungs.values()))["sparsity"]  # the policy's weighted sparsity
         metrics.setdefault("sparsity", next(iter(rungs.values()))["sparsity"])
+    elif "policy_sparsity" in metrics:  # no ladder: the policy's weighted sparsity was stored with the evaluation
+        metrics["target_sparsity"] = metrics["policy_sparsity"]
     if "fail_reason" in t.user_attrs:
         metrics["fail_reason"] = t.user_attrs["fail_reason"]
     if not rungs and not metrics and "stopped" in t.user_attrs:
