@@ -18,12 +18,12 @@ import torch
 
 from autoprune.config.budget import weighted_sparsity
 from autoprune.config.policy import FineTune, Policy
-from autoprune.config.space import SampleContext, SearchSpace, sample
+from autoprune.config.space import SampleContext, SearchSpace, sample, unit_group
 from autoprune.models.zoo import build_model, prunable_layers, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance
 from autoprune.pruning.evaluate import prune_and_finetune
 from autoprune.pruning.heuristics import alpha_ratios, owl_ratios
-from autoprune.pruning.levels import LevelDatabase, block_of
+from autoprune.pruning.levels import LevelDatabase
 from autoprune.pruning.masks import make_permanent
 from autoprune.study.evolution import EvolutionSampler, mutate
 from autoprune.study.sampler import search_distributions
@@ -104,7 +104,8 @@ def test_owl_keeps_more_weights_in_blocks_with_more_outliers_and_alpha_hits_the_
     alphas = {f: [2.0, 4.0, 3.0][int(f.split(".")[2])] for f in units}
     ar = alpha_ratios(alphas, units, 0.5)
     assert math.isclose(weighted_sparsity(ar, units), 0.5) and ar["m.layers.1.up"] > ar["m.layers.0.up"]
-    assert block_of("hf.model.layers.12.mlp.up_proj") == "hf.model.layers.12"
+    assert unit_group("hf.model.layers.12.mlp.up_proj", "block") == "hf.model.layers.12"
+    assert unit_group("hf.model.layers.12.mlp.up_proj", "type") == "mlp.up_proj"
 
 
 def test_mutations_keep_the_total_sparsity_exactly_on_target() -> None:
@@ -223,3 +224,27 @@ def test_search_export_apply_writes_a_folder_transformers_loads(tmp_path: Path) 
         assert abs(float((w == 0).float().mean()) - r) < 1.0 / w.shape[1] + 1e-9
     ppl = ws.task.metrics(wrapped, ws.splits.test)["perplexity"]
     assert math.isclose(ppl, policy.expected["test_perplexity"], rel_tol=1e-5)  # the trial's test score, reloaded
+
+
+def test_one_preference_per_block_ties_the_units_of_a_block_and_evolution_moves_blocks() -> None:
+    space = SearchSpace.model_validate({"name": "g", "model": {"name": "mlp"}, "data": {"name": "digits"},
+                                        "layers": {"group": "block"}, "targets": {"grid": [0.5]},
+                                        "sampler": "evolution", "offset": 1.0})
+    sizes = {f"m.layers.{b}.{p}": s for b in range(3) for p, s in (("q", 100), ("up", 300))}
+    ctx = SampleContext(model="m", fingerprint="f", sizes=sizes, bounds=dict.fromkeys(sizes, (0.0, 0.99)))
+    dists = search_distributions(space, ctx)
+    assert sorted(k for k in dists if k.startswith("pref/")) == [f"pref/m.layers.{b}" for b in range(3)]
+    sampler = EvolutionSampler(dists, ctx, [0.5], space.offset, seed=0, group="block")
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        p = sample(space, trial, ctx)
+        for b in range(3):  # no anchor: a block's units are pruned alike
+            assert math.isclose(p.sparsity[f"m.layers.{b}.q"], p.sparsity[f"m.layers.{b}.up"])
+        assert math.isclose(weighted_sparsity(p.sparsity, sizes), 0.5, abs_tol=1e-9)
+        return -p.sparsity["m.layers.0.q"], 0.5
+
+    study.optimize(objective, n_trials=25)
+    assert len({round(t.params["pref/m.layers.0"], 6) for t in study.trials}) > 3  # the blocks really move
+    assert all(abs(v) <= 1.0 for t in study.trials for k, v in t.params.items() if k.startswith("pref/"))
+    assert np.mean([t.values[0] for t in study.trials[-5:]]) > np.mean([t.values[0] for t in study.trials[:5]])

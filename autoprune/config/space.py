@@ -24,7 +24,7 @@ from autoprune.errors import ConfigError
 __all__ = ["ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec", "Heuristic", "LadderSpec", "LayerSpec",
            "ModelSpec", "RankBy", "SampleContext", "SamplerName", "SearchSpace", "SensitivitySpec", "SizeMetric",
            "StreamSpec", "Suggest", "TargetSpec", "TaskSpec", "TrainSpec", "choose", "fixed_choices", "sample",
-           "sample_target"]
+           "sample_target", "unit_group"]
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
 RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
@@ -89,6 +89,9 @@ class LayerSpec(_Strict):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)  # glob -> [min, max] ratio
+    # what shares one searched preference: each unit (layer), each block (the name up to its first numeric part,
+    # e.g. one ratio per decoder block), or each type (the name after it, e.g. every block's q_proj together)
+    group: Literal["unit", "block", "type"] = "unit"
 
     @field_validator("bounds")
     @classmethod
@@ -440,8 +443,23 @@ def _sample_ratios(space: SearchSpace, suggest: Suggest, ctx: SampleContext) -> 
         return {f: suggest.suggest_float(f"ratio/{f}", lo, hi) for f, (lo, hi) in ctx.bounds.items()}
     target = sample_target(space, suggest)
     anchor = ctx.anchor_prefs(target)
-    prefs = {f: anchor[f] + suggest.suggest_float(f"pref/{f}", -space.offset, space.offset) for f in ctx.sizes}
+    groups = {f: unit_group(f, space.layers.group) for f in ctx.sizes}
+    offsets = {g: suggest.suggest_float(f"pref/{g}", -space.offset, space.offset)
+               for g in dict.fromkeys(groups.values())}
+    prefs = {f: anchor[f] + offsets[groups[f]] for f in ctx.sizes}
     return project_to_budget(target, prefs, ctx.sizes, ctx.bounds)
+
+
+def unit_group(fqn: str, group: str) -> str:
+    """The name of the preference a unit shares (``layers.group``): itself (``unit``), its block (the name up to
+    the first numeric part: ``hf.model.layers.3``) or its type (the name after it: ``self_attn.q_proj``)."""
+    if group == "unit":
+        return fqn
+    parts = fqn.split(".")
+    at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    if at is None:
+        return fqn
+    return ".".join(parts[: at + 1]) if group == "block" else ".".join(parts[at + 1:]) or fqn
 
 
 def sample_target(space: SearchSpace, suggest: Suggest) -> float:

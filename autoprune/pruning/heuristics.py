@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from autoprune.config.budget import project_to_budget
+from autoprune.config.space import unit_group
 from autoprune.models.zoo import weight_of
 
 __all__ = ["ALPHA_EPSILON", "OWL_LAMBDA", "Allocation", "allocations", "alpha_hill", "alpha_ratios", "erk_preferences",
@@ -65,12 +66,10 @@ def erk_preferences(model: nn.Module, layers: list[str]) -> dict[str, float]:
 
 def _block_mean(values: dict[str, float]) -> dict[str, float]:
     """Each unit's value replaced by the mean over its block (OWL and AlphaPruning allocate per block)."""
-    from autoprune.pruning.levels import block_of
-
     groups: dict[str, list[float]] = {}
     for f, v in values.items():
-        groups.setdefault(block_of(f), []).append(v)
-    return {f: sum(groups[block_of(f)]) / len(groups[block_of(f)]) for f in values}
+        groups.setdefault(unit_group(f, "block"), []).append(v)
+    return {f: sum(groups[unit_group(f, "block")]) / len(groups[unit_group(f, "block")]) for f in values}
 
 
 def _spread(stat: dict[str, float]) -> dict[str, float]:

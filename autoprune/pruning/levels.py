@@ -21,23 +21,15 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Criterion
+from autoprune.config.space import unit_group
 from autoprune.models.zoo import weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
 from autoprune.pruning.masks import row_mask, row_order
 from autoprune.tasks.data import Split
 
-__all__ = ["OWL_M", "LevelDatabase", "block_of", "load_or_build"]
+__all__ = ["OWL_M", "LevelDatabase", "load_or_build"]
 
 OWL_M = 5.0  # OWL's outlier threshold: a score above M × its block's mean score is an outlier (the paper's M)
-
-
-def block_of(fqn: str) -> str:
-    """The block a unit belongs to: its name up to the first numeric part (``hf.model.layers.3``), else itself."""
-    parts = fqn.split(".")
-    for i, p in enumerate(parts):
-        if p.isdigit():
-            return ".".join(parts[: i + 1])
-    return fqn
 
 
 @dataclass
@@ -58,13 +50,13 @@ class LevelDatabase:
         orders = {f: row_order(s) for f, s in scores.items()}
         blocks: dict[str, list[torch.Tensor]] = {}
         for f, s in scores.items():
-            blocks.setdefault(block_of(f), []).append(s.flatten().double())
+            blocks.setdefault(unit_group(f, "block"), []).append(s.flatten().double())
         ratio = {}
         for b, parts in blocks.items():
             flat = torch.cat(parts)
             ratio[b] = float((flat > OWL_M * flat.mean()).double().mean())
         return cls(criterion, orders, {f: list(weight_of(model, f).shape) for f in layers},
-                   {f: ratio[block_of(f)] for f in layers})
+                   {f: ratio[unit_group(f, "block")] for f in layers})
 
     def masks(self, ratios: dict[str, float]) -> dict[str, torch.Tensor]:
         """The mask of each unit at its ratio, assembled from the stored orders."""

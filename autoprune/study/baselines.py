@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from autoprune.config.space import SampleContext, SearchSpace, fixed_choices
+from autoprune.config.space import SampleContext, SearchSpace, fixed_choices, unit_group
 from autoprune.pruning.heuristics import Allocation
 
 __all__ = ["baseline_params", "baseline_targets", "enqueue_baselines"]
@@ -38,8 +38,11 @@ def baseline_params(space: SearchSpace, ctx: SampleContext, ratios: dict[str, fl
     else:
         anchor = ctx.anchor_prefs(target)
         delta = {f: math.log(max(1.0 - ratios[f], 1e-6)) - anchor[f] for f in ctx.sizes}
-        inside = all(abs(d) <= space.offset for d in delta.values())
-        layer_params = {f"pref/{f}": d for f, d in delta.items()}
+        shared: dict[str, list[float]] = {}  # a group's units share one param: inside only if they agree
+        for f, d in delta.items():
+            shared.setdefault(unit_group(f, space.layers.group), []).append(d)
+        inside = all(abs(d) <= space.offset and max(ds) - min(ds) < 1e-9 for ds in shared.values() for d in ds)
+        layer_params = {f"pref/{g}": ds[0] for g, ds in shared.items()}
     return ({**params, **layer_params}, True) if inside else ({}, False)
 
 

@@ -27,7 +27,7 @@ from autoprune.config.budget import project_to_budget
 from autoprune.config.space import SampleContext
 from autoprune.study.ladder import rung_key
 
-__all__ = ["EvolutionSampler", "mutate", "preferences"]
+__all__ = ["EvolutionSampler", "mutate", "mutate_offsets", "preferences"]
 
 
 def mutate(ratios: dict[str, float], sizes: dict[str, int], bounds: dict[str, tuple[float, float]],
@@ -53,6 +53,22 @@ def mutate(ratios: dict[str, float], sizes: dict[str, int], bounds: dict[str, tu
     return out
 
 
+def mutate_offsets(offsets: dict[str, float], rng: np.random.Generator, moves: int, step: float, bound: float
+                   ) -> dict[str, float]:
+    """Grouped preferences (``layers.group`` block or type): each move raises one group's preference by ``step``
+    and lowers another's (within ±``bound``); the projection then keeps the total sparsity exactly on target."""
+    out = dict(offsets)
+    names = list(out)
+    for _ in range(moves):
+        for _attempt in range(20):
+            a, b = rng.choice(len(names), size=2, replace=False)
+            ga, gb = names[int(a)], names[int(b)]
+            if out[ga] + step <= bound and out[gb] - step >= -bound:
+                out[ga], out[gb] = out[ga] + step, out[gb] - step
+                break
+    return out
+
+
 def preferences(ratios: dict[str, float], anchor: dict[str, float]) -> dict[str, float]:
     """Preference offsets whose projection gives ``ratios`` back: log density minus the anchor's, shifted by the
     constant that centres them (the projection's scale absorbs any common shift)."""
@@ -66,12 +82,13 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, search_space: dict[str, BaseDistribution], ctx: SampleContext, targets: list[float],
                  offset: float, seed: int = 0, population: int = 8, max_moves: int = 3, step: float = 0.05,
-                 redraw: float = 0.1) -> None:
+                 redraw: float = 0.1, group: str = "unit") -> None:
         self._space = {k: d for k, d in search_space.items() if k != "target" and not d.single()}
         self._ctx, self._targets, self._offset = ctx, list(targets), offset
         self._seed, self._population, self._max_moves, self._step, self._redraw = (
             seed, population, max_moves, step, redraw)
         self._random = optuna.samplers.RandomSampler(seed=seed)
+        self._group = group  # layers.group: unit moves sparsity between units; block/type move preferences
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         """The space's params (the target is assigned, not sampled)."""
@@ -117,12 +134,16 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         target = self._target(study, trial)
         rng = np.random.default_rng([self._seed, trial.number])
         pool = self.parents(study, target)
-        prefs = {f: 0.0 for f in self._ctx.sizes}  # the anchor itself
         parent: dict[str, Any] = {}
         if len(pool) >= 2:
             best = min(rng.choice(len(pool), size=2, replace=False))  # the better of two: the pool is sorted best first
             parent = pool[int(best)].params
-            prefs = {f: float(parent[f"pref/{f}"]) for f in self._ctx.sizes}
+        moves = int(rng.integers(1, self._max_moves + 1))
+        if self._group != "unit":
+            offsets = {k: float(parent.get(k, 0.0)) for k in search_space if k.startswith("pref/")}
+            out = mutate_offsets(offsets, rng, moves, self._step * 2 * self._offset, self._offset)
+            return {**out, **self._recipe(search_space, parent, rng)}
+        prefs = {f: float(parent.get(f"pref/{f}", 0.0)) for f in self._ctx.sizes}  # no parent: the anchor itself
         anchor = self._ctx.anchor_prefs(target)
         ratios = project_to_budget(target, {f: anchor[f] + p for f, p in prefs.items()}, self._ctx.sizes,
                                    self._ctx.bounds)
@@ -130,14 +151,18 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         def inside(candidate: dict[str, float]) -> bool:  # expressible in the box [-offset, offset]
             return all(abs(v) <= self._offset for v in preferences(candidate, anchor).values())
 
-        child = mutate(ratios, self._ctx.sizes, self._ctx.bounds, rng, int(rng.integers(1, self._max_moves + 1)),
-                       self._step, inside)
+        child = mutate(ratios, self._ctx.sizes, self._ctx.bounds, rng, moves, self._step, inside)
         child_prefs = preferences(child, anchor)
+        out = {name: min(max(child_prefs[name.removeprefix("pref/")], -self._offset), self._offset)
+               for name in search_space if name.startswith("pref/")}
+        return {**out, **self._recipe(search_space, parent, rng)}
+
+    def _recipe(self, search_space: dict[str, BaseDistribution], parent: dict[str, Any], rng: np.random.Generator
+                ) -> dict[str, Any]:
+        """The recipe choices: the parent's, each re-drawn with probability ``redraw`` (all drawn without one)."""
         out: dict[str, Any] = {}
         for name, dist in search_space.items():
-            if name.startswith("pref/"):
-                out[name] = min(max(child_prefs[name.removeprefix("pref/")], -self._offset), self._offset)
-            elif isinstance(dist, CategoricalDistribution):
+            if isinstance(dist, CategoricalDistribution):
                 keep = name in parent and rng.random() >= self._redraw
                 out[name] = parent[name] if keep else dist.choices[int(rng.integers(len(dist.choices)))]
         return out

@@ -148,18 +148,19 @@ def _rung_values(t: optuna.trial.FrozenTrial) -> dict[int, float]:
 
 
 def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False,
-                 targets: list[float] | None = None, ctx: SampleContext | None = None, offset: float = 2.0
-                 ) -> optuna.samplers.BaseSampler:
+                 targets: list[float] | None = None, ctx: SampleContext | None = None, offset: float = 2.0,
+                 group: str = "unit") -> optuna.samplers.BaseSampler:
     """TPE (multivariate over ``search_space``, default; per target for a grid of targets), NSGA-II, random, GP,
     the RL controller or the evolutionary sampler (which needs ``ctx``, a grid of ``targets`` and the preference
-    ``offset``), seeded. The constant liar (running trials count as bad) only matters with several workers.
+    ``offset``; ``group``: the space's layers.group), seeded. The constant liar (running trials count as bad) only
+    matters with several workers.
     """
     if name == "evolution":
         from autoprune.study.evolution import EvolutionSampler
 
         if ctx is None or not targets:
             raise ConfigError("sampler evolution needs a grid of targets (targets.grid) and projected preferences")
-        return EvolutionSampler(search_space, ctx, targets, offset, seed=seed)
+        return EvolutionSampler(search_space, ctx, targets, offset, seed=seed, group=group)
     if name == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # `constant_liar` is flagged experimental

@@ -126,7 +126,8 @@ def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContex
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     # seed + trials so far: a resumed study does not replay the first run's random draws
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
-                           search_distributions(space, ctx), opts.workers > 1, space.targets.grid, ctx, space.offset)
+                           search_distributions(space, ctx), opts.workers > 1, space.targets.grid, ctx, space.offset,
+                           space.layers.group)
     task = task_class(space.task.kind)
     names = metric_names(space.size_metric, str(resolve_device(opts.device)), task.primary)
     return open_study(name, storage, sampler, names, task.direction)
