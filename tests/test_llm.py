@@ -248,3 +248,32 @@ def test_one_preference_per_block_ties_the_units_of_a_block_and_evolution_moves_
     assert len({round(t.params["pref/m.layers.0"], 6) for t in study.trials}) > 3  # the blocks really move
     assert all(abs(v) <= 1.0 for t in study.trials for k, v in t.params.items() if k.startswith("pref/"))
     assert np.mean([t.values[0] for t in study.trials[-5:]]) > np.mean([t.values[0] for t in study.trials[:5]])
+
+
+@pytest.mark.slow
+def test_bench_compares_language_model_methods_by_test_perplexity(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE.replace("trials: 14", "trials: 8"))
+    res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--seeds", "1", "--trials", "8", "--sparsities",
+                          "0.5,0.7", "--methods", "uniform,owl,alpha,autoprune,autoprune_tpe", "--out", "b",
+                          "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "test perplexity, mean ± std" in res.stdout and "wall time of each method" in res.stdout
+    rows = (tmp_path / "b" / "bench-tiny_llama.csv").read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["method", "seed", "sparsity", "test_perplexity"]
+    got = {(r.split(",")[0], r.split(",")[2]): float(r.split(",")[3]) for r in rows[1:]}
+    assert {m for m, _ in got} == {"uniform", "owl", "alpha", "autoprune", "autoprune_tpe"}
+    assert all(1.0 < v < 300.0 for v in got.values())  # every method has a real perplexity at both levels
+    # the searches enqueue the heuristics first, so neither can end worse than the best of them (same evaluation)
+    for level in ("0.5", "0.7"):
+        best_heuristic = min(got[(m, level)] for m in ("uniform", "owl", "alpha"))
+        assert got[("autoprune", level)] <= best_heuristic * 1.02
+
+
+@pytest.mark.slow
+def test_fitness_rank_correlation_without_a_fine_tune(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE)
+    res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--rank-correlation", "4", "--out", "rc"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "held-out test score" in res.stdout and "KL to dense" in res.stdout
+    assert res.stdout.count("(4)") == 4  # two proxies × two targets, four candidates each

@@ -16,7 +16,7 @@ from autoprune.errors import ConfigError
 from autoprune.study import SearchOptions, baseline_targets, run_search, study_user_attrs
 from autoprune.study.ladder import rank_value, rung_key
 
-__all__ = ["PROXIES", "correlation_rows", "proxy_values", "rank_correlation"]
+__all__ = ["PROXIES", "correlation_rows", "fitness_correlation", "proxy_values", "rank_correlation"]
 
 PROXIES = ("metric", "val_loss", "train_loss", "kl_to_dense")  # rung-record measurements that could rank
 
@@ -60,6 +60,8 @@ def rank_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: i
     """Run ``per_target`` candidates at each target (one study per target, so every size gets as many) through
     every rung of the space's ladder, and correlate each proxy with the last rung's score."""
     if space.ladder is None:
+        if space.finetune.epochs == [0.0]:  # no fine-tune at all (a language model): the search's own fitness
+            return fitness_correlation(space, per_target, out_dir, seed)
         raise ConfigError(f"{space.source or space.name}: field 'ladder': the rank correlation needs a ladder")
     ladder = space.ladder.model_copy(update={"keep": 1.0})
     attrs: list[dict[str, Any]] = []
@@ -71,3 +73,43 @@ def rank_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: i
                                      device="cpu"))
         attrs += study_user_attrs(name, None, out_dir)
     return correlation_rows(attrs, len(space.ladder.epochs))
+
+
+def fitness_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """For a space without fine-tune: ``per_target`` random candidates of the searched space at each target, each
+    scored the cheap ways (the validation metric the search ranks by; the KL divergence to the dense model on the
+    calibration examples) and on the held-out test split; Spearman ρ of each cheap score with the test score."""
+    import numpy as np
+    import optuna
+    from scipy.stats import spearmanr
+
+    from autoprune.config.space import sample
+    from autoprune.pruning.evaluate import DenseReference, evaluate
+    from autoprune.study.sampler import search_distributions
+    from autoprune.study.setup import prepare
+
+    prep = prepare(space.model_copy(update={"seed": seed}), "cpu", out_dir)
+    ws, task = prep.ws, prep.ws.task
+    reference = DenseReference.of(ws.model, ws.splits, task=task)
+    rng = np.random.default_rng(seed)
+    dists = {k: d for k, d in search_distributions(space, prep.ctx).items() if k != "target"}
+    rows: dict[str, dict[str, Any]] = {f"val {task.primary}": {"proxy": f"val {task.primary} (the search's fitness)"},
+                                       "kl_to_dense": {"proxy": "KL to dense on calibration examples"}}
+    for target in baseline_targets(space):
+        cheap: dict[str, list[float]] = {"val": [], "kl": []}
+        final: list[float] = []
+        for _ in range(per_target):
+            params: dict[str, Any] = {"target": target}
+            for k, d in dists.items():
+                params[k] = (float(rng.uniform(d.low, d.high)) if isinstance(d, optuna.distributions.FloatDistribution)
+                             else d.choices[int(rng.integers(len(d.choices)))])  # type: ignore[attr-defined]
+            policy = sample(space, optuna.trial.FixedTrial(params), prep.ctx)
+            ev = evaluate(ws.model, policy, ws.splits, with_test=True, reference=reference, task=task,
+                          levels=prep.levels)
+            cheap["val"].append(task.sign * ev.score)
+            cheap["kl"].append(-ev.val["kl_to_dense"])
+            final.append(task.sign * float((ev.test or {})[task.primary]))
+        for key, name in (("val", f"val {task.primary}"), ("kl", "kl_to_dense")):
+            rho = spearmanr(cheap[key], final).statistic
+            rows[name][f"ρ at {target:.0%} (n)"] = f"{rho:+.2f} ({len(final)})"
+    return list(rows.values())

@@ -303,9 +303,10 @@ def bench(
             from autoprune.bench.fidelity import rank_correlation as correlate
 
             rows = correlate(sp, rank_correlation, folder)
-            console.print(table(f"{sp.name}: Spearman ρ of each proxy with the production val score "
-                                f"({rank_correlation} candidates per target, rung epochs "
-                                f"{sp.ladder.epochs if sp.ladder else ''})", rows))
+            against = (f"the production val score ({rank_correlation} candidates per target, rung epochs "
+                       f"{sp.ladder.epochs})" if sp.ladder else
+                       f"the held-out test score ({rank_correlation} random candidates per target, no fine-tune)")
+            console.print(table(f"{sp.name}: Spearman ρ of each proxy with {against}", rows))
             continue
         console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
                       f"recipe {sp.default_recipe().model_dump()}")
