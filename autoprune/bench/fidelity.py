@@ -80,30 +80,23 @@ def fitness_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed
     scored the cheap ways (the validation metric the search ranks by; the KL divergence to the dense model on the
     calibration examples) and on the held-out test split; Spearman ρ of each cheap score with the test score."""
     import numpy as np
-    import optuna
     from scipy.stats import spearmanr
 
-    from autoprune.config.space import sample
     from autoprune.pruning.evaluate import DenseReference, evaluate
-    from autoprune.study.sampler import search_distributions
+    from autoprune.study.sampler import random_candidate
     from autoprune.study.setup import prepare
 
     prep = prepare(space.model_copy(update={"seed": seed}), "cpu", out_dir)
     ws, task = prep.ws, prep.ws.task
     reference = DenseReference.of(ws.model, ws.splits, task=task)
     rng = np.random.default_rng(seed)
-    dists = {k: d for k, d in search_distributions(space, prep.ctx).items() if k != "target"}
     rows: dict[str, dict[str, Any]] = {f"val {task.primary}": {"proxy": f"val {task.primary} (the search's fitness)"},
                                        "kl_to_dense": {"proxy": "KL to dense on calibration examples"}}
     for target in baseline_targets(space):
         cheap: dict[str, list[float]] = {"val": [], "kl": []}
         final: list[float] = []
         for _ in range(per_target):
-            params: dict[str, Any] = {"target": target}
-            for k, d in dists.items():
-                params[k] = (float(rng.uniform(d.low, d.high)) if isinstance(d, optuna.distributions.FloatDistribution)
-                             else d.choices[int(rng.integers(len(d.choices)))])  # type: ignore[attr-defined]
-            policy = sample(space, optuna.trial.FixedTrial(params), prep.ctx)
+            policy = random_candidate(space, prep.ctx, target, rng)
             ev = evaluate(ws.model, policy, ws.splits, with_test=True, reference=reference, task=task,
                           levels=prep.levels)
             cheap["val"].append(task.sign * ev.score)

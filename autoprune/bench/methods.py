@@ -36,7 +36,9 @@ HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha",
 # autoprune: the space's own sampler; _rl, _tpe, _evo: the same design with the RL controller, TPE or evolution
 SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl", "autoprune_tpe", "autoprune_evo")
 SAMPLER_OF = {"autoprune_rl": "rl", "autoprune_tpe": "tpe", "autoprune_evo": "evolution"}
-DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES if m not in ("tpe_naive", "autoprune_tpe", "autoprune_evo"))
+# owl and alpha run where the space lists them (a language model's: OWL needs Wanda's activations)
+DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES
+                        if m not in ("tpe_naive", "autoprune_tpe", "autoprune_evo", "owl", "alpha"))
 
 
 @dataclass

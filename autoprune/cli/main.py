@@ -251,8 +251,8 @@ def bench(
                                           help="Only time channel-pruned ResNet-20 vs dense.")] = False,
     channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all but tpe_naive, "
-                                                "autoprune_tpe, autoprune_evo): uniform, global, lamp, erk, "
-                                                "sensitivity, owl, alpha, random, agp_uniform, lamp_cubic3, "
+                                                "autoprune_tpe, autoprune_evo, owl, alpha): uniform, global, lamp, "
+                                                "erk, sensitivity, owl, alpha, random, agp_uniform, lamp_cubic3, "
                                                 "lamp_tuned, tpe_naive, autoprune (the space's sampler), "
                                                 "autoprune_rl, autoprune_tpe, autoprune_evo.")] = None,
     final_epochs: Annotated[float | None, typer.Option(help="Production fine-tune epochs (the ladder's last rung; "

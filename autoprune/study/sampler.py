@@ -16,7 +16,8 @@ from autoprune.config.space import SampleContext, SearchSpace, sample
 from autoprune.errors import ConfigError
 from autoprune.study.ladder import rung_key
 
-__all__ = ["PerTargetTPE", "SpaceRecorder", "StaticSpaceTPE", "make_sampler", "search_distributions"]
+__all__ = ["PerTargetTPE", "SpaceRecorder", "StaticSpaceTPE", "make_sampler", "random_candidate",
+           "search_distributions"]
 
 
 class SpaceRecorder:
@@ -41,6 +42,20 @@ def search_distributions(space: SearchSpace, ctx: SampleContext) -> dict[str, Ba
     recorder = SpaceRecorder()
     sample(space, recorder, ctx)
     return recorder.distributions
+
+
+def random_candidate(space: SearchSpace, ctx: SampleContext, target: float, rng: Any) -> Any:
+    """A policy of ``space`` at ``target`` with every searched param drawn uniformly by ``rng`` (a numpy
+    Generator): what a random sampler would propose, without a study."""
+    params: dict[str, Any] = {"target": target}
+    for k, d in search_distributions(space, ctx).items():
+        if k == "target":
+            continue
+        if isinstance(d, FloatDistribution):
+            params[k] = float(rng.uniform(d.low, d.high))
+        elif isinstance(d, CategoricalDistribution):
+            params[k] = d.choices[int(rng.integers(len(d.choices)))]
+    return sample(space, optuna.trial.FixedTrial(params), ctx)
 
 
 class StaticSpaceTPE(optuna.samplers.TPESampler):
