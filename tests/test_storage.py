@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -213,7 +214,14 @@ def test_two_processes_started_together_enqueue_and_log_each_trial_once(space_pa
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
-    runs_found = client.search_runs([client.get_experiment_by_name("twice").experiment_id], max_results=1000)
+    finished = sum(t.state.is_finished() for t in trials)
+    runs_found: list = []
+    for _ in range(240):  # the condition, not a deadline: both loggers' runs are in the store (a busy CI is slow)
+        exp = client.get_experiment_by_name("twice")
+        runs_found = client.search_runs([exp.experiment_id], max_results=1000) if exp is not None else []
+        if sum("autoprune.trial" in r.data.tags for r in runs_found) >= finished:
+            break
+        time.sleep(0.5)
     parents = [r for r in runs_found if r.data.tags.get("autoprune.role") == "parent"]
     children = [int(r.data.tags["autoprune.trial"]) for r in runs_found if "autoprune.trial" in r.data.tags]
     assert len(parents) == 1  # one parent run, and one child run per finished trial
