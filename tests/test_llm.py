@@ -7,6 +7,7 @@ import ast
 import copy
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -270,10 +271,99 @@ def test_bench_compares_language_model_methods_by_test_perplexity(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_fitness_rank_correlation_without_a_fine_tune(tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text(SPACE)
-    res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--rank-correlation", "4", "--out", "rc"],
-                         cwd=tmp_path, capture_output=True, text=True)
+@pytest.mark.parametrize(("ladder", "proxies"), [
+    ("finetune: {epochs: [0]}", ["KL to dense on 8192 calibration tokens"]),  # 256 windows of 32 (the default)
+    ("ladder: {epochs: [0, 0, 0], tokens: [64, 256]}",
+     ["KL to dense on 64 calibration tokens (rung 0)", "KL to dense on 256 calibration tokens (rung 1)"]),
+])
+def test_fitness_rank_correlation_without_a_fine_tune(tmp_path: Path, ladder: str, proxies: list[str]) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE.replace("finetune: {epochs: [0]}", ladder))
+    res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--rank-correlation", "4", "--out", "rc",
+                          "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "held-out test score" in res.stdout and "KL to dense" in res.stdout
-    assert res.stdout.count("(4)") == 4  # two proxies × two targets, four candidates each
+    out = " ".join(res.stdout.split())  # the table's cells may wrap
+    assert "held-out test score" in out and "val perplexity" in out
+    assert all(p in out for p in proxies), out
+    rhos = [float(x) for x in re.findall(r"([+-]\d\.\d\d) \(4\)", res.stdout)]
+    assert len(rhos) == 2 * (1 + len(proxies))  # every proxy × two targets, four candidates each
+    assert all(-1.0 <= r <= 1.0 for r in rhos)
+
+
+def test_dense_reference_divergence_on_a_few_tokens_equals_a_direct_kl() -> None:
+    from autoprune.pruning.evaluate import DenseReference
+
+    model, layers, split = _tiny()
+    with torch.no_grad():
+        model.hf.lm_head.weight.mul_(30.0)  # peaked next-token distributions, as a trained model's are
+    splits = Splits("t", split, split, split, 64, "f")
+    task = CausalLMTask(splits)
+    ref = DenseReference.of(model, splits, task=task, tokens=20 * 16)  # 20 windows of 16 tokens
+    assert ref.tokens == 320 and ref.outputs.dtype == torch.float16
+    pruned = copy.deepcopy(model)
+    prune_and_finetune(pruned, _policy(dict.fromkeys(layers, 0.9)), splits, task=task)
+    with torch.no_grad():
+        for tokens in (40, 100, 320):  # 3, 7 and 20 windows (a partial window counts whole)
+            n = math.ceil(tokens / 16)
+            logp = torch.log_softmax(model(split.x[:n]), -1).flatten(0, 1)
+            logq = torch.log_softmax(pruned(split.x[:n]), -1).flatten(0, 1)
+            direct = float((logp.exp() * (logp - logq)).sum(-1).mean())
+            assert direct > 1e-2  # float16 log-probs round the dense side by < 1e-3 relative (< 5e-5 absolute)
+            assert math.isclose(ref.divergence(pruned, tokens), direct, rel_tol=1e-2, abs_tol=5e-5)
+    assert ref.divergence(model, 320) < 1e-3  # the dense model against itself (float16 rounding only)
+    with pytest.raises(ValueError, match="320"):
+        ref.divergence(pruned, 321)
+
+
+def test_token_ladder_screens_every_candidate_on_few_tokens_and_measures_survivors_on_validation(
+        tmp_path: Path) -> None:
+    from autoprune.study import SearchOptions, run_search
+    from autoprune.study.storage import make_storage
+
+    space_yaml = SPACE.replace("finetune: {epochs: [0]}",
+                               "ladder: {epochs: [0, 0, 0], tokens: [64, 256], keep: 0.5, min_peers: 3}")
+    (tmp_path / "s.yaml").write_text(space_yaml)
+    space = SearchSpace.from_yaml(tmp_path / "s.yaml")
+    run_search(space, SearchOptions(n_trials=16, runs_dir=tmp_path, device="cpu", threads=1))
+    study = optuna.load_study(study_name="tiny_llama", storage=make_storage(None, tmp_path))
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) >= 16
+    late = [t for t in trials if "promoted_from" in t.user_attrs]  # stopped, then promoted by better-ranked peers
+    assert all("rung/0" not in t.user_attrs and t.user_attrs["start_rung"] >= 1 for t in late)
+    for t in (t for t in trials if t not in late):  # every candidate is screened on 64 calibration tokens, only
+        r0 = t.user_attrs["rung/0"]
+        assert r0["tokens"] == 64 and r0["kl_to_dense"] > 0 and math.isnan(r0["score"])
+        assert r0["rank"] == -r0["kl_to_dense"]
+    stopped = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert stopped and done  # the ladder stops some candidates on few tokens
+    assert {int(t.user_attrs["ladder_stop"]) for t in stopped} <= {0, 1}
+    for t in done:  # survivors: re-scored on 256 tokens, then measured on validation (the front's perplexity)
+        assert t.user_attrs["rung/1"]["tokens"] == 256 or t.user_attrs.get("start_rung") == 2
+        assert "tokens" not in t.user_attrs["rung/2"]
+        assert t.values[0] == t.user_attrs["rung/2"]["score"] == t.user_attrs["eval"]["val_perplexity"]
+    searched = [t for t in trials if "baseline" not in t.user_attrs]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in searched) < len(searched)
+
+
+@pytest.mark.parametrize(("ladder", "message"), [
+    ("{epochs: [0, 0, 0]}", "strictly increasing"),
+    ("{epochs: [0, 0, 0], tokens: [64]}", "one positive, strictly increasing token count per rung below the last"),
+    ("{epochs: [0, 0, 0], tokens: [256, 64]}", "strictly increasing token count"),
+    ("{epochs: [0, 1, 2], tokens: [64, 256]}", "their epochs must be 0"),
+    ("{epochs: [0, 0, 0], tokens: [64, 256], rank_by: metric}", "rank_by kl_to_dense"),
+])
+def test_bad_token_ladders_get_one_line_naming_the_field(tmp_path: Path, ladder: str, message: str) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE.replace("finetune: {epochs: [0]}", f"ladder: {ladder}"))
+    res = subprocess.run([AUTOPRUNE, "search", "s.yaml", "--no-track"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and "s.yaml" in lines[0] and "ladder" in lines[0] and message in lines[0], lines
+
+
+def test_token_ladder_needs_a_language_model(tmp_path: Path) -> None:
+    from autoprune.errors import ConfigError
+
+    (tmp_path / "s.yaml").write_text("name: d\nmodel: {name: mlp}\ndata: {name: digits}\n"
+                                     "ladder: {epochs: [0, 0, 2], tokens: [64, 256]}\n")
+    with pytest.raises(ConfigError, match=r"ladder\.tokens counts a language model's calibration tokens"):
+        SearchSpace.from_yaml(tmp_path / "s.yaml")

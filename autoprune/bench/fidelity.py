@@ -56,12 +56,14 @@ def correlation_rows(attrs: list[dict[str, Any]], n_rungs: int) -> list[dict[str
     return rows
 
 
-def rank_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+def rank_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: int = 0,
+                     threads: int | None = None) -> list[dict[str, Any]]:
     """Run ``per_target`` candidates at each target (one study per target, so every size gets as many) through
-    every rung of the space's ladder, and correlate each proxy with the last rung's score."""
+    every rung of the space's ladder, and correlate each proxy with the last rung's score. A space without
+    fine-tune (a language model; a token ladder) is measured against the held-out test score instead."""
+    if without_finetune(space):
+        return fitness_correlation(space, per_target, out_dir, seed, threads)
     if space.ladder is None:
-        if space.finetune.epochs == [0.0]:  # no fine-tune at all (a language model): the search's own fitness
-            return fitness_correlation(space, per_target, out_dir, seed)
         raise ConfigError(f"{space.source or space.name}: field 'ladder': the rank correlation needs a ladder")
     ladder = space.ladder.model_copy(update={"keep": 1.0})
     attrs: list[dict[str, Any]] = []
@@ -70,39 +72,56 @@ def rank_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: i
         sp = space.model_copy(update={"ladder": ladder, "seed": seed, "targets": grid})
         name = f"fidelity-{space.name}-{target:g}-s{seed}"
         run_search(sp, SearchOptions(n_trials=per_target, study_name=name, seed=seed, runs_dir=out_dir,
-                                     device="cpu"))
+                                     device="cpu", threads=threads))
         attrs += study_user_attrs(name, None, out_dir)
     return correlation_rows(attrs, len(space.ladder.epochs))
 
 
-def fitness_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+def without_finetune(space: SearchSpace) -> bool:
+    """Whether no candidate of ``space`` is ever fine-tuned (every rung, or the one fine-tune, has 0 epochs)."""
+    epochs = space.ladder.epochs if space.ladder is not None else space.finetune.epochs
+    return all(e == 0 for e in epochs)
+
+
+def fitness_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed: int = 0,
+                        threads: int | None = None) -> list[dict[str, Any]]:
     """For a space without fine-tune: ``per_target`` random candidates of the searched space at each target, each
-    scored the cheap ways (the validation metric the search ranks by; the KL divergence to the dense model on the
-    calibration examples) and on the held-out test split; Spearman ρ of each cheap score with the test score."""
+    scored the cheap ways (the validation metric the search's last rung ranks by; the KL divergence to the dense
+    model on each token-ladder rung's calibration tokens, or on every calibration example without one) and on the
+    held-out test split; Spearman ρ of each cheap score with the test score."""
+    import copy
+
     import numpy as np
     from scipy.stats import spearmanr
+    from torch.nn.utils import parametrize
 
-    from autoprune.pruning.evaluate import DenseReference, evaluate
+    from autoprune.pruning.evaluate import DenseReference, prune_and_finetune
     from autoprune.study.sampler import random_candidate
     from autoprune.study.setup import prepare
 
-    prep = prepare(space.model_copy(update={"seed": seed}), "cpu", out_dir)
+    prep = prepare(space.model_copy(update={"seed": seed}), "cpu", out_dir, threads=threads)
     ws, task = prep.ws, prep.ws.task
-    reference = DenseReference.of(ws.model, ws.splits, task=task)
+    rungs = list(space.ladder.tokens) if space.ladder is not None and space.ladder.tokens else []
+    reference = DenseReference.of(ws.model, ws.splits, task=task, tokens=max(rungs) if rungs else None)
+    proxies: dict[str, tuple[str, int | None]] = {f"val {task.primary} (the search's fitness)": ("val", None)}
+    for r, tokens in enumerate(rungs):
+        proxies[f"KL to dense on {tokens} calibration tokens (rung {r})"] = ("kl", tokens)
+    if not rungs:
+        proxies[f"KL to dense on {reference.tokens} calibration tokens"] = ("kl", None)
+    rows = {name: {"proxy": name} for name in proxies}
     rng = np.random.default_rng(seed)
-    rows: dict[str, dict[str, Any]] = {f"val {task.primary}": {"proxy": f"val {task.primary} (the search's fitness)"},
-                                       "kl_to_dense": {"proxy": "KL to dense on calibration examples"}}
     for target in baseline_targets(space):
-        cheap: dict[str, list[float]] = {"val": [], "kl": []}
+        cheap: dict[str, list[float]] = {name: [] for name in proxies}
         final: list[float] = []
         for _ in range(per_target):
-            policy = random_candidate(space, prep.ctx, target, rng)
-            ev = evaluate(ws.model, policy, ws.splits, with_test=True, reference=reference, task=task,
-                          levels=prep.levels)
-            cheap["val"].append(task.sign * ev.score)
-            cheap["kl"].append(-ev.val["kl_to_dense"])
-            final.append(task.sign * float((ev.test or {})[task.primary]))
-        for key, name in (("val", f"val {task.primary}"), ("kl", "kl_to_dense")):
-            rho = spearmanr(cheap[key], final).statistic
-            rows[name][f"ρ at {target:.0%} (n)"] = f"{rho:+.2f} ({len(final)})"
+            m = copy.deepcopy(ws.model)
+            prune_and_finetune(m, random_candidate(space, prep.ctx, target, rng), ws.splits, task=task,
+                               levels=prep.levels)
+            with parametrize.cached():
+                for name, (kind, count) in proxies.items():
+                    cheap[name].append(task.sign * task.score(task.metrics(m, ws.splits.val)) if kind == "val"
+                                       else -reference.divergence(m, count))
+                final.append(task.sign * task.score(task.metrics(m, ws.splits.test)))
+        for name in proxies:
+            rows[name][f"ρ at {target:.0%} (n)"] = f"{spearmanr(cheap[name], final).statistic:+.2f} ({len(final)})"
     return list(rows.values())

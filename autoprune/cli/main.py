@@ -301,11 +301,13 @@ def bench(
         sp = with_final_epochs(load_space(path), final_epochs)
         if rank_correlation is not None:
             from autoprune.bench.fidelity import rank_correlation as correlate
+            from autoprune.bench.fidelity import without_finetune
 
-            rows = correlate(sp, rank_correlation, folder)
-            against = (f"the production val score ({rank_correlation} candidates per target, rung epochs "
-                       f"{sp.ladder.epochs})" if sp.ladder else
-                       f"the held-out test score ({rank_correlation} random candidates per target, no fine-tune)")
+            rows = correlate(sp, rank_correlation, folder, threads=threads)
+            against = (f"the held-out test score ({rank_correlation} random candidates per target, no fine-tune)"
+                       if without_finetune(sp) or sp.ladder is None else
+                       f"the production val score ({rank_correlation} candidates per target, rung epochs "
+                       f"{sp.ladder.epochs})")
             console.print(table(f"{sp.name}: Spearman ρ of each proxy with {against}", rows))
             continue
         console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "

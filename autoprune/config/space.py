@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from autoprune.config.budget import project_to_budget
 from autoprune.config.policy import Criterion, FineTune, Granularity, LrDecay, Policy, Schedule
@@ -159,6 +167,11 @@ class LadderSpec(_Strict):
     ``keep`` fraction of a rung's scores climbs to the next (asynchronous successive halving). The last rung is
     the production fine-tune: exactly what ``apply`` does with an exported policy."""
 
+    # a token ladder (language models): calibration tokens on which each rung below the last measures the KL
+    # divergence to the dense model, and nothing else; those rungs prune without fine-tuning (epochs 0) and rank by
+    # kl_to_dense. E.g. epochs [0, 0, 0], tokens [512, 2048]: every candidate is screened on 512 tokens, the best
+    # third re-scored on 2048, the best third of those measured on the validation split (the last rung)
+    tokens: list[int] | None = None  # (declared before epochs: their check reads it)
     epochs: list[float] = Field(default_factory=lambda: [0.0, 2.0, 20.0], min_length=2)  # fine-tune epochs per rung
     # or optimizer steps per rung (batches of finetune.batch_size), for data sets where an epoch is too long;
     # turned into (fractional) epochs of the train split when the data is loaded
@@ -200,10 +213,26 @@ class LadderSpec(_Strict):
 
     @field_validator("epochs")
     @classmethod
-    def _check_epochs(cls, v: list[float]) -> list[float]:
-        if any(b <= a for a, b in itertools.pairwise(v)) or v[0] < 0:
+    def _check_epochs(cls, v: list[float], info: ValidationInfo) -> list[float]:
+        # a token ladder's rungs grow in tokens (checked in _check_rungs); a fine-tune ladder's in epochs
+        if info.data.get("tokens") is None and (any(b <= a for a, b in itertools.pairwise(v)) or v[0] < 0):
             raise ValueError(f"rung epochs must be ≥ 0 and strictly increasing, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _check_rungs(self) -> LadderSpec:
+        v, below = self.epochs, len(self.epochs) - 1
+        if self.tokens is None:
+            return self
+        if len(self.tokens) != below or any(t <= 0 for t in self.tokens) or self.tokens != sorted(set(self.tokens)):
+            raise ValueError(f"ladder.tokens: one positive, strictly increasing token count per rung below the last "
+                             f"({below}), got {self.tokens}")
+        if any(e != 0 for e in v[:below]) or v[-1] < 0:
+            raise ValueError(f"ladder.tokens: the token rungs measure without a fine-tune: their epochs must be 0, "
+                             f"got {v}")
+        if any(self.rank_field(r) != "kl_to_dense" for r in range(below)):
+            raise ValueError("ladder.tokens: the token rungs measure only the KL divergence: rank_by kl_to_dense")
+        return self
 
 
 class ConstraintSpec(_Strict):
@@ -286,6 +315,9 @@ class SearchSpace(_Strict):
         if self.ladder is not None and "epochs" in self.finetune.model_fields_set:
             raise ValueError("finetune.epochs and ladder.epochs both given: with a ladder, the rungs' epochs "
                              "come from ladder.epochs (the last one is the production fine-tune)")
+        if self.ladder is not None and self.ladder.tokens is not None and self.task.kind != "causal_lm":
+            raise ValueError(f"ladder.tokens counts a language model's calibration tokens; task '{self.task.kind}' "
+                             "ranks its rungs by fine-tune epochs (ladder.epochs or ladder.steps)")
         return self
 
     def with_step_budgets(self, n_train: int) -> SearchSpace:

@@ -53,8 +53,9 @@ class Evaluation:
 
     @property
     def score(self) -> float:
-        """The task's primary metric on the validation split (in its own direction)."""
-        return self.val[self.primary]
+        """The task's primary metric on the validation split (in its own direction; NaN on a token rung, which
+        measures only the divergence)."""
+        return self.val.get(self.primary, math.nan)
 
     def size_value(self, metric: str) -> float:
         """The size objective as a fraction of the dense model (``latency`` in ms)."""
@@ -210,7 +211,7 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
              on_epoch: EpochCallback | None = None, size_hint: float = 1.0, bn_batches: int | None = None,
              measure_latency: bool = False, with_test: bool = False, epochs: float | None = None,
              reference: DenseReference | None = None, task: Task | None = None,
-             levels: LevelDatabase | None = None) -> Evaluation:
+             levels: LevelDatabase | None = None, tokens: int | None = None) -> Evaluation:
     """Prune a deep copy of the dense ``model`` under ``policy``, fine-tune, recalibrate BN, and measure.
 
     ``seed`` and ``bn_batches`` default to the policy's recipe (so ``apply`` reproduces the result);
@@ -218,7 +219,11 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
     adds the divergence of the pruned model's outputs from the dense model's on calibration inputs (the task's:
     KL for classification), stored as ``kl_to_dense``. ``task`` scores the model (classification when None).
     ``levels``: the dense model's level database (one-shot masks without a calibration pass per candidate).
+    ``tokens``: a token-ladder rung: measure only ``kl_to_dense`` on that many calibration tokens of ``reference``
+    (no validation metrics: the rung ranks by the divergence alone).
     """
+    if tokens is not None and reference is None:
+        raise ValueError("a token rung measures the divergence to the dense model: give its reference")
     task = task or ClassificationTask(splits)
     ft = policy.finetune
     seed = ft.seed if seed is None else seed
@@ -234,9 +239,9 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
     t1 = time.perf_counter()
     recalibrate_bn(m, splits.train, bn_batches, policy.finetune.batch_size, seed)
     with parametrize.cached():  # each masked weight computed once for all the measuring passes, not per forward
-        val = task.metrics(m, splits.val)
+        val = task.metrics(m, splits.val) if tokens is None else {}
         if reference is not None:
-            val["kl_to_dense"] = reference.divergence(m)
+            val["kl_to_dense"] = reference.divergence(m, tokens)
         test = task.metrics(m, splits.test) if with_test else None
         sparsity = {f: layer_sparsity(m, f) for f in policy.sparsity}
         size = size_metrics(m, policy.granularity, splits.input_shape, splits.input_dtype)
@@ -268,18 +273,54 @@ class DenseReference:
     """The dense model's outputs on fixed calibration inputs, to score a pruned copy without fine-tuning."""
 
     inputs: torch.Tensor
-    outputs: torch.Tensor
+    outputs: torch.Tensor  # what the task's ``reference`` keeps of the dense outputs (LM: float16 log-probs)
     task: Task
 
     @classmethod
-    def of(cls, model: nn.Module, splits: Splits, n: int = 256, task: Task | None = None) -> DenseReference:
+    def of(cls, model: nn.Module, splits: Splits, n: int = 256, task: Task | None = None,
+           tokens: int | None = None) -> DenseReference:
         """Cache the dense outputs on the first ``n`` training examples (the search's calibration set), fewer when
-        they would exceed 2**26 numbers (a language model's logits: windows × tokens × vocabulary)."""
-        per_example = splits.num_classes * (splits.train.x[0].numel() if not splits.train.x.is_floating_point() else 1)
-        x = splits.train.x[:max(1, min(n, 2**26 // max(per_example, 1)))]
-        return cls(x, predict(model, x), task or ClassificationTask(splits))
+        they would exceed 2**26 numbers (a language model's logits: windows × tokens × vocabulary). ``tokens``: a
+        token ladder's largest rung; the windows that hold that many tokens instead (up to 2**30 numbers)."""
+        task = task or ClassificationTask(splits)
+        x = splits.train.x
+        per_example = splits.num_classes * _tokens_per_example(x)
+        if tokens is not None:
+            n, cap = math.ceil(tokens / _tokens_per_example(x)), 2**30
+        else:
+            cap = 2**26
+        x = x[:max(1, min(n, cap // max(per_example, 1)))]
+        chunk = _chunk(per_example)
+        with torch.no_grad():
+            outputs = torch.cat([task.reference(predict(model, x[i:i + chunk])) for i in range(0, len(x), chunk)])
+        return cls(x, outputs, task)
 
-    def divergence(self, model: nn.Module) -> float:
+    @property
+    def tokens(self) -> int:
+        """The calibration tokens held (examples × tokens per example; examples for other inputs)."""
+        return len(self.inputs) * _tokens_per_example(self.inputs)
+
+    @torch.no_grad()
+    def divergence(self, model: nn.Module, tokens: int | None = None) -> float:
         """The task's divergence of the pruned outputs from the dense ones (classification: mean KL(dense ‖
-        pruned) of the class distributions; 0 = same outputs)."""
-        return self.task.divergence(self.outputs, predict(model, self.inputs))
+        pruned) of the class distributions; 0 = same outputs), on every calibration example or on the first ones
+        that hold ``tokens`` tokens (a rung of the token ladder), averaged over chunks of equal-sized examples."""
+        n = len(self.inputs) if tokens is None else max(1, math.ceil(tokens / _tokens_per_example(self.inputs)))
+        if n > len(self.inputs):
+            raise ValueError(f"{tokens} calibration tokens asked; the dense reference holds {self.tokens}")
+        chunk = _chunk(self.outputs[0].numel())
+        total = 0.0
+        for i in range(0, n, chunk):
+            j = min(i + chunk, n)
+            total += (j - i) * self.task.divergence(self.outputs[i:j], predict(model, self.inputs[i:j]))
+        return total / n
+
+
+def _tokens_per_example(x: torch.Tensor) -> int:
+    """Tokens in one example: a window's length for token ids (integers, N × T), else 1."""
+    return int(x.shape[1]) if x.dim() == 2 and not x.is_floating_point() else 1
+
+
+def _chunk(per_example: int) -> int:
+    """Examples per forward pass so that one chunk's outputs stay under 2**24 numbers (64 MB of float32)."""
+    return max(1, 2**24 // max(per_example, 1))

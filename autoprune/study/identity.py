@@ -38,7 +38,9 @@ def study_parts(space: SearchSpace, layers: dict[str, int], distributions: dict[
         "searched distributions": _digest({k: distribution_to_json(d) for k, d in distributions.items()}),
         "targets": _digest(space.targets.model_dump()),
         "size metric": _digest(space.size_metric),
-        "ladder": _digest(None if ladder is None else [ladder.epochs, ladder.rank_by]),
+        # (a token ladder adds its token counts; other ladders keep the fingerprint they had before tokens existed)
+        "ladder": _digest(None if ladder is None else [ladder.epochs, ladder.rank_by]
+                          + ([ladder.tokens] if ladder.tokens is not None else [])),
     }
 
 

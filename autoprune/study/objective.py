@@ -61,8 +61,10 @@ class Objective:
     levels: LevelDatabase | None = None  # the dense model's level database (one-shot Wanda masks, no calibration)
 
     def __post_init__(self) -> None:
-        if self.space.ladder is not None and self.reference is None:
-            self.reference = DenseReference.of(self.ws.model, self.ws.splits, task=self.ws.task)
+        ladder = self.space.ladder
+        if ladder is not None and self.reference is None:
+            self.reference = DenseReference.of(self.ws.model, self.ws.splits, task=self.ws.task,
+                                               tokens=max(ladder.tokens) if ladder.tokens else None)
 
     @property
     def space(self) -> SearchSpace:
@@ -133,11 +135,14 @@ class Objective:
         last = len(ladder.epochs) - 1
         always = "baseline" in attrs
         for r in range(int(attrs.get("start_rung", 0)), last + 1):
+            tokens = ladder.tokens[r] if ladder.tokens is not None and r < last else None
             ev = evaluate(self.ws.model, policy, self.ws.splits, epochs=ladder.epochs[r],
                           measure_latency=r == last and self.space.size_metric == "latency",
-                          reference=self.reference, task=self.ws.task, levels=self.levels)
+                          reference=self.reference, task=self.ws.task, levels=self.levels, tokens=tokens)
             self.eval_seconds.append(ev.times["total"])
             record = rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)
+            if tokens is not None:
+                record["tokens"] = tokens
             if r < last:
                 by = ladder.rank_field(r)
                 record["rank"] = mine = rank_value(record, by)  # what the ladder (and TPE) rank this rung by
@@ -207,7 +212,8 @@ PHASES = ("prune", "finetune", "measure")  # the parts of an evaluation timed on
 def rung_record(ev: Evaluation, sparsity: float, epochs: float, sign: float = 1.0) -> dict[str, float]:
     """What a rung stores: its score (the task's primary val metric; ``sign`` −1 when lower is better) and the
     proxies whose rank correlation we measure."""
-    rec = {"sparsity": sparsity, "epochs": epochs, "score": ev.score, "sign": sign, "val_loss": ev.val["loss"],
+    rec = {"sparsity": sparsity, "epochs": epochs, "score": ev.score, "sign": sign,
+           "val_loss": ev.val.get("loss", math.nan),
            "train_loss": ev.epoch_losses[-1] if ev.epoch_losses else math.nan, "time_s": ev.times["total"],
            **{f"{phase}_s": ev.times.get(phase, 0.0) for phase in PHASES}}
     if "kl_to_dense" in ev.val:

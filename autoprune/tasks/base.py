@@ -56,7 +56,13 @@ class Task(ABC):
 
     @abstractmethod
     def divergence(self, dense: torch.Tensor, pruned: torch.Tensor) -> float:
-        """How far the pruned model's outputs are from the dense model's on the same inputs (0 = identical)."""
+        """How far the pruned model's outputs are from the dense model's on the same inputs (0 = identical);
+        ``dense`` is what :meth:`reference` kept of the dense outputs, ``pruned`` the pruned model's outputs."""
+
+    def reference(self, outputs: torch.Tensor) -> torch.Tensor:
+        """What the divergence needs of the dense model's outputs, kept for every candidate (default: the
+        outputs themselves; a language model keeps half-precision log-probabilities)."""
+        return outputs
 
     @property
     def sign(self) -> float:
