@@ -152,20 +152,19 @@ def test_reused_study_name_with_another_space_is_refused(tmp_path: Path, runs_di
 def test_per_target_tpe_shares_trials_evenly_and_models_each_size_alone(space_path: Path, runs_dir: Path) -> None:
     from collections import Counter
 
-    from autoprune.study.sampler import PerTargetTPE, _TargetView
+    from autoprune.study.sampler import _TargetView, target_of
     from autoprune.study.storage import load_existing, make_storage
 
     space = SearchSpace.from_yaml(space_path)  # targets 0.8 and 0.9
     run_search(space, SearchOptions(n_trials=25, runs_dir=runs_dir, device="cpu", study_name="per-target"))
     study = load_existing("per-target", make_storage(None, runs_dir))
     assert study.metric_names == ["val_accuracy", "size (nonzero parameters, fraction of dense)"]  # axis names
-    sampler = PerTargetTPE({}, [0.8, 0.9])
-    targets = Counter(sampler._target_of(t) for t in study.trials if t.state.is_finished())
+    targets = Counter(target_of(t) for t in study.trials if t.state.is_finished())
     assert set(targets) == {0.8, 0.9} and abs(targets[0.8] - targets[0.9]) <= 1 and sum(targets.values()) == 25
-    view = _TargetView(study, 0.9, sampler._target_of)
+    view = _TargetView(study, 0.9, target_of)
     seen = view._get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     originals = {t.number: t for t in study.trials}
-    assert seen and all(sampler._target_of(t) == 0.9 for t in seen)
+    assert seen and all(target_of(t) == 0.9 for t in seen)
     assert all(t.values == [originals[t.number].values[0]] for t in seen)  # single objective: val accuracy
     assert all(len(originals[t.number].values) == 2 for t in seen)  # the study's own trials are untouched
 

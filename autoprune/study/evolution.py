@@ -26,8 +26,19 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config.budget import project_to_budget
 from autoprune.config.space import SampleContext
 from autoprune.study.ladder import rung_key
+from autoprune.study.sampler import assign_target
 
 __all__ = ["EvolutionSampler", "mutate", "mutate_offsets", "preferences"]
+
+
+def _pair_moves(names: list[str], rng: np.random.Generator, moves: int, move: Callable[[str, str], bool]) -> None:
+    """``moves`` times, draw random pairs of ``names`` (up to 20) until ``move(a, b)`` makes a move (returns True);
+    a move that cannot be made is drawn again, one that cannot be drawn in 20 tries is skipped."""
+    for _ in range(moves):
+        for _attempt in range(20):
+            a, b = rng.choice(len(names), size=2, replace=False)
+            if move(names[int(a)], names[int(b)]):
+                break
 
 
 def mutate(ratios: dict[str, float], sizes: dict[str, int], bounds: dict[str, tuple[float, float]],
@@ -37,19 +48,18 @@ def mutate(ratios: dict[str, float], sizes: dict[str, int], bounds: dict[str, tu
     so Σ size·ratio is unchanged. A move that would leave a unit's bounds (or make ``allowed`` false) is drawn
     again."""
     out = dict(ratios)
-    units = list(out)
-    for _ in range(moves):
-        for _attempt in range(20):
-            a, b = rng.choice(len(units), size=2, replace=False)
-            fa, fb = units[int(a)], units[int(b)]
-            moved = step * min(sizes[fa], sizes[fb])
-            ra, rb = out[fa] + moved / sizes[fa], out[fb] - moved / sizes[fb]  # fa pruned more, fb less
-            if not (bounds[fa][0] <= ra <= bounds[fa][1] and bounds[fb][0] <= rb <= bounds[fb][1]):
-                continue
-            trial = {**out, fa: ra, fb: rb}
-            if allowed is None or allowed(trial):
-                out = trial
-                break
+
+    def move(fa: str, fb: str) -> bool:
+        moved = step * min(sizes[fa], sizes[fb])
+        ra, rb = out[fa] + moved / sizes[fa], out[fb] - moved / sizes[fb]  # fa pruned more, fb less
+        if not (bounds[fa][0] <= ra <= bounds[fa][1] and bounds[fb][0] <= rb <= bounds[fb][1]):
+            return False
+        if allowed is not None and not allowed({**out, fa: ra, fb: rb}):
+            return False
+        out[fa], out[fb] = ra, rb
+        return True
+
+    _pair_moves(list(out), rng, moves, move)
     return out
 
 
@@ -58,14 +68,14 @@ def mutate_offsets(offsets: dict[str, float], rng: np.random.Generator, moves: i
     """Grouped preferences (``layers.group`` block or type): each move raises one group's preference by ``step``
     and lowers another's (within ±``bound``); the projection then keeps the total sparsity exactly on target."""
     out = dict(offsets)
-    names = list(out)
-    for _ in range(moves):
-        for _attempt in range(20):
-            a, b = rng.choice(len(names), size=2, replace=False)
-            ga, gb = names[int(a)], names[int(b)]
-            if out[ga] + step <= bound and out[gb] - step >= -bound:
-                out[ga], out[gb] = out[ga] + step, out[gb] - step
-                break
+
+    def move(ga: str, gb: str) -> bool:
+        if out[ga] + step > bound or out[gb] - step < -bound:
+            return False
+        out[ga], out[gb] = out[ga] + step, out[gb] - step
+        return True
+
+    _pair_moves(list(out), rng, moves, move)
     return out
 
 
@@ -94,17 +104,6 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         """The space's params (the target is assigned, not sampled)."""
         return dict(self._space)
 
-    def _target(self, study: optuna.Study, trial: FrozenTrial) -> float:
-        fixed = trial.system_attrs.get("fixed_params", {})
-        if "target" in fixed:
-            return float(fixed["target"])
-        counts = dict.fromkeys(self._targets, 0)
-        for t in study.get_trials(deepcopy=False):
-            tgt = t.params.get("target", t.user_attrs.get("target"))
-            if tgt in counts and t.number < trial.number:
-                counts[tgt] += 1
-        return min(self._targets, key=lambda g: counts[g])  # the size with the fewest trials so far
-
     def _rank(self, t: FrozenTrial, sign: float) -> tuple[float, float] | None:
         """(rung reached, higher-is-better score there) of a finished trial, None when it has no score."""
         if t.state == TrialState.COMPLETE and t.values is not None:
@@ -131,7 +130,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         """A mutated child of a tournament winner at this trial's target (or of the anchor, early on)."""
         if not search_space:
             return {}
-        target = self._target(study, trial)
+        target = assign_target(study, trial, self._targets)
         rng = np.random.default_rng([self._seed, trial.number])
         pool = self.parents(study, target)
         parent: dict[str, Any] = {}
@@ -171,5 +170,5 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
                            param_distribution: BaseDistribution) -> Any:
         """The target is assigned (fewest trials first); anything else is drawn at random."""
         if param_name == "target":
-            return self._target(study, trial)
+            return assign_target(study, trial, self._targets)
         return self._random.sample_independent(study, trial, param_name, param_distribution)

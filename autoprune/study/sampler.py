@@ -16,8 +16,8 @@ from autoprune.config.space import SampleContext, SearchSpace, sample
 from autoprune.errors import ConfigError
 from autoprune.study.ladder import rung_key
 
-__all__ = ["PerTargetTPE", "SpaceRecorder", "StaticSpaceTPE", "make_sampler", "random_candidate",
-           "search_distributions"]
+__all__ = ["PerTargetTPE", "SpaceRecorder", "StaticSpaceTPE", "assign_target", "make_sampler", "random_candidate",
+           "search_distributions", "target_of"]
 
 
 class SpaceRecorder:
@@ -78,6 +78,27 @@ class StaticSpaceTPE(optuna.samplers.TPESampler):
         return dict(self._static)
 
 
+def target_of(t: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's target size: its ``target`` param, or an enqueued baseline's user attr (None without one)."""
+    value = t.params.get("target", t.user_attrs.get("target"))
+    return None if value is None else float(value)
+
+
+def assign_target(study: optuna.Study, trial: optuna.trial.FrozenTrial, targets: list[float]) -> float:
+    """The target of a grid search's trial: the one it was enqueued with, else the size with the fewest earlier
+    trials (the first of those). Only earlier trials count, so every size gets an equal share and a resumed or
+    parallel search assigns each trial number the same size."""
+    fixed = trial.system_attrs.get("fixed_params", {})
+    if "target" in fixed:
+        return float(fixed["target"])
+    counts = dict.fromkeys(targets, 0)
+    for t in study.get_trials(deepcopy=False):
+        tgt = target_of(t)
+        if tgt in counts and t.number < trial.number:
+            counts[tgt] += 1
+    return min(targets, key=lambda g: counts[g])
+
+
 class PerTargetTPE(StaticSpaceTPE):
     """TPE that, for a grid of targets, gives every target an equal share of trials and models each one on its own.
 
@@ -95,27 +116,15 @@ class PerTargetTPE(StaticSpaceTPE):
         self._targets = list(targets)
         self._assigned: dict[int, float] = {}
 
-    def _target_of(self, t: optuna.trial.FrozenTrial) -> float | None:
-        value = t.params.get("target", t.user_attrs.get("target"))
-        return None if value is None else float(value)
-
     def _assign(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> float:
-        fixed = trial.system_attrs.get("fixed_params", {})
-        if "target" in fixed:
-            return float(fixed["target"])
         if trial.number not in self._assigned:
-            counts = dict.fromkeys(self._targets, 0)
-            for t in study.get_trials(deepcopy=False):
-                tgt = self._target_of(t)
-                if tgt in counts and t.number != trial.number:
-                    counts[tgt] += 1
-            self._assigned[trial.number] = min(self._targets, key=lambda g: counts[g])  # first of the fewest
+            self._assigned[trial.number] = assign_target(study, trial, self._targets)
         return self._assigned[trial.number]
 
     def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         """Sample the layer and recipe params from this trial's target's trials only."""
-        view = _TargetView(study, self._assign(study, trial), self._target_of)
+        view = _TargetView(study, self._assign(study, trial), target_of)
         return super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
