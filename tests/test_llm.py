@@ -367,3 +367,21 @@ def test_token_ladder_needs_a_language_model(tmp_path: Path) -> None:
                                      "ladder: {epochs: [0, 0, 2], tokens: [64, 256]}\n")
     with pytest.raises(ConfigError, match=r"ladder\.tokens counts a language model's calibration tokens"):
         SearchSpace.from_yaml(tmp_path / "s.yaml")
+
+
+def test_a_cached_model_s_tokenizer_is_read_from_the_cache_not_the_gguf(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from autoprune.models.hf import _fingerprint, hf_tokenizer
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not a gguf file")  # reading it would fail: the cached copy must be used
+    raw = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    cached = tmp_path / "models" / f"hf-{_fingerprint(tmp_path, 'm.gguf')}"
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(cached)
+    tok = hf_tokenizer(f"hf:{gguf}", tmp_path / "models")
+    assert tok("hello world", add_special_tokens=False)["input_ids"] == [1, 2]
+    with pytest.raises(Exception):  # noqa: B017  (without the cache, the broken GGUF itself is read)
+        hf_tokenizer(f"hf:{gguf}")

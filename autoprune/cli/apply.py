@@ -98,7 +98,7 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     if torchscript is not None:
         export_torchscript(deployable, ws.splits.input_shape, torchscript, ws.splits.input_dtype)
     if hf_folder is not None:
-        save_hf_folder(res.model, hf_folder, _tokenizer_of(ws.space))
+        save_hf_folder(res.model, hf_folder, _tokenizer_of(ws.space, runs))
     out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
     if hf_folder is not None:
         out.print(f"wrote {hf_folder}/: Hugging Face folder (safetensors, pruned weights as zeros); load with "
@@ -111,10 +111,10 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
         out.print(logged, soft_wrap=True)
 
 
-def _tokenizer_of(space: SearchSpace) -> Any:
+def _tokenizer_of(space: SearchSpace, runs: Path) -> Any:
     """The tokenizer the data were cut with (saved beside a Hugging Face folder), or None for byte tokens."""
     name = space.data.kwargs.get("tokenizer")
-    return hf_tokenizer(str(name)) if name else None
+    return hf_tokenizer(str(name), runs / "models") if name else None
 
 
 def written_files(out_path: Path, onnx: Path | None, torchscript: Path | None, int8: bool) -> list[str]:

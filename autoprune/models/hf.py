@@ -108,10 +108,14 @@ def hf_model(name: str, vocab: int, kwargs: dict[str, Any], cache_dir: Path | No
     return CausalLM(model.eval(), key)
 
 
-def hf_tokenizer(name: str) -> Any:
-    """The tokenizer shipped with a pretrained model (from the GGUF file or the folder)."""
+def hf_tokenizer(name: str, cache_dir: Path | None = None) -> Any:
+    """The tokenizer shipped with a pretrained model: from the de-quantized copy in ``cache_dir`` when
+    :func:`hf_model` saved one there (0.1 s), else from the GGUF file (~5 s) or the folder."""
     tf = _transformers()
     folder, gguf = resolve_hf(name)
+    cached = cache_dir / f"hf-{_fingerprint(folder, gguf)}" if cache_dir is not None and gguf else None
+    if cached is not None and (cached / "tokenizer.json").exists():
+        folder, gguf = cached, None
     return tf.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
 
 

@@ -179,13 +179,14 @@ def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, l
 
 def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: float = 0.15,
               test_fraction: float = 0.15, split_seed: int = 0, targets: Targets = "class",
-              stream: dict[str, int] | None = None) -> Splits:
+              stream: dict[str, int] | None = None, model_cache: Path | None = None) -> Splits:
     """Load a dataset by name/path/reference and split it deterministically; ``targets`` is the task's
     (class labels or floats), which decides how ``y`` is checked. A callable that returns a torch ``Dataset`` or
-    ``IterableDataset`` is read only up to ``stream`` examples per split (see :mod:`autoprune.tasks.streams`)."""
+    ``IterableDataset`` is read only up to ``stream`` examples per split (see :mod:`autoprune.tasks.streams`).
+    ``model_cache``: where pretrained language models are cached (their tokenizers load fastest from there)."""
     kw = dict(kwargs or {})
     if targets == "tokens":
-        return _token_splits(name, kw, val_fraction, test_fraction, split_seed)
+        return _token_splits(name, kw, val_fraction, test_fraction, split_seed, model_cache)
     raw: Any
     if name in SKLEARN_DATASETS:
         raw = _sklearn(name)
@@ -212,7 +213,8 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
     return dataclasses.replace(_finish(name, parts, targets), scaling=scaling)
 
 
-def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fraction: float, seed: int) -> Splits:
+def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fraction: float, seed: int,
+                  model_cache: Path | None = None) -> Splits:
     """Language-model data: byte-token windows of a text (see :mod:`autoprune.tasks.text`), split by window."""
     from autoprune.tasks.text import BYTE_VOCAB, load_text, token_windows
 
@@ -226,7 +228,7 @@ def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fract
         if kw.get("tokenizer"):  # the model's own tokenizer (a pretrained language model), else UTF-8 bytes
             from autoprune.models.hf import hf_tokenizer
 
-            tok = hf_tokenizer(str(kw["tokenizer"]))
+            tok = hf_tokenizer(str(kw["tokenizer"]), model_cache)
             vocab = len(tok)
             encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         x, y = token_windows(load_text(name), int(kw.get("seq_len", 64)), kw.get("max_chars"), name, encode)
