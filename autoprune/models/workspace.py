@@ -75,12 +75,12 @@ def _cache_key(space: SearchSpace, splits: Splits, arch: str, seed: int) -> str:
 def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torch.device,
                 seed: int = 0, expect_key: str | None = None, task: Task | None = None,
                 progress: ProgressSink | None = None, precheck: PreCheck | None = None
-                ) -> tuple[nn.Module, bool, str]:
+                ) -> tuple[nn.Module, bool, str, list[str]]:
     """The dense baseline: from the checkpoint if given, else trained once and cached under runs/models/.
 
-    Returns (model, cache hit, key): the key names this exact dense model (the checkpoint file's SHA-256, or the
-    cache key of the training that made it). With ``expect_key`` (a policy's), another dense model is refused
-    before any training; ``precheck`` runs on the untrained model before any training too.
+    Returns (model, cache hit, key, the space's selected layers): the key names this exact dense model (the
+    checkpoint file's SHA-256, or the cache key of the training that made it). With ``expect_key`` (a policy's),
+    another dense model is refused before any training; ``precheck`` runs on the untrained model first.
     """
     torch.manual_seed(seed)  # deterministic initial weights
     model = build_model(space.model.name, splits.input_shape, splits.num_classes, space.model.kwargs,
@@ -100,11 +100,11 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
     if precheck is not None:
         precheck(space, model, layers)
     if space.model.checkpoint or pretrained:
-        return model.to(device), True, key
+        return model.to(device), True, key, layers
     path = runs_dir / "models" / f"{space.model.name.replace(':', '_')}-{key}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device), True, key
+        return model.to(device), True, key, layers
     model.to(device)
     t = space.train
     loss_fn = task.loss if task is not None else nn.functional.cross_entropy
@@ -118,7 +118,7 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
     tmp = path.with_suffix(".tmp")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(path)
-    return model, False, key
+    return model, False, key, layers
 
 
 def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DEFAULT_RUNS,
@@ -136,11 +136,10 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
                        model_cache=runs_dir / "models")
     task = make_task(space.task.kind, splits, space.task.options)
     space = space.with_step_budgets(len(splits.train))  # steps → epochs of this train split
-    model, hit, key = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense, task=task,
-                                  progress=progress, precheck=precheck)
+    model, hit, key, layers = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense,
+                                          task=task, progress=progress, precheck=precheck)
     splits = splits.to(dev)
     model.eval()
-    layers = selected_layers(space, model)
     sizes = {f: weight_of(model, f).numel() for f in layers}
     return Workspace(space=space, model=model, splits=splits, layers=layers, sizes=sizes,
                      fingerprint=architecture_fingerprint(model),

@@ -188,12 +188,15 @@ def finish(study: optuna.Study, prep: Prepared, listener: SearchListener | None,
                         prep.ws.dense_test, summary, prep.ws.task.primary)
 
 
-def study_precheck(opts: SearchOptions) -> PreCheck:
+def study_precheck(opts: SearchOptions, opened: list[optuna.storages.BaseStorage] | None = None) -> PreCheck:
     """Before the dense model is trained: the storage opens, and a study of this name, if there is one, was made
-    with this space (what can be refused in one line is refused before minutes of work)."""
+    with this space (what can be refused in one line is refused before minutes of work). The opened storage is
+    appended to ``opened``, so the search goes on with it instead of opening (and scanning) it again."""
 
     def check(space: SearchSpace, model: torch.nn.Module, layers: list[str]) -> None:
         storage = make_storage(opts.storage, opts.runs_dir)
+        if opened is not None:
+            opened.append(storage)
         sizes = {f: weight_of(model, f).numel() for f in layers}
         ctx = SampleContext(model=space.model.name, fingerprint="", sizes=sizes, bounds=space.bounds_for(layers))
         try:
@@ -209,10 +212,11 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
                progress: ProgressSink | None = None) -> SearchResult:
     """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
     t0 = time.perf_counter()
+    opened: list[optuna.storages.BaseStorage] = []
     prep = prepare(space, opts.device, opts.runs_dir, threads=opts.threads, workers=opts.workers, progress=progress,
-                   precheck=study_precheck(opts))
+                   precheck=study_precheck(opts, opened))
     space = prep.ws.space  # budgets in steps resolved to epochs of the loaded train split
-    study = open_search_study(space, opts, prep.ctx)
+    study = open_search_study(space, opts, prep.ctx, storage=opened[-1] if opened else None)
     check_study_parts(study, study_parts(space, prep.ws.sizes, search_distributions(space, prep.ctx)), space)
     seed = space.seed if opts.seed is None else opts.seed
     info = study_info(prep, study, opts)

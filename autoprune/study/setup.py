@@ -115,10 +115,11 @@ def study_name_for(space: SearchSpace, opts: SearchOptions) -> str:
     return opts.study_name or space.name
 
 
-def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: int = 0) -> optuna.Study:
+def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContext, offset: int = 0,
+                      storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create or resume the study with its sampler (seeded by the trials so far), metric names and the
-    task's direction."""
-    storage = make_storage(opts.storage, opts.runs_dir)
+    task's direction; in ``storage`` when it is open already (else the options' storage is opened)."""
+    storage = storage if storage is not None else make_storage(opts.storage, opts.runs_dir)
     seed = space.seed if opts.seed is None else opts.seed
     name = study_name_for(space, opts)
     existing = 0
