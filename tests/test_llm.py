@@ -19,7 +19,8 @@ import torch
 
 from autoprune.config.budget import weighted_sparsity
 from autoprune.config.policy import FineTune, Policy
-from autoprune.config.space import SampleContext, SearchSpace, sample, unit_group
+from autoprune.config.sampling import SampleContext, sample, unit_group
+from autoprune.config.space import SearchSpace
 from autoprune.models.zoo import build_model, prunable_layers, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance
 from autoprune.pruning.evaluate import prune_and_finetune

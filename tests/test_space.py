@@ -8,7 +8,8 @@ import pytest
 from optuna.trial import FixedTrial
 
 from autoprune.config.budget import weighted_sparsity
-from autoprune.config.space import SampleContext, SearchSpace, sample
+from autoprune.config.sampling import SampleContext, sample
+from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from conftest import write_space
 

@@ -1,7 +1,7 @@
 """The search space: a validated YAML file describing model, data and what to search (no torch import).
 
-``SearchSpace.sample(suggest, ctx)`` turns one Optuna trial (or any object with ``suggest_float`` and
-``suggest_categorical``, e.g. ``optuna.trial.FixedTrial``) into a :class:`~autoprune.policy.Policy`.
+:func:`autoprune.config.sampling.sample` turns one Optuna trial (or any object with ``suggest_float`` and
+``suggest_categorical``, e.g. ``optuna.trial.FixedTrial``) of a space into a :class:`~autoprune.policy.Policy`.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,15 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from autoprune.config.budget import project_to_budget
-from autoprune.config.policy import Criterion, FineTune, Granularity, LrDecay, Policy, Schedule
+from autoprune.config.policy import Criterion, FineTune, Granularity, LrDecay, Schedule
 from autoprune.config.yamlfile import line_of, load_yaml_with_lines
 from autoprune.errors import ConfigError
 
 __all__ = ["ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec", "Heuristic", "LadderSpec", "LayerSpec",
-           "ModelSpec", "RankBy", "SampleContext", "SamplerName", "SearchSpace", "SensitivitySpec", "SizeMetric",
-           "StreamSpec", "Suggest", "TargetSpec", "TaskSpec", "TrainSpec", "choose", "fixed_choices", "sample",
-           "sample_target", "unit_group"]
+           "ModelSpec", "RankBy", "SamplerName", "SearchSpace", "SensitivitySpec", "SizeMetric", "StreamSpec",
+           "TargetSpec", "TaskSpec", "TrainSpec"]
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
 RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
@@ -402,101 +398,3 @@ class SearchSpace(_Strict):
         ft = self.finetune
         epochs = self.ladder.epochs[-1] if self.ladder is not None else ft.epochs[0]
         return self.finetune_recipe(epochs, ft.lr_scale[0], ft.decay[0])
-
-
-class Suggest(Protocol):
-    """The part of ``optuna.Trial`` that sampling needs (``optuna.trial.FixedTrial`` fits too)."""
-
-    def suggest_float(self, name: str, low: float, high: float) -> float: ...
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SampleContext:
-    """What sampling needs to know about the model: layer sizes, bounds and anchor densities."""
-
-    model: str
-    fingerprint: str
-    sizes: dict[str, int]  # fqn -> number of weights
-    bounds: dict[str, tuple[float, float]]  # fqn -> [min, max] ratio
-    anchor: Callable[[float], dict[str, float]] | None = None  # target -> anchor heuristic's ratios
-    shapes: dict[str, list[int]] | None = None  # weight shapes of all prunable layers (copied into policies)
-    dense_key: str = ""  # the dense model's key (copied into policies, checked by apply)
-
-    def anchor_prefs(self, target: float) -> dict[str, float]:
-        """Log-densities of the anchor allocation at ``target`` (all zero without an anchor)."""
-        if self.anchor is None:
-            return dict.fromkeys(self.sizes, 0.0)
-        return {f: math.log(max(1.0 - r, 1e-6)) for f, r in self.anchor(target).items()}
-
-
-def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
-           ratios_for: Callable[[float], dict[str, float]] | None = None) -> Policy:
-    """Draw one candidate policy from ``space`` (parameter names are MLflow-safe: ``pref/<fqn>``).
-
-    With ``ratios_for`` (a heuristic allocation) only the target is sampled and the heuristic fills the layers.
-    """
-    criterion = choose(suggest, "criterion", list(space.criteria))
-    sched_labels = [s.label for s in space.schedules]
-    schedule = space.schedules[sched_labels.index(choose(suggest, "schedule", sched_labels))]
-    if space.ladder is not None:  # the production epochs are fixed; rungs only shorten them
-        epochs = space.ladder.epochs[-1]
-    else:
-        epochs = float(choose(suggest, "ft_epochs", list(space.finetune.epochs)))
-    lr_scale = float(choose(suggest, "ft_lr_scale", list(space.finetune.lr_scale)))
-    decay = choose(suggest, "ft_decay", list(space.finetune.decay))
-    ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
-    return Policy(model=ctx.model, fingerprint=ctx.fingerprint, dense_key=ctx.dense_key, shapes=ctx.shapes or {},
-                  task=space.task.kind, task_options=space.task.options, criterion=criterion,
-                  granularity=space.granularity, schedule=schedule,
-                  finetune=space.finetune_recipe(epochs, lr_scale, decay), sparsity=ratios)
-
-
-def choose(suggest: Suggest, name: str, choices: list[Any]) -> Any:
-    """A categorical choice; a single option is not a search dimension, so it is not asked (nor stored)."""
-    return choices[0] if len(choices) == 1 else suggest.suggest_categorical(name, choices)
-
-
-def fixed_choices(space: SearchSpace) -> dict[str, Any]:
-    """The categorical params a trial of ``space`` carries (single-option ones are left out)."""
-    cats: dict[str, list[Any]] = {"criterion": list(space.criteria), "schedule": [s.label for s in space.schedules],
-            "ft_epochs": [] if space.ladder is not None else list(space.finetune.epochs),
-            "ft_lr_scale": list(space.finetune.lr_scale), "ft_decay": list(space.finetune.decay)}
-    return {k: v[0] for k, v in cats.items() if len(v) > 1}
-
-
-def _sample_ratios(space: SearchSpace, suggest: Suggest, ctx: SampleContext) -> dict[str, float]:
-    if space.granularity.kind == "nm":
-        nm_ratio = 1.0 - space.granularity.n / space.granularity.m
-        return {f: (nm_ratio if suggest.suggest_categorical(f"nm/{f}", [True, False]) else 0.0)
-                for f in ctx.sizes}
-    if space.parametrization == "independent":
-        return {f: suggest.suggest_float(f"ratio/{f}", lo, hi) for f, (lo, hi) in ctx.bounds.items()}
-    target = sample_target(space, suggest)
-    anchor = ctx.anchor_prefs(target)
-    groups = {f: unit_group(f, space.layers.group) for f in ctx.sizes}
-    offsets = {g: suggest.suggest_float(f"pref/{g}", -space.offset, space.offset)
-               for g in dict.fromkeys(groups.values())}
-    prefs = {f: anchor[f] + offsets[groups[f]] for f in ctx.sizes}
-    return project_to_budget(target, prefs, ctx.sizes, ctx.bounds)
-
-
-def unit_group(fqn: str, group: str) -> str:
-    """The name of the preference a unit shares (``layers.group``): itself (``unit``), its block (the name up to
-    the first numeric part: ``hf.model.layers.3``) or its type (the name after it: ``self_attn.q_proj``)."""
-    if group == "unit":
-        return fqn
-    parts = fqn.split(".")
-    at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
-    if at is None:
-        return fqn
-    return ".".join(parts[: at + 1]) if group == "block" else ".".join(parts[at + 1:]) or fqn
-
-
-def sample_target(space: SearchSpace, suggest: Suggest) -> float:
-    """The global target sparsity: on the user's grid if given, else in the continuous range."""
-    if space.targets.grid:
-        return float(suggest.suggest_categorical("target", list(space.targets.grid)))
-    lo, hi = space.targets.range or (0.5, 0.95)
-    return suggest.suggest_float("target", lo, hi)

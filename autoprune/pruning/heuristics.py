@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from autoprune.config.budget import project_to_budget
-from autoprune.config.space import unit_group
+from autoprune.config.sampling import unit_group
 from autoprune.models.zoo import weight_of
 
 __all__ = ["ALPHA_EPSILON", "OWL_LAMBDA", "Allocation", "allocations", "alpha_hill", "alpha_ratios", "erk_preferences",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Criterion
-from autoprune.config.space import unit_group
+from autoprune.config.sampling import unit_group
 from autoprune.models.zoo import weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
 from autoprune.pruning.masks import row_mask, row_order

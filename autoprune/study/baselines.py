@@ -7,7 +7,8 @@ from typing import Any
 
 import optuna
 
-from autoprune.config.space import SampleContext, SearchSpace, fixed_choices, unit_group
+from autoprune.config.sampling import SampleContext, fixed_choices, unit_group
+from autoprune.config.space import SearchSpace
 from autoprune.pruning.heuristics import Allocation
 
 __all__ = ["baseline_params", "baseline_targets", "enqueue_baselines"]

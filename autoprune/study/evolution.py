@@ -24,7 +24,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config.budget import project_to_budget
-from autoprune.config.space import SampleContext
+from autoprune.config.sampling import SampleContext
 from autoprune.study.ladder import rung_key
 from autoprune.study.sampler import assign_target
 

@@ -12,7 +12,8 @@ import torch
 
 from autoprune.config.budget import weighted_sparsity
 from autoprune.config.policy import Policy
-from autoprune.config.space import SampleContext, SearchSpace, fixed_choices, sample
+from autoprune.config.sampling import SampleContext, fixed_choices, sample
+from autoprune.config.space import SearchSpace
 from autoprune.errors import FinetuneDiverged
 from autoprune.models.workspace import Workspace
 from autoprune.pruning.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate

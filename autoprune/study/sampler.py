@@ -12,7 +12,8 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from autoprune.config.space import SampleContext, SearchSpace, sample
+from autoprune.config.sampling import SampleContext, sample
+from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.study.ladder import rung_key
 

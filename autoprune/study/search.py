@@ -14,7 +14,8 @@ import torch
 
 from autoprune.config.events import ProgressSink, SearchListener, StudyInfo
 from autoprune.config.pareto import best_at
-from autoprune.config.space import SampleContext, SearchSpace
+from autoprune.config.sampling import SampleContext
+from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.models.workspace import PreCheck
 from autoprune.models.zoo import weight_of

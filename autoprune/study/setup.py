@@ -12,7 +12,8 @@ import optuna
 import torch
 
 from autoprune.config.events import ProgressSink
-from autoprune.config.space import SampleContext, SearchSpace
+from autoprune.config.sampling import SampleContext
+from autoprune.config.space import SearchSpace
 from autoprune.models.workspace import PreCheck, Workspace, load_workspace
 from autoprune.models.zoo import layer_shapes
 from autoprune.pruning.heuristics import Allocation, allocations
