@@ -91,7 +91,7 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
     write_atomic(recipes, (json.dumps(policy.ratio_recipes(), indent=1) + "\n").encode())
     print(f"wrote {out} and {recipes} (pruning_ratio_dict for torch-pruning, module-regex recipe)", file=sys.stderr)
     if track:
-        from autoprune.tracking.logger import log_export
+        from autoprune.tracking.records import log_export
 
         try:
             run_id = log_export(tracking_uri, Path(runs_dir), study, Path(out), t.number)

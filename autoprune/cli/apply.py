@@ -141,7 +141,7 @@ def _log_to_mlflow(policy: Policy, res: Any, deployable: nn.Module, example: Any
     study = policy.provenance.get("study")
     if not study:
         return "MLflow: nothing logged (the policy names no study)"
-    from autoprune.tracking.logger import log_applied_model
+    from autoprune.tracking.records import log_applied_model
 
     try:
         info = log_applied_model(tracking_uri, runs, study, deployable.cpu(), policy.to_json(), res.before, res.after,

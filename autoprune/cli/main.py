@@ -217,7 +217,8 @@ def ui(
     import time
 
     from autoprune.cli.console import out as console
-    from autoprune.tracking.logger import default_tracking_uri, study_urls
+    from autoprune.tracking.logger import default_tracking_uri
+    from autoprune.tracking.records import study_urls
     from autoprune.tracking.ui import start_server, stop_server, wait_ready
 
     proc = start_server(default_tracking_uri(runs), runs / "artifacts", host, port)
@@ -289,7 +290,7 @@ def bench(
     )
     from autoprune.cli.console import out as console
     from autoprune.cli.console import table
-    from autoprune.tracking.logger import log_bench
+    from autoprune.tracking.records import log_bench
 
     levels = [float(x) for x in sparsities.split(",") if x.strip()]
     if quick:
