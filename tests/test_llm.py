@@ -386,3 +386,70 @@ def test_a_cached_model_s_tokenizer_is_read_from_the_cache_not_the_gguf(tmp_path
     assert tok("hello world", add_special_tokens=False)["input_ids"] == [1, 2]
     with pytest.raises(Exception):  # noqa: B017  (without the cache, the broken GGUF itself is read)
         hf_tokenizer(f"hf:{gguf}")
+
+
+def test_sparsegpt_prunes_exactly_and_reconstructs_a_layer_better_than_dropping_weights() -> None:
+    from autoprune.config.policy import Granularity
+    from autoprune.pruning.sparsegpt import input_grams, sparsegpt_prune
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False))
+    x = torch.randn(1, 512, 64) @ torch.randn(64, 64) * 0.3  # correlated inputs, as activations are
+    gram = input_grams(layer, ["0"], x)["0"]
+    flat = x[0]
+    assert torch.allclose(gram, 2 * flat.T @ flat / 512, rtol=1e-4, atol=1e-5)
+    w = layer[0].weight.detach()
+    y = flat @ w.T
+    for ratio in (0.3, 0.5, 0.7):
+        updated, keep = sparsegpt_prune(w, gram, ratio)
+        assert int((updated == 0).sum()) == int((keep == 0).sum()) == round(ratio * w.numel())  # exact
+        err = float(((flat @ updated.T - y) ** 2).mean())
+        assert err < 0.85 * float(((flat @ (w * keep).T - y) ** 2).mean())  # the update lowers the error
+    _, keep = sparsegpt_prune(w, gram, 0.5, Granularity(kind="nm", n=2, m=4))
+    assert bool((keep.reshape(32, 16, 4).sum(-1) == 2).all())  # 2 of every 4 inputs kept in each row
+
+
+def test_sparsegpt_policy_prunes_every_unit_exactly_and_stays_closer_to_the_dense_model_than_wanda() -> None:
+    model, layers, split = _tiny()
+    with torch.no_grad():
+        model.hf.lm_head.weight.mul_(30.0)  # peaked next-token distributions, as a trained model's are
+    splits = Splits("t", split, split, split, 64, "f")
+    task = CausalLMTask(splits)
+    with torch.no_grad():
+        dense = torch.log_softmax(model(split.x), -1)
+    kl = {}
+    for criterion in ("wanda", "sparsegpt"):
+        m = copy.deepcopy(model)
+        policy = Policy(model="hf-llama", criterion=criterion, sparsity=dict.fromkeys(layers, 0.6),
+                        finetune=FineTune(epochs=0, batch_size=8))
+        prune_and_finetune(m, policy, splits, task=task)
+        make_permanent(m)
+        for f in layers:  # SparseGPT: exact per layer; Wanda: exact per row (a row's share rounds)
+            w = weight_of(m, f)
+            zeros = int((w == 0).sum())
+            exact = zeros == round(0.6 * w.numel())
+            assert exact if criterion == "sparsegpt" else abs(zeros / w.numel() - 0.6) < 1 / w.shape[1]
+        with torch.no_grad():
+            logq = torch.log_softmax(m(split.x), -1)
+        kl[criterion] = float((dense.exp() * (dense - logq)).sum(-1).mean())
+    assert kl["sparsegpt"] < kl["wanda"]
+
+
+@pytest.mark.slow
+def test_bench_prunes_the_heuristics_with_sparsegpt_when_asked(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE)
+    got = {}
+    for criterion in ("wanda", "sparsegpt"):
+        res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--seeds", "1", "--sparsities", "0.7",
+                              "--methods", "uniform,owl", "--criterion", criterion, "--out", criterion,
+                              "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"'criterion': '{criterion}'" in " ".join(res.stdout.split()) or criterion in res.stdout
+        rows = (tmp_path / criterion / "bench-tiny_llama.csv").read_text().splitlines()[1:]
+        got[criterion] = {r.split(",")[0]: float(r.split(",")[3]) for r in rows}
+    assert set(got["wanda"]) == set(got["sparsegpt"]) == {"uniform", "owl"}
+    assert all(1.0 < v < 300.0 for c in got.values() for v in c.values())
+    assert got["wanda"] != got["sparsegpt"]  # the heuristics really were pruned another way
+    res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--methods", "uniform", "--criterion", "obs"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 2 and "obs" in res.stdout + res.stderr

@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from autoprune.bench.methods import (
     DEFAULT_METHODS,
     HEURISTICS,
@@ -34,6 +36,7 @@ __all__ = [
     "parse_methods",
     "time_rows",
     "with_final_epochs",
+    "with_pruner",
     "write_outputs",
 ]
 
@@ -175,3 +178,15 @@ def with_final_epochs(space: SearchSpace, epochs: float | None) -> SearchSpace:
         raise ConfigError(f"--final-epochs {epochs:g}: must exceed the rung below it ({rungs[-1]:g} epochs)")
     ladder = (space.ladder or LadderSpec()).model_copy(update={"epochs": [*rungs, epochs]})
     return space.model_copy(update={"ladder": ladder})
+
+
+def with_pruner(space: SearchSpace, criterion: str | None) -> SearchSpace:
+    """The space with ``criterion`` first in its criteria (the recipe every heuristic is pruned with; the
+    others stay, e.g. Wanda for OWL's outlier counts and the search's level database); unchanged for None."""
+    if criterion is None:
+        return space
+    criteria = [criterion, *(c for c in space.criteria if c != criterion)]
+    try:
+        return SearchSpace.model_validate({**space.model_dump(), "criteria": criteria, "source": space.source})
+    except ValidationError as err:
+        raise ConfigError(f"--criterion {criterion}: {err.errors()[0]['msg']}") from None

@@ -262,6 +262,9 @@ def bench(
     rank_correlation: Annotated[int | None, typer.Option(
         help="Instead: run N candidates per target through every rung and print the Spearman rank correlation "
              "of each rung's scores (and proxies: losses, divergence to dense) with the production score.")] = None,
+    criterion: Annotated[str | None, typer.Option(
+        help="Prune with this criterion (e.g. sparsegpt) instead of the space's first; the space's other criteria "
+             "stay (Wanda for OWL's outliers and the level database).")] = None,
     threads: Threads = None,
 ) -> None:
     """Search (TPE and RL controller) vs heuristics, every method scored after the production fine-tune.
@@ -286,6 +289,7 @@ def bench(
         parse_methods,
         time_rows,
         with_final_epochs,
+        with_pruner,
         write_outputs,
     )
     from autoprune.cli.console import out as console
@@ -299,7 +303,7 @@ def bench(
     folder.mkdir(parents=True, exist_ok=True)
     chosen = parse_methods(methods)
     for path in space or [Path("search_spaces/digits_cnn.yaml")]:
-        sp = with_final_epochs(load_space(path), final_epochs)
+        sp = with_pruner(with_final_epochs(load_space(path), final_epochs), criterion)
         if rank_correlation is not None:
             from autoprune.bench.fidelity import rank_correlation as correlate
             from autoprune.bench.fidelity import without_finetune

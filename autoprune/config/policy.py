@@ -29,7 +29,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-Criterion = Literal["magnitude", "taylor", "random", "wanda"]
+Criterion = Literal["magnitude", "taylor", "random", "wanda", "sparsegpt"]
 GranularityKind = Literal["unstructured", "channel", "nm"]
 LrDecay = Literal["constant", "cosine"]
 

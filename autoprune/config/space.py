@@ -291,6 +291,8 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _check_task(self) -> SearchSpace:
+        if "sparsegpt" in self.criteria and self.granularity.kind == "channel":
+            raise ValueError("criterion sparsegpt prunes single weights (granularity unstructured or nm), not channels")
         if self.task.kind == "causal_lm" and self.granularity.kind == "channel":
             raise ValueError("granularity.kind channel is not supported for causal_lm (prune the projections' "
                              "weights: unstructured or nm)")

@@ -16,11 +16,12 @@ from autoprune.config.policy import Policy
 from autoprune.errors import FinetuneDiverged, PolicyError
 from autoprune.models.zoo import prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
-from autoprune.pruning.criteria import importance, row_wise
+from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
 from autoprune.pruning.levels import LevelDatabase
 from autoprune.pruning.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
 from autoprune.pruning.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.pruning.schedules import ratios_per_step
+from autoprune.pruning.sparsegpt import input_grams, sparsegpt_prune
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.tasks.data import Splits
 from autoprune.tasks.training import LossFn, predict, recalibrate_bn, seed_everything, train_epoch
@@ -92,6 +93,9 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
             folded.masks[fqn].copy_(mask)
         folded.reapply()
         return
+    if policy.criterion == "sparsegpt":
+        _prune_sparsegpt(model, folded, ratios, policy, splits)
+        return
     scores = importance(model, list(ratios), policy.criterion, splits.train, seed=seed, loss_fn=loss_fn)
     if policy.granularity.kind == "channel":
         _prune_channels(model, folded, ratios, scores, splits)
@@ -99,6 +103,23 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
         per_row = row_wise(policy.criterion)
         for fqn, ratio in ratios.items():
             folded.masks[fqn].copy_(compute_mask(scores[fqn], ratio, policy.granularity, per_row))
+    folded.reapply()
+
+
+def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], policy: Policy,
+                     splits: Splits) -> None:
+    """SparseGPT: each Linear's mask and its remaining weights' update from the dense inputs' Hessian (the first
+    calibration windows of the train split, as Wanda's)."""
+    flat = [f for f in ratios if weight_of(model, f).dim() != 2]
+    if flat:
+        raise PolicyError(f"criterion sparsegpt prunes Linear layers (2-D weights); {flat[0]} is not one")
+    grams = input_grams(model, list(ratios), splits.train.x[:WANDA_WINDOWS])
+    with torch.no_grad():
+        for fqn, ratio in ratios.items():
+            weight = weight_of(model, fqn)
+            updated, keep = sparsegpt_prune(weight, grams.pop(fqn), ratio, policy.granularity)
+            weight.copy_(updated)
+            folded.masks[fqn].copy_(keep)
     folded.reapply()
 
 

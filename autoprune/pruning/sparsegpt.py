@@ -1,0 +1,111 @@
+"""SparseGPT (Frantar & Alistarh, ICML 2023): prune a Linear layer and update its remaining weights so that its
+outputs on calibration inputs change as little as possible (Optimal Brain Surgeon, one input column at a time,
+with the inverse of the layer's least-squares Hessian H = 2XᵀX/n).
+
+Written here (~100 lines, following the paper's Algorithm 1 and its reference code's block-wise mask selection)
+because no maintained library applies it to any PyTorch Linear on a CPU: the reference code is research scripts
+tied to its model loaders, and llm-compressor's modifier needs its own model pipeline. Two simplifications, both
+stated where a user reads them: every layer's inputs are the *dense* model's (one calibration pass for all
+layers; the paper feeds each block the already-pruned blocks' outputs), and each block of 128 columns prunes an
+exact share of the layer's target, so every layer's sparsity is exact (the paper thresholds each block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from autoprune.config.policy import Granularity
+
+__all__ = ["BLOCK", "DAMP", "input_grams", "sparsegpt_prune"]
+
+BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
+DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps the Cholesky factorisation stable)
+
+
+@torch.no_grad()
+def input_grams(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8
+                ) -> dict[str, torch.Tensor]:
+    """H = 2·XᵀX / n of each Linear's inputs X (n tokens × in_features) over every token of ``inputs`` (forward
+    hooks, float64 sums: independent of how the batches are cut)."""
+    sums: dict[str, torch.Tensor] = {}
+    count: dict[str, int] = {}
+
+    def hook(fqn: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def record(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            sums[fqn] = sums.get(fqn, 0) + (x.T @ x).double()
+            count[fqn] = count.get(fqn, 0) + x.shape[0]
+        return record
+
+    handles = [model.get_submodule(f).register_forward_hook(hook(f)) for f in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, inputs.shape[0], batch_size):
+            model(inputs[i:i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {f: (2.0 * sums[f] / max(count[f], 1)).float() for f in layers}
+
+
+def _inverse_factor(gram: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The upper Cholesky factor of H⁻¹ (dampened; inputs that never fire are made harmless and their weights
+    zeroed in ``weight``, as in the reference code)."""
+    h = gram.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    weight[:, dead] = 0.0
+    h += DAMP * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+
+
+def _block_mask(w: torch.Tensor, hinv_diag: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` weights of a column block with the smallest OBS error w²/[H⁻¹]²_jj (True = pruned)."""
+    err = (w.pow(2) / hinv_diag.pow(2)[None, :]).flatten()
+    mask = torch.zeros(err.numel(), dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(err, k, largest=False).indices] = True
+    return mask.reshape(w.shape)
+
+
+@torch.no_grad()
+def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, ratio: float,
+                    granularity: Granularity | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(updated weight, keep mask)`` of one Linear pruned to ``ratio`` (unstructured: exactly
+    round(ratio · size) zeros; ``nm`` granularity: N of every M consecutive inputs of each row kept, i.e. M−N
+    pruned) with the OBS update of the remaining weights. ``gram``: :func:`input_grams` of its inputs."""
+    w = weight.detach().float().clone()
+    cols = w.shape[1]
+    hinv = _inverse_factor(gram, w)
+    nm = granularity is not None and granularity.kind == "nm"
+    total = round(ratio * w.numel())
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    for b0 in range(0, cols, BLOCK):
+        b1 = min(b0 + BLOCK, cols)
+        w1, h1 = w[:, b0:b1].clone(), hinv[b0:b1, b0:b1]
+        err1 = torch.zeros_like(w1)
+        # this block's share of the target, cumulative so that the layer's total is exact
+        k = round(total * b1 / cols) - round(total * b0 / cols)
+        mask1 = torch.zeros_like(w1, dtype=torch.bool) if nm else _block_mask(w1, torch.diag(h1), k)
+        for i in range(b1 - b0):
+            if nm and granularity is not None and i % granularity.m == 0:
+                group = slice(i, i + granularity.m)
+                score = w1[:, group].pow(2) / torch.diag(h1)[group].pow(2)[None, :]
+                drop = torch.topk(score, granularity.m - granularity.n, dim=1, largest=False).indices
+                mask1[:, group] = mask1[:, group].scatter(1, drop, True)
+            col, d = w1[:, i], h1[i, i]
+            q = torch.where(mask1[:, i], torch.zeros_like(col), col)
+            e = (col - q) / d
+            w1[:, i:] -= e[:, None] * h1[i, i:][None, :]  # spread the pruned weights' error over the later columns
+            w1[:, i] = q
+            err1[:, i] = e
+        w[:, b0:b1] = w1
+        w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
+        pruned[:, b0:b1] = mask1
+    w[pruned] = 0.0
+    return w.to(weight.dtype), (~pruned).to(weight.dtype)
