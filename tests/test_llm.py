@@ -46,6 +46,15 @@ def _tiny() -> tuple[torch.nn.Module, list[str], Split]:
     return model.eval(), layers, Split(x, torch.roll(x, -1, 1))
 
 
+def _peaked_tiny() -> tuple[torch.nn.Module, list[str], Split, Splits, CausalLMTask]:
+    """The tiny Llama with peaked next-token distributions (as a trained model's are), its data and task."""
+    model, layers, split = _tiny()
+    with torch.no_grad():
+        model.hf.lm_head.weight.mul_(30.0)
+    splits = Splits("t", split, split, split, 64, "f")
+    return model, layers, split, splits, CausalLMTask(splits)
+
+
 def test_wanda_scores_equal_a_direct_computation() -> None:
     model, layers, data = _tiny()
     scores = importance(model, layers, "wanda", data)
@@ -293,11 +302,7 @@ def test_fitness_rank_correlation_without_a_fine_tune(tmp_path: Path, ladder: st
 def test_dense_reference_divergence_on_a_few_tokens_equals_a_direct_kl() -> None:
     from autoprune.pruning.evaluate import DenseReference
 
-    model, layers, split = _tiny()
-    with torch.no_grad():
-        model.hf.lm_head.weight.mul_(30.0)  # peaked next-token distributions, as a trained model's are
-    splits = Splits("t", split, split, split, 64, "f")
-    task = CausalLMTask(splits)
+    model, layers, split, splits, task = _peaked_tiny()
     ref = DenseReference.of(model, splits, task=task, tokens=20 * 16)  # 20 windows of 16 tokens
     assert ref.tokens == 320 and ref.outputs.dtype == torch.float16
     pruned = copy.deepcopy(model)
@@ -410,11 +415,7 @@ def test_sparsegpt_prunes_exactly_and_reconstructs_a_layer_better_than_dropping_
 
 
 def test_sparsegpt_policy_prunes_every_unit_exactly_and_stays_closer_to_the_dense_model_than_wanda() -> None:
-    model, layers, split = _tiny()
-    with torch.no_grad():
-        model.hf.lm_head.weight.mul_(30.0)  # peaked next-token distributions, as a trained model's are
-    splits = Splits("t", split, split, split, 64, "f")
-    task = CausalLMTask(splits)
+    model, layers, split, splits, task = _peaked_tiny()
     with torch.no_grad():
         dense = torch.log_softmax(model(split.x), -1)
     kl = {}

@@ -14,7 +14,7 @@ from autoprune.models.zoo import weight_of
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["WANDA_WINDOWS", "importance", "input_norms", "row_wise"]
+__all__ = ["WANDA_WINDOWS", "importance", "input_norms", "input_sums", "row_wise"]
 
 WANDA_WINDOWS = 32  # calibration examples (token windows) whose activations Wanda reads: the first of the train split
 
@@ -67,16 +67,20 @@ def _taylor(model: nn.Module, weights: dict[str, torch.Tensor], data: Split, bat
 
 
 @torch.no_grad()
-def input_norms(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8
-                ) -> dict[str, torch.Tensor]:
-    """‖X_j‖₂ of each Linear's input feature j over every token of ``inputs`` (forward hooks, batches of
-    ``batch_size``), accumulated in float64 so the result does not depend on how the batches are cut."""
+def input_sums(model: nn.Module, layers: list[str], inputs: torch.Tensor,
+               stat: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 8
+               ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Σ ``stat(X)`` of each layer's input rows X (tokens × in_features) over every example of ``inputs`` (forward
+    hooks, batches of ``batch_size``, sums in float64 so they do not depend on how the batches are cut), and how
+    many rows each layer saw."""
     sums: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
 
     def hook(fqn: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def record(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[fqn] = sums.get(fqn, 0) + x.pow(2).sum(0)
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            sums[fqn] = sums.get(fqn, 0) + stat(x).double()
+            rows[fqn] = rows.get(fqn, 0) + x.shape[0]
         return record
 
     handles = [model.get_submodule(f).register_forward_hook(hook(f)) for f in layers]
@@ -89,4 +93,11 @@ def input_norms(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch
         for h in handles:
             h.remove()
         model.train(was_training)
+    return sums, rows
+
+
+def input_norms(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8
+                ) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ of each Linear's input feature j over every token of ``inputs``."""
+    sums, _ = input_sums(model, layers, inputs, lambda x: x.double().pow(2).sum(0), batch_size)
     return {f: sums[f].sqrt().float() for f in layers}

@@ -12,12 +12,11 @@ exact share of the layer's target, so every layer's sparsity is exact (the paper
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
+from autoprune.pruning.criteria import input_sums
 
 __all__ = ["BLOCK", "DAMP", "input_grams", "sparsegpt_prune"]
 
@@ -25,32 +24,11 @@ BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
 DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps the Cholesky factorisation stable)
 
 
-@torch.no_grad()
 def input_grams(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8
                 ) -> dict[str, torch.Tensor]:
-    """H = 2·XᵀX / n of each Linear's inputs X (n tokens × in_features) over every token of ``inputs`` (forward
-    hooks, float64 sums: independent of how the batches are cut)."""
-    sums: dict[str, torch.Tensor] = {}
-    count: dict[str, int] = {}
-
-    def hook(fqn: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
-        def record(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            sums[fqn] = sums.get(fqn, 0) + (x.T @ x).double()
-            count[fqn] = count.get(fqn, 0) + x.shape[0]
-        return record
-
-    handles = [model.get_submodule(f).register_forward_hook(hook(f)) for f in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(0, inputs.shape[0], batch_size):
-            model(inputs[i:i + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return {f: (2.0 * sums[f] / max(count[f], 1)).float() for f in layers}
+    """H = 2·XᵀX / n of each Linear's inputs X (n tokens × in_features) over every token of ``inputs``."""
+    sums, rows = input_sums(model, layers, inputs, lambda x: x.float().T @ x.float(), batch_size)
+    return {f: (2.0 * sums[f] / max(rows[f], 1)).float() for f in layers}
 
 
 def _inverse_factor(gram: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
