@@ -438,7 +438,8 @@ def test_sparsegpt_policy_prunes_every_unit_exactly_and_stays_closer_to_the_dens
 
 @pytest.mark.slow
 def test_bench_prunes_the_heuristics_with_sparsegpt_when_asked(tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text(SPACE)
+    (tmp_path / "s.yaml").write_text(SPACE.replace("finetune: {epochs: [0]}",
+                                                   "ladder: {epochs: [0, 0, 0], tokens: [64, 256]}"))
     got = {}
     for criterion in ("wanda", "sparsegpt"):
         res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--seeds", "1", "--sparsities", "0.7",

@@ -187,6 +187,9 @@ def with_pruner(space: SearchSpace, criterion: str | None) -> SearchSpace:
         return space
     criteria = [criterion, *(c for c in space.criteria if c != criterion)]
     try:
-        return SearchSpace.model_validate({**space.model_dump(), "criteria": criteria, "source": space.source})
+        # what the file set, re-validated with the new criteria (a dump of every default would set both
+        # finetune.epochs and ladder.epochs, which the space refuses)
+        data = {**space.model_dump(exclude_unset=True), "criteria": criteria, "source": space.source}
+        return SearchSpace.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"--criterion {criterion}: {err.errors()[0]['msg']}") from None
