@@ -323,7 +323,8 @@ def bench(
                             "model)", time_rows(res)))
         if sp.ladder is not None:
             console.print(table("compute of each search (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
-        console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
+        if "overhead_s_per_trial" in res.overhead:  # a search ran (heuristics alone have no per-trial cost)
+            console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
         metrics = {f"{m}_at_{round(lv * 100)}": v[0] for m, row in res.aggregated.items() for lv, v in row.items()}
         metrics.update({k: v for k, v in res.overhead.items()})
         metrics["bench_seconds"] = res.seconds

@@ -120,8 +120,9 @@ def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finet
 
 def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float | None, seed: int) -> None:
     """Data-free path: magnitude/random masks, made permanent at once (no fine-tune, no BN recalibration)."""
-    if policy.criterion in ("taylor", "wanda") or policy.granularity.kind == "channel" or (finetune_epochs or 0) > 0:
-        raise PolicyError("this policy needs data (taylor or wanda criterion, channel groups or fine-tuning): "
+    needs_data = policy.criterion in ("taylor", "wanda", "sparsegpt") or policy.granularity.kind == "channel"
+    if needs_data or (finetune_epochs or 0) > 0:
+        raise PolicyError(f"this policy needs data ({policy.criterion} criterion, channel groups or fine-tuning): "
                           "pass data=")
     scores = importance(model, list(policy.sparsity), policy.criterion, None, seed=seed)
     apply_masks(model, {f: compute_mask(scores[f], r, policy.granularity) for f, r in policy.sparsity.items()})
