@@ -235,6 +235,19 @@ def test_search_export_apply_writes_a_folder_transformers_loads(tmp_path: Path) 
         assert abs(float((w == 0).float().mean()) - r) < 1.0 / w.shape[1] + 1e-9
     ppl = ws.task.metrics(wrapped, ws.splits.test)["perplexity"]
     assert math.isclose(ppl, policy.expected["test_perplexity"], rel_tol=1e-5)  # the trial's test score, reloaded
+    # the same ratios pruned with SparseGPT: exact per unit, and the kept weights are updated
+    run("apply", "p.json", "--space", "s.yaml", "--criterion", "sparsegpt", "--hf-folder", "hf-sgpt", "--no-track",
+        "-o", "sgpt.pt")
+    sgpt = build_model("hf-llama", ws.splits.input_shape, ws.splits.num_classes, ws.space.model.kwargs)
+    sgpt.hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf-sgpt").eval()
+    for f, r in policy.sparsity.items():
+        w, dense_w = weight_of(sgpt, f), weight_of(ws.model, f)
+        assert int((w == 0).sum()) == round(r * w.numel())
+        if r > 0.05:
+            assert not torch.equal(w[w != 0], dense_w[w != 0])
+    res = subprocess.run([AUTOPRUNE, "apply", "p.json", "--space", "s.yaml", "--criterion", "obs", "--no-track"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 2 and "--criterion obs" in res.stdout + res.stderr
 
 
 def test_one_preference_per_block_ties_the_units_of_a_block_and_evolution_moves_blocks() -> None:

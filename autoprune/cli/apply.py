@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from autoprune.cli.console import RichProgress, out, table
@@ -22,7 +23,7 @@ from autoprune.deploy.production import (
     save_pruned,
     with_input_scaling,
 )
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, PolicyError
 from autoprune.files import check_writable
 from autoprune.models.hf import CausalLM, hf_tokenizer, save_hf_folder
 from autoprune.models.workspace import load_workspace
@@ -56,9 +57,11 @@ def _space(space: Path | None, model: str | None, data: str | None, checkpoint: 
 def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
               finetune_epochs: float | None, out_path: Path, onnx: Path | None, torchscript: Path | None,
               quantize: str | None, device: str, runs: Path, threads: int | None = None, track: bool = True,
-              register: str | None = None, tracking_uri: str | None = None, hf_folder: Path | None = None) -> None:
-    """Apply a policy file, print the before/after table, say which files were written, and log the model to
-    the study's MLflow parent run (registered under ``register`` with the alias ``pruned`` when given)."""
+              register: str | None = None, tracking_uri: str | None = None, hf_folder: Path | None = None,
+              criterion: str | None = None) -> None:
+    """Apply a policy file (pruned with ``criterion`` instead of its own when given), print the before/after table,
+    say which files were written, and log the model to the study's MLflow parent run (registered under
+    ``register`` with the alias ``pruned`` when given)."""
     if quantize not in (None, "int8"):
         raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
     for path, what in ((out_path, "-o"), (onnx, "--onnx"), (torchscript, "--torchscript"), (hf_folder, "--hf-folder")):
@@ -68,7 +71,7 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
         missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
             raise AutopruneError(f"--onnx needs {', '.join(missing)}: pip install 'autoprune[onnx]'")
-    policy = Policy.load(policy_path)
+    policy = with_criterion(Policy.load(policy_path), criterion)
     ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
                         expect_dense=policy.dense_key or None)
     if hf_folder is not None and not isinstance(ws.model, CausalLM):
@@ -109,6 +112,16 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
         example = torch.zeros((1, *ws.splits.input_shape), dtype=ws.splits.input_dtype).numpy()
         logged = _log_to_mlflow(policy, res, deployable, example, runs, register, tracking_uri)
         out.print(logged, soft_wrap=True)
+
+
+def with_criterion(policy: Policy, criterion: str | None) -> Policy:
+    """``policy`` pruned with ``criterion`` instead (validated: one line naming the option), or unchanged."""
+    if criterion is None:
+        return policy
+    try:
+        return Policy.model_validate({**policy.model_dump(), "criterion": criterion})
+    except ValidationError as err:
+        raise PolicyError(f"--criterion {criterion}: {err.errors()[0]['msg']}") from None
 
 
 def _tokenizer_of(space: SearchSpace, runs: Path) -> Any:

@@ -172,6 +172,9 @@ def apply_cmd(
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic quantization after pruning.")] = None,
     hf_folder: Annotated[Path | None, typer.Option(help="Language models: also save a Hugging Face folder here "
                                                    "(save_pretrained, safetensors; transformers loads it).")] = None,
+    criterion: Annotated[str | None, typer.Option(help="Prune with this criterion instead of the policy's, at the "
+                                                  "policy's ratios (e.g. sparsegpt for ratios searched with Wanda's "
+                                                  "level database).")] = None,
     no_track: Annotated[bool, typer.Option("--no-track", metavar="", help="Do not log the model to MLflow (by "
                                            "default it goes to the study's parent run).")] = False,
     register: Annotated[str | None, typer.Option(help="Also register the model in MLflow's registry under this "
@@ -185,7 +188,8 @@ def apply_cmd(
     from autoprune.cli.apply import run_apply
 
     run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs,
-              threads, track=not no_track, register=register, tracking_uri=tracking_uri, hf_folder=hf_folder)
+              threads, track=not no_track, register=register, tracking_uri=tracking_uri, hf_folder=hf_folder,
+              criterion=criterion)
 
 
 @app.command()
