@@ -276,12 +276,14 @@ def test_one_preference_per_block_ties_the_units_of_a_block_and_evolution_moves_
 
 @pytest.mark.slow
 def test_bench_compares_language_model_methods_by_test_perplexity(tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text(SPACE.replace("trials: 14", "trials: 8"))
+    (tmp_path / "s.yaml").write_text(SPACE.replace("trials: 14", "trials: 8").replace(
+        "finetune: {epochs: [0]}", "ladder: {epochs: [0, 0, 0], tokens: [64, 256], min_peers: 2}"))
     res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--seeds", "1", "--trials", "8", "--sparsities",
                           "0.5,0.7", "--methods", "uniform,owl,alpha,autoprune,autoprune_tpe", "--out", "b",
                           "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "test perplexity, mean ± std" in res.stdout and "wall time of each method" in res.stdout
+    assert "compute of each search" in res.stdout and "evaluations per rung" in " ".join(res.stdout.split())
     rows = (tmp_path / "b" / "bench-tiny_llama.csv").read_text().splitlines()
     assert rows[0].split(",")[:4] == ["method", "seed", "sparsity", "test_perplexity"]
     got = {(r.split(",")[0], r.split(",")[2]): float(r.split(",")[3]) for r in rows[1:]}

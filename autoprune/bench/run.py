@@ -143,17 +143,22 @@ def default_out_dir() -> Path:
 
 def compute_rows(res: BenchResult, short_epochs: float, reference_trials: int = 200) -> list[dict[str, Any]]:
     """Each search's compute (mean over seeds) against ``reference_trials`` short-fine-tune trials measured in the
-    same run: fine-tune epochs, and evaluation seconds against as many rung-1 (short fine-tune) evaluations."""
+    same run: fine-tune epochs (NaN for a ladder without fine-tune, e.g. a token ladder), evaluation seconds
+    against as many rung-1 evaluations, and how many evaluations each rung ran."""
     rows = []
     for method in dict.fromkeys(r.method for r in res.results if "rung1_s" in r.compute):  # the searches
         runs = [r.compute for r in res.results if r.method == method and r.compute]
         epochs = sum(c.get("finetune_epochs", math.nan) for c in runs) / len(runs)
         seconds = sum(c.get("eval_seconds", math.nan) for c in runs) / len(runs)
         short_s = sum(c.get("rung1_s", math.nan) for c in runs) / len(runs)
+        per_rung = " / ".join(f"{sum(c.get(f'rung{r}_n', 0.0) for c in runs) / len(runs):.0f}"
+                              for r in range(8) if any(f"rung{r}_n" in c for c in runs))
         rows.append({"method": method, "fine-tune epochs": epochs,
-                     f"× {reference_trials} short trials (epochs)": epochs / (reference_trials * short_epochs),
+                     f"× {reference_trials} short trials (epochs)":
+                         epochs / (reference_trials * short_epochs) if short_epochs > 0 else math.nan,
                      "evaluation s": seconds,
-                     f"× {reference_trials} short trials (s)": seconds / (reference_trials * short_s)})
+                     f"× {reference_trials} short trials (s)": seconds / (reference_trials * short_s),
+                     "evaluations per rung": per_rung})
     return rows
 
 
