@@ -97,3 +97,27 @@ def test_thread_count_is_chosen_from_the_model_size(workspace) -> None:  # type:
         assert choose_threads(workspace.model, requested=2) == 2 == torch.get_num_threads()  # --threads wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_latency_of_a_slow_model_is_timed_within_its_budget_not_fifty_runs() -> None:
+    import time
+
+    import torch
+
+    from autoprune.pruning.metrics import latency_ms
+
+    class Slow(torch.nn.Module):  # a forward pass of 0.2 s, as a language model's batch on a CPU
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            time.sleep(0.2)
+            return self.lin(x)
+
+    model = Slow()
+    ms = latency_ms(model, (4,), batch=2, runs=50, warmup=5, budget_s=1.0)
+    assert ms >= 200.0
+    assert 4 <= model.calls <= 8  # one warm-up and three timed passes at least; not 5 + 50

@@ -130,8 +130,10 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtyp
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, runs: int = 50,
-               warmup: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Median wall time of one forward pass on the model's device, in milliseconds.
+               warmup: int = 5, dtype: torch.dtype = torch.float32, budget_s: float = 10.0) -> float:
+    """Median wall time of one forward pass on the model's device, in milliseconds: ``runs`` timed passes after
+    ``warmup`` untimed ones, or fewer (at least 3 timed, 1 warm-up) once ``budget_s`` seconds are spent, so a
+    language model whose pass takes seconds is not timed for minutes.
 
     On CUDA each pass is synchronised before and after (kernels run asynchronously: without it this would time
     the kernel launches). The device is named by :func:`latency_device` wherever the number is reported.
@@ -145,10 +147,13 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, r
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for i in range(warmup):
+        if i > 0 and time.perf_counter() - start > budget_s / 4:
+            break
         model(x)
-    times = []
-    for _ in range(runs):
+    times: list[float] = []
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() - start < budget_s):
         sync()
         t0 = time.perf_counter()
         model(x)
