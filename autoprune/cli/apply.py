@@ -79,7 +79,7 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     choose_threads(ws.model, 1, threads)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
     bar = RichProgress()
-    bar.start(max(1, math.ceil(epochs)), "fine-tune (epochs)")
+    bar.start(max(1, math.ceil(epochs)), f"prune ({policy.criterion}) and fine-tune ({epochs:g} epochs)")
     try:
         res = apply(ws.model, policy, ws.splits, finetune_epochs=finetune_epochs, progress=bar.advance,
                     task=ws.task)
