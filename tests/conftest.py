@@ -48,3 +48,16 @@ def workspace(space_path: Path, runs_dir: Path):  # type: ignore[no-untyped-def]
     from autoprune.models.workspace import load_workspace
 
     return load_workspace(SearchSpace.from_yaml(space_path), "cpu", runs_dir)
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_not_inherited() -> object:
+    """``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI in ``os.environ``: a test that calls it would send
+    every later test's ``autoprune`` subprocess (whose ``--tracking-uri`` reads that variable) to its own store
+    (seen on CI: two searches logged to another test's database). Restore the variable after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
