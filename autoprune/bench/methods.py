@@ -152,6 +152,7 @@ def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int) -> Me
 def _evaluate(prep: Prepared, policy: Policy) -> Evaluation | None:
     """Evaluate with the test split measured; None when the fine-tune diverged (as a search trial would FAIL)."""
     try:
-        return evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True, task=prep.ws.task, levels=prep.levels)
+        return evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True, task=prep.ws.task,
+                        levels=prep.stores.get(policy.criterion))
     except FinetuneDiverged:
         return None

@@ -11,13 +11,18 @@ import torch
 from torch import nn
 
 from autoprune.config.budget import project_to_budget
-from autoprune.config.policy import Granularity
+from autoprune.config.policy import Granularity, Policy
+from autoprune.config.sampling import on_levels
 from autoprune.models.workspace import Workspace
 from autoprune.models.zoo import weight_of
+from autoprune.pruning.assemble import LevelAssembler
+from autoprune.pruning.evaluate import DenseReference
 from autoprune.pruning.masks import apply_masks, compute_mask, folded_masks
-from autoprune.tasks.training import train_epoch
+from autoprune.study.evolution import mutate, mutate_levels
+from autoprune.study.setup import Prepared
+from autoprune.tasks.training import predict, train_epoch
 
-__all__ = ["finetune_throughput", "projection_seconds"]
+__all__ = ["finetune_throughput", "projection_seconds", "screening_cost", "screening_rows"]
 
 
 def _plain_epoch(model: nn.Module, ws: Workspace, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
@@ -66,3 +71,69 @@ def projection_seconds(ws: Workspace, n: int = 200) -> float:
     for p in prefs:
         project_to_budget(0.95, p, ws.sizes, ws.bounds)
     return (time.perf_counter() - t0) / n
+
+
+def screening_cost(prep: Prepared, tokens: int, target: float, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of screening one candidate on ``tokens`` calibration tokens (assembled in place from the level
+    store of the space's first criterion, then the divergence to the dense outputs) against a plain forward pass
+    of those tokens through the dense model, interleaved. Twice: alternating two random allocations at ``target``
+    (every unit rewritten: the worst case), and alternating an allocation with its evolutionary child (3 level
+    moves: what consecutive candidates of an evolution search differ by)."""
+    ws, criterion = prep.ws, ws_criterion(prep)
+    reference = DenseReference.of(ws.model, ws.splits, task=ws.task, tokens=tokens)
+    n = max(1, -(-tokens // int(reference.inputs.shape[1])))
+    assembler = LevelAssembler(ws.model, prep.stores)
+    rng = np.random.default_rng(0)
+    policies = []
+    for _ in range(2):
+        ratios = project_to_budget(target, {f: float(rng.normal(0, 0.3)) for f in ws.layers}, ws.sizes, ws.bounds)
+        if prep.ctx.levels is not None:
+            ratios = on_levels(ratios, prep.ctx)
+        policies.append(heuristic_like(prep, criterion, ratios))
+    parent = policies[0].sparsity
+    if prep.ctx.levels is not None:
+        child = mutate_levels(parent, ws.sizes, ws.bounds, prep.ctx.levels, rng, 3)
+    else:
+        child = mutate(parent, ws.sizes, ws.bounds, rng, 3)
+    pairs = {"all": policies, "moves": [policies[0], heuristic_like(prep, criterion, child)]}
+    plain: list[float] = []
+    screen: dict[str, list[float]] = {k: [] for k in pairs}
+    for r in range(repeats):
+        for kind, pair in pairs.items():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                predict(ws.model, reference.inputs[:n])
+            t1 = time.perf_counter()
+            assembler.evaluate(pair[r % 2], ws.splits, ws.task, reference, tokens)
+            plain.append(t1 - t0)
+            screen[kind].append(time.perf_counter() - t1)
+    p = statistics.median(plain)
+    out = {"screen_tokens": float(tokens), "plain_forward_s": p}
+    for kind, times in screen.items():
+        out[f"screen_{kind}_s"] = statistics.median(times)
+        out[f"screen_{kind}_ratio"] = out[f"screen_{kind}_s"] / p
+    return out
+
+
+def ws_criterion(prep: Prepared) -> str:
+    """The criterion a candidate of the space is pruned with first (the store screening is timed on)."""
+    return next(c for c in prep.ws.space.criteria if c in prep.stores)
+
+
+def heuristic_like(prep: Prepared, criterion: str, ratios: dict[str, float]) -> Policy:
+    """A one-shot, no-fine-tune policy of ``ratios`` pruned with ``criterion``."""
+    space = prep.ws.space
+    return Policy(model=space.model.name, fingerprint=prep.ws.fingerprint, criterion=criterion,  # type: ignore[arg-type]
+                  granularity=space.granularity, finetune=space.default_recipe().model_copy(update={"epochs": 0.0}),
+                  sparsity=ratios)
+
+
+def screening_rows(o: dict[str, float]) -> list[dict[str, object]]:
+    """The screening cost table: a candidate on the first token rung against a plain forward of those tokens."""
+    tokens = int(o["screen_tokens"])
+    return [{"part": f"plain forward pass of {tokens} tokens (dense model)", "seconds": o["plain_forward_s"],
+             "× plain forward": 1.0},
+            {"part": f"a candidate screened at {tokens} tokens, 3 level moves from the last (an evolution child)",
+             "seconds": o["screen_moves_s"], "× plain forward": o["screen_moves_ratio"]},
+            {"part": f"a candidate screened at {tokens} tokens, every unit rewritten (worst case)",
+             "seconds": o["screen_all_s"], "× plain forward": o["screen_all_ratio"]}]

@@ -19,7 +19,7 @@ from autoprune.bench.methods import (
     run_heuristic,
     run_searcher,
 )
-from autoprune.bench.overhead import finetune_throughput, projection_seconds
+from autoprune.bench.overhead import finetune_throughput, projection_seconds, screening_cost
 from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
 from autoprune.config.space import LadderSpec, SearchSpace
 from autoprune.errors import ConfigError
@@ -83,6 +83,8 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
             if method == "autoprune" and seed == 0:
                 overhead.update({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
             log(f"  seed {seed}: {method} done ({time.perf_counter() - t0:.0f}s)")
+        if seed == 0 and prep.stores and sp.ladder is not None and sp.ladder.tokens:
+            overhead.update(screening_cost(prep, sp.ladder.tokens[0], max(levels)))
         if seed == 0 and sp.task.kind == "classification":  # (the plain loop it is timed against is a classifier's)
             overhead.update(finetune_throughput(prep.ws))
             overhead["projection_s"] = projection_seconds(prep.ws)

@@ -329,6 +329,10 @@ def bench(
             console.print(table("compute of each search (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
         if "overhead_s_per_trial" in res.overhead:  # a search ran (heuristics alone have no per-trial cost)
             console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
+        if "screen_all_s" in res.overhead:
+            from autoprune.bench.overhead import screening_rows
+
+            console.print(table("cost of screening one candidate (seed 0, median of 5)", screening_rows(res.overhead)))
         metrics = {f"{m}_at_{round(lv * 100)}": v[0] for m, row in res.aggregated.items() for lv, v in row.items()}
         metrics.update({k: v for k, v in res.overhead.items()})
         metrics["bench_seconds"] = res.seconds

@@ -8,9 +8,12 @@ independent sample is an average dominated by the biggest layers; see shared/DES
 
 from __future__ import annotations
 
+import math
+from functools import reduce
+
 import numpy as np
 
-__all__ = ["BudgetError", "project_to_budget", "weighted_sparsity"]
+__all__ = ["BudgetError", "level_units", "project_to_budget", "snap_to_levels", "weighted_sparsity"]
 
 
 class BudgetError(ValueError):
@@ -83,3 +86,41 @@ def weighted_sparsity(ratios: dict[str, float], sizes: dict[str, int]) -> float:
     """Global sparsity over the layers in ``sizes``: Σ n_i r_i / Σ n_i."""
     total = sum(sizes.values())
     return sum(ratios.get(k, 0.0) * v for k, v in sizes.items()) / total
+
+
+def level_units(sizes: dict[str, int]) -> dict[str, int]:
+    """Each unit's size in multiples of the sizes' greatest common divisor: how many "weight units" one level step
+    of it moves (SmolLM2's k/v: 1, q/o: 3, MLP: 8)."""
+    g = reduce(math.gcd, sizes.values())
+    return {f: n // g for f, n in sizes.items()}
+
+
+def snap_to_levels(ratios: dict[str, float], sizes: dict[str, int], target: float, step: float, top: float,
+                   bounds: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """Every ratio moved to a multiple of ``step`` (≤ ``top``, inside ``bounds``) so that the weighted total is
+    exactly ``target`` whenever the sizes allow it (else the nearest total they allow): each ratio is rounded down,
+    then the units with the largest remainders are raised one level while the deficit holds their size (largest
+    remainder rounding in units of the sizes' common divisor, EvoPress's equal-weight level steps)."""
+    units = level_units(sizes)
+    names = list(ratios)
+    b = bounds or {}
+    lo = {f: math.ceil(b.get(f, (0.0, 1.0))[0] / step - 1e-9) for f in names}
+    hi = {f: min(math.floor(b.get(f, (0.0, 1.0))[1] / step + 1e-9), math.floor(top / step + 1e-9)) for f in names}
+    x = {f: ratios[f] / step for f in names}
+    k = {f: min(max(math.floor(x[f] + 1e-6), lo[f]), hi[f]) for f in names}
+    want = round(target * sum(units[f] for f in names) / step)
+    gap = want - sum(k[f] * units[f] for f in names)
+    sign = 1 if gap > 0 else -1
+    order = sorted(names, key=lambda f: -sign * (x[f] - k[f]))  # raise the largest remainders, lower the smallest
+    while gap != 0:
+        moved = False
+        for f in order:
+            if abs(gap) >= units[f] and lo[f] <= k[f] + sign <= hi[f]:
+                k[f] += sign
+                gap -= sign * units[f]
+                moved = True
+                if gap == 0:
+                    break
+        if not moved:
+            break  # the sizes cannot meet the target exactly: the nearest total below it
+    return {f: round(k[f] * step, 10) for f in names}

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from autoprune.config.budget import project_to_budget
+from autoprune.config.budget import project_to_budget, snap_to_levels, weighted_sparsity
 from autoprune.config.policy import Policy
 from autoprune.config.space import SearchSpace
 
-__all__ = ["SampleContext", "Suggest", "choose", "fixed_choices", "sample", "sample_target", "unit_group"]
+__all__ = ["SampleContext", "Suggest", "choose", "fixed_choices", "on_levels", "sample", "sample_target",
+           "unit_group"]
 
 
 class Suggest(Protocol):
@@ -36,6 +37,7 @@ class SampleContext:
     anchor: Callable[[float], dict[str, float]] | None = None  # target -> anchor heuristic's ratios
     shapes: dict[str, list[int]] | None = None  # weight shapes of all prunable layers (copied into policies)
     dense_key: str = ""  # the dense model's key (copied into policies, checked by apply)
+    levels: tuple[float, float] | None = None  # (step, top) of a level store that needs stored levels (SparseGPT)
 
     def anchor_prefs(self, target: float) -> dict[str, float]:
         """Log-densities of the anchor allocation at ``target`` (all zero without an anchor)."""
@@ -60,10 +62,20 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
     lr_scale = float(choose(suggest, "ft_lr_scale", list(space.finetune.lr_scale)))
     decay = choose(suggest, "ft_decay", list(space.finetune.decay))
     ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
+    if ctx.levels is not None and space.granularity.kind == "unstructured":
+        ratios = on_levels(ratios, ctx)
     return Policy(model=ctx.model, fingerprint=ctx.fingerprint, dense_key=ctx.dense_key, shapes=ctx.shapes or {},
                   task=space.task.kind, task_options=space.task.options, criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
                   finetune=space.finetune_recipe(epochs, lr_scale, decay), sparsity=ratios)
+
+
+def on_levels(ratios: dict[str, float], ctx: SampleContext) -> dict[str, float]:
+    """``ratios`` snapped to the context's stored levels, their weighted total kept (see
+    :func:`~autoprune.config.budget.snap_to_levels`)."""
+    assert ctx.levels is not None
+    step, top = ctx.levels
+    return snap_to_levels(ratios, ctx.sizes, weighted_sparsity(ratios, ctx.sizes), step, top, ctx.bounds)
 
 
 def choose(suggest: Suggest, name: str, choices: list[Any]) -> Any:

@@ -301,8 +301,9 @@ class SearchSpace(_Strict):
             raise ValueError("sampler evolution moves sparsity between units at each size of targets.grid: it needs "
                              "parametrization projected, a grid of targets and a granularity other than nm")
         owl = "owl" in self.baselines or self.anchor == "owl"
-        if owl and "wanda" not in self.criteria:
-            raise ValueError("the owl heuristic reads the Wanda scores' outliers: add wanda to criteria")
+        if owl and not {"wanda", "sparsegpt"} & set(self.criteria):
+            raise ValueError("the owl heuristic reads the Wanda scores' outliers (activations on calibration data): "
+                             "add wanda or sparsegpt to criteria")
         if self.constraints.min_accuracy is not None and self.task.kind != "classification":
             raise ValueError(f"constraints.min_accuracy is for classification; task '{self.task.kind}' has its own "
                              "primary metric (choose on it with export --min-metric/--max-metric)")

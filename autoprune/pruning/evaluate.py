@@ -17,7 +17,7 @@ from autoprune.errors import FinetuneDiverged, PolicyError
 from autoprune.models.zoo import prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
-from autoprune.pruning.levels import LevelDatabase
+from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
 from autoprune.pruning.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.pruning.schedules import ratios_per_step
@@ -85,13 +85,12 @@ def check_policy_layers(model: nn.Module, policy: Policy) -> list[str]:
 
 def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], policy: Policy,
                splits: Splits, seed: int, loss_fn: LossFn = nn.functional.cross_entropy,
-               levels: LevelDatabase | None = None) -> None:
+               levels: LevelStore | None = None) -> None:
     """Tighten the live masks to ``ratios`` using the policy's criterion and granularity. ``levels``: the dense
     model's level database, used when it holds this criterion's orders (the model must still be dense)."""
-    if levels is not None and levels.criterion == policy.criterion and policy.granularity.kind == "unstructured":
-        for fqn, mask in levels.masks(ratios).items():
-            folded.masks[fqn].copy_(mask)
-        folded.reapply()
+    if (levels is not None and levels.criterion == policy.criterion and policy.granularity.kind == "unstructured"
+            and levels.covers(ratios)):
+        levels.prune_into(model, folded, ratios)
         return
     if policy.criterion == "sparsegpt":
         _prune_sparsegpt(model, folded, ratios, policy, splits)
@@ -185,7 +184,7 @@ def _after_step(folded: FoldedMasks, opt: torch.optim.Optimizer, decay: str, tot
 def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: int = 0,
                        on_epoch: EpochCallback | None = None, size_hint: float = 1.0,
                        progress: Callable[[], None] | None = None, task: Task | None = None,
-                       levels: LevelDatabase | None = None) -> tuple[list[float], dict[str, float]]:
+                       levels: LevelStore | None = None) -> tuple[list[float], dict[str, float]]:
     """In place: mask ``model`` per the policy's schedule, fine-tuning between steps on the task's loss
     (classification when no task is given); the first step may take its masks from ``levels``. Returns (losses,
     times)."""
@@ -232,7 +231,7 @@ def evaluate(model: nn.Module, policy: Policy, splits: Splits, *, seed: int | No
              on_epoch: EpochCallback | None = None, size_hint: float = 1.0, bn_batches: int | None = None,
              measure_latency: bool = False, with_test: bool = False, epochs: float | None = None,
              reference: DenseReference | None = None, task: Task | None = None,
-             levels: LevelDatabase | None = None, tokens: int | None = None) -> Evaluation:
+             levels: LevelStore | None = None, tokens: int | None = None) -> Evaluation:
     """Prune a deep copy of the dense ``model`` under ``policy``, fine-tune, recalibrate BN, and measure.
 
     ``seed`` and ``bn_batches`` default to the policy's recipe (so ``apply`` reproduces the result);

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +25,35 @@ from autoprune.config.policy import Criterion
 from autoprune.config.sampling import unit_group
 from autoprune.models.zoo import weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
-from autoprune.pruning.masks import row_mask, row_order
+from autoprune.pruning.masks import FoldedMasks, row_mask, row_order
 from autoprune.tasks.data import Split
 
-__all__ = ["OWL_M", "LevelDatabase", "load_or_build"]
+__all__ = ["OWL_M", "LevelDatabase", "LevelStore", "load_or_build"]
 
 OWL_M = 5.0  # OWL's outlier threshold: a score above M × its block's mean score is an outlier (the paper's M)
 
 
+class LevelStore(ABC):
+    """What one-shot pruning of every unit at its levels needs, computed once per dense model: a candidate is
+    assembled from it by writing each unit's pruned weight (see :mod:`autoprune.pruning.assemble`)."""
+
+    criterion: Criterion
+
+    @abstractmethod
+    def covers(self, ratios: dict[str, float]) -> bool:
+        """Whether every unit at its ratio can be assembled from the store."""
+
+    @abstractmethod
+    def write(self, fqn: str, ratio: float, target: torch.Tensor, dense: torch.Tensor) -> None:
+        """The unit's pruned weight at ``ratio`` into ``target`` in place (``dense``: its dense weight)."""
+
+    @abstractmethod
+    def prune_into(self, model: nn.Module, folded: FoldedMasks, ratios: dict[str, float]) -> None:
+        """Prune a dense model whose masks are folded (a fine-tune follows) to ``ratios``."""
+
+
 @dataclass
-class LevelDatabase:
+class LevelDatabase(LevelStore):
     """Per unit: the row-wise pruning order of its weights (and shape); per unit: its block's outlier ratio."""
 
     criterion: Criterion
@@ -61,6 +81,20 @@ class LevelDatabase:
     def masks(self, ratios: dict[str, float]) -> dict[str, torch.Tensor]:
         """The mask of each unit at its ratio, assembled from the stored orders."""
         return {f: row_mask(self.orders[f], r).view(self.shapes[f]) for f, r in ratios.items()}
+
+    def covers(self, ratios: dict[str, float]) -> bool:
+        """Every ratio of a stored unit (an order gives every level)."""
+        return all(f in self.orders for f in ratios)
+
+    def write(self, fqn: str, ratio: float, target: torch.Tensor, dense: torch.Tensor) -> None:
+        """``dense`` × the unit's mask at ``ratio``, into ``target`` (what the masked forward pass computes)."""
+        torch.mul(dense, row_mask(self.orders[fqn], ratio).view(self.shapes[fqn]).to(dense.dtype), out=target)
+
+    def prune_into(self, model: nn.Module, folded: FoldedMasks, ratios: dict[str, float]) -> None:
+        """Set the folded masks from the stored orders."""
+        for fqn, mask in self.masks(ratios).items():
+            folded.masks[fqn].copy_(mask)
+        folded.reapply()
 
     def save(self, path: Path) -> None:
         """Write atomically (weights-only loadable tensors and plain JSON metadata)."""

@@ -18,7 +18,7 @@ from torch import nn
 from autoprune.config.policy import Granularity
 from autoprune.pruning.criteria import input_sums
 
-__all__ = ["BLOCK", "DAMP", "input_grams", "sparsegpt_prune"]
+__all__ = ["BLOCK", "DAMP", "input_grams", "prepare_unit", "prune_prepared", "sparsegpt_prune"]
 
 BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
 DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps the Cholesky factorisation stable)
@@ -57,9 +57,24 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, ratio: float,
     """``(updated weight, keep mask)`` of one Linear pruned to ``ratio`` (unstructured: exactly
     round(ratio · size) zeros; ``nm`` granularity: N of every M consecutive inputs of each row kept, i.e. M−N
     pruned) with the OBS update of the remaining weights. ``gram``: :func:`input_grams` of its inputs."""
+    w, hinv = prepare_unit(weight, gram)
+    return prune_prepared(w, hinv, ratio, granularity, weight.dtype)
+
+
+@torch.no_grad()
+def prepare_unit(weight: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every level of one unit shares: its weight in float32 (dead inputs' columns zeroed) and the upper
+    Cholesky factor of H⁻¹ (a level database computes them once per unit, not once per level)."""
     w = weight.detach().float().clone()
+    return w, _inverse_factor(gram, w)
+
+
+@torch.no_grad()
+def prune_prepared(w: torch.Tensor, hinv: torch.Tensor, ratio: float, granularity: Granularity | None = None,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sparsegpt_prune` from :func:`prepare_unit`'s output (``w`` is not modified)."""
+    w = w.clone()
     cols = w.shape[1]
-    hinv = _inverse_factor(gram, w)
     nm = granularity is not None and granularity.kind == "nm"
     total = round(ratio * w.numel())
     pruned = torch.zeros_like(w, dtype=torch.bool)
@@ -86,4 +101,4 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, ratio: float,
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
         pruned[:, b0:b1] = mask1
     w[pruned] = 0.0
-    return w.to(weight.dtype), (~pruned).to(weight.dtype)
+    return w.to(dtype), (~pruned).to(dtype)

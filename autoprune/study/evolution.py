@@ -23,12 +23,12 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.config.budget import project_to_budget
-from autoprune.config.sampling import SampleContext
+from autoprune.config.budget import level_units, project_to_budget
+from autoprune.config.sampling import SampleContext, on_levels
 from autoprune.study.ladder import rung_key
 from autoprune.study.sampler import assign_target
 
-__all__ = ["EvolutionSampler", "mutate", "mutate_offsets", "preferences"]
+__all__ = ["EvolutionSampler", "mutate", "mutate_levels", "mutate_offsets", "preferences"]
 
 
 def _pair_moves(names: list[str], rng: np.random.Generator, moves: int, move: Callable[[str, str], bool]) -> None:
@@ -60,6 +60,44 @@ def mutate(ratios: dict[str, float], sizes: dict[str, int], bounds: dict[str, tu
         return True
 
     _pair_moves(list(out), rng, moves, move)
+    return out
+
+
+def mutate_levels(ratios: dict[str, float], sizes: dict[str, int], bounds: dict[str, tuple[float, float]],
+                  levels: tuple[float, float], rng: np.random.Generator, moves: int,
+                  allowed: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
+    """On stored levels (a SparseGPT database): each move takes one unit one level up (or down) and as many
+    weights from other units, one level each, in random order, so that every ratio stays a stored level and
+    Σ size·ratio is unchanged (units of unequal size: see :func:`~autoprune.config.budget.level_units`). A move
+    that cannot balance (or that makes ``allowed`` false) is drawn again, up to 20 times."""
+    step, top = levels
+    units = level_units(sizes)
+    names = list(ratios)
+    out = dict(ratios)
+
+    def inside(f: str, r: float) -> bool:
+        return bounds[f][0] - 1e-9 <= r <= min(bounds[f][1], top) + 1e-9
+
+    def move() -> dict[str, float] | None:
+        a, sign = names[int(rng.integers(len(names)))], 1 if rng.random() < 0.5 else -1
+        new = {**out, a: round(out[a] + sign * step, 10)}
+        debt = units[a]
+        if not inside(a, new[a]):
+            return None
+        for j in (names[int(i)] for i in rng.permutation(len(names))):
+            r = round(new[j] - sign * step, 10)
+            if j != a and units[j] <= debt and inside(j, r):
+                new[j], debt = r, debt - units[j]
+                if debt == 0:
+                    return new
+        return None
+
+    for _ in range(moves):
+        for _attempt in range(20):
+            child = move()
+            if child is not None and (allowed is None or allowed(child)):
+                out = child
+                break
     return out
 
 
@@ -150,7 +188,11 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         def inside(candidate: dict[str, float]) -> bool:  # expressible in the box [-offset, offset]
             return all(abs(v) <= self._offset for v in preferences(candidate, anchor).values())
 
-        child = mutate(ratios, self._ctx.sizes, self._ctx.bounds, rng, moves, self._step, inside)
+        if self._ctx.levels is not None:  # candidates must be stored levels: move whole levels
+            child = mutate_levels(on_levels(ratios, self._ctx), self._ctx.sizes, self._ctx.bounds, self._ctx.levels,
+                                  rng, moves, inside)
+        else:
+            child = mutate(ratios, self._ctx.sizes, self._ctx.bounds, rng, moves, self._step, inside)
         child_prefs = preferences(child, anchor)
         out = {name: min(max(child_prefs[name.removeprefix("pref/")], -self._offset), self._offset)
                for name in search_space if name.startswith("pref/")}

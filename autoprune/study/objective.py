@@ -16,9 +16,10 @@ from autoprune.config.sampling import SampleContext, fixed_choices, sample
 from autoprune.config.space import SearchSpace
 from autoprune.errors import FinetuneDiverged
 from autoprune.models.workspace import Workspace
+from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.pruning.heuristics import Allocation
-from autoprune.pruning.levels import LevelDatabase
+from autoprune.pruning.levels import LevelStore
 from autoprune.study.ladder import (
     climbed,
     climbs,
@@ -59,13 +60,26 @@ class Objective:
     trials_run: int = 0  # trials this process ran (with a ladder a trial has one evaluation per rung it climbed)
     reference: DenseReference | None = None  # dense outputs on calibration inputs (the rungs' divergence)
     worker: dict[str, Any] = field(default_factory=this_worker)  # this process (host, pid, start time)
-    levels: LevelDatabase | None = None  # the dense model's level database (one-shot Wanda masks, no calibration)
+    stores: dict[str, LevelStore] = field(default_factory=dict)  # criterion -> the dense model's level store
+    assembler: LevelAssembler | None = None  # no-fine-tune rungs: candidates written into one working model
 
     def __post_init__(self) -> None:
         ladder = self.space.ladder
         if ladder is not None and self.reference is None:
             self.reference = DenseReference.of(self.ws.model, self.ws.splits, task=self.ws.task,
                                                tokens=max(ladder.tokens) if ladder.tokens else None)
+        if self.stores and self.assembler is None:
+            self.assembler = LevelAssembler(self.ws.model, self.stores)
+
+    def rung(self, policy: Policy, epochs: float, tokens: int | None, last: bool) -> Evaluation:
+        """One evaluation: assembled in place from the level stores when it can be (no fine-tune), else pruned on
+        a copy of the dense model (see :func:`~autoprune.pruning.evaluate.evaluate`)."""
+        latency = last and self.space.size_metric == "latency"
+        if self.assembler is not None and not latency and self.assembler.fits(policy, epochs):
+            return self.assembler.evaluate(policy, self.ws.splits, self.ws.task, self.reference, tokens)
+        return evaluate(self.ws.model, policy, self.ws.splits, epochs=epochs, measure_latency=latency,
+                        reference=self.reference, task=self.ws.task, levels=self.stores.get(policy.criterion),
+                        tokens=tokens)
 
     @property
     def space(self) -> SearchSpace:
@@ -137,9 +151,7 @@ class Objective:
         always = "baseline" in attrs
         for r in range(int(attrs.get("start_rung", 0)), last + 1):
             tokens = ladder.tokens[r] if ladder.tokens is not None and r < last else None
-            ev = evaluate(self.ws.model, policy, self.ws.splits, epochs=ladder.epochs[r],
-                          measure_latency=r == last and self.space.size_metric == "latency",
-                          reference=self.reference, task=self.ws.task, levels=self.levels, tokens=tokens)
+            ev = self.rung(policy, ladder.epochs[r], tokens, r == last)
             self.eval_seconds.append(ev.times["total"])
             record = rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)
             if tokens is not None:
@@ -168,7 +180,7 @@ class Objective:
             ev = evaluate(self.ws.model, policy, self.ws.splits,
                           on_epoch=self.early_stop(trial, sparsity, "baseline" in attrs),
                           measure_latency=self.space.size_metric == "latency", task=self.ws.task,
-                          levels=self.levels)
+                          levels=self.stores.get(policy.criterion))
         except CandidateStopped as stop:
             self.stopped.append(stop.saved_s)
             self.eval_seconds.append(stop.elapsed_s)

@@ -236,7 +236,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
         enqueue_baselines(study, space, prep.ctx, prep.heuristics)
         enqueue_promotions(study, space)  # a resumed study continues its ladder first
-    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, levels=prep.levels)
+    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, stores=prep.stores)
     targets = list(space.targets.grid or [])
     shares = worker_shares(n_trials, opts.workers)
     procs = spawn_workers(space, opts, shares[:-1])  # the main process runs the last share

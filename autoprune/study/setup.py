@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ from autoprune.config.space import SearchSpace
 from autoprune.models.workspace import PreCheck, Workspace, load_workspace
 from autoprune.models.zoo import layer_shapes
 from autoprune.pruning.heuristics import Allocation, allocations
-from autoprune.pruning.levels import LevelDatabase, load_or_build
+from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
+from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, load_or_build_sparsegpt
 from autoprune.study.sampler import make_sampler, search_distributions
 from autoprune.study.storage import make_storage, metric_names, open_study
 from autoprune.tasks import task_class
@@ -53,6 +54,7 @@ class Prepared:
     heuristics: dict[str, Allocation]
     ctx: SampleContext
     levels: LevelDatabase | None = None  # one-shot Wanda masks of every unit at any level (see pruning.levels)
+    stores: dict[str, LevelStore] = field(default_factory=dict)  # criterion -> level store the search assembles from
 
 
 def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None, threads: int | None = None,
@@ -73,29 +75,52 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     if progress is not None:
         progress.stop()
     prefs = curves.preferences() if curves is not None else None
-    levels = level_database(ws)
     wanted = {*space.baselines, space.anchor}
+    levels = level_database(ws, "owl" in wanted)
+    stores: dict[str, LevelStore] = {"wanda": levels} if levels is not None and "wanda" in space.criteria else {}
+    sparsegpt = sparsegpt_database(ws, progress)
+    if sparsegpt is not None:
+        stores["sparsegpt"] = sparsegpt
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
             for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs, levels.outliers if levels else None,
                                     alpha="alpha" in wanted).items()}
     anchor = heur.get(space.anchor) if space.anchor != "none" else None
     ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, dense_key=ws.dense_key, sizes=ws.sizes,
                         bounds=ws.bounds,
-                        anchor=anchor, shapes=layer_shapes(ws.model))
-    return Prepared(ws, curves, path, heur, ctx, levels)
+                        anchor=anchor, shapes=layer_shapes(ws.model),
+                        levels=(LEVEL_STEP, LEVEL_TOP) if sparsegpt is not None else None)
+    return Prepared(ws, curves, path, heur, ctx, levels, stores)
 
 
-def level_database(ws: Workspace) -> LevelDatabase | None:
-    """The dense model's level database when the space searches Wanda on unstructured sparsity (cached in
-    ``runs/levels``), else None. Wanda scores Linear layers: another layer type is refused naming it."""
+def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:
+    """The dense model's Wanda level database when the space searches Wanda on unstructured sparsity or ``owl``
+    needs its outlier counts (cached in ``runs/levels``), else None. Wanda scores Linear layers: another layer type
+    is refused naming it."""
     space = ws.space
-    if "wanda" not in space.criteria or space.granularity.kind != "unstructured":
+    if not (owl or ("wanda" in space.criteria and space.granularity.kind == "unstructured")):
         return None
     other = [f for f in ws.layers if not isinstance(ws.model.get_submodule(f), torch.nn.Linear)]
     if other:
         raise space.field_error("criteria", f"wanda scores Linear layers only; {other[0]} is "
                                 f"{type(ws.model.get_submodule(other[0])).__name__} (exclude it in layers.exclude)")
     return load_or_build(ws.runs_dir / "levels", ws.dense_key, ws.model, ws.layers, "wanda", ws.splits.train)
+
+
+def sparsegpt_database(ws: Workspace, progress: ProgressSink | None = None) -> LevelStore | None:
+    """The dense model's SparseGPT level database when the space searches SparseGPT on unstructured sparsity
+    (built once under ``runs/levels`` with progress, resumed where a build was cut off), else None."""
+    space = ws.space
+    if "sparsegpt" not in space.criteria or space.granularity.kind != "unstructured":
+        return None
+    step = phase_counter(progress, len(ws.layers), "SparseGPT level database") if progress is not None else None
+    try:
+        return load_or_build_sparsegpt(ws.runs_dir / "levels", ws.dense_key, ws.model, ws.layers, ws.splits.train,
+                                       progress=(lambda done, total: step()) if step is not None else None)
+    except ValueError as err:
+        raise space.field_error("criteria", str(err)) from None
+    finally:
+        if progress is not None:
+            progress.stop()
 
 
 def phase_counter(progress: ProgressSink, total: int, description: str) -> Any:

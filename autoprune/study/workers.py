@@ -22,7 +22,7 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
     space = prep.ws.space  # budgets in steps resolved to epochs of the loaded train split
     study = open_search_study(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
-    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, levels=prep.levels)
+    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, stores=prep.stores)
     study.optimize(objective, n_trials=n_trials, timeout=opts.timeout, catch=CANDIDATE_ERRORS)
 
 

@@ -1,0 +1,146 @@
+"""The SparseGPT level database: every unit's SparseGPT-pruned and -updated weights at every level, on disk.
+
+SparseGPT's update of a unit depends only on that unit's weights, its inputs' Hessian (from the dense model's
+calibration pass: one pass for every unit, see :mod:`autoprune.pruning.sparsegpt`) and its ratio. So a candidate
+allocation whose ratios are all stored levels is the copy of each unit's stored weights: no calibration pass, no
+OBS update per candidate (EvoPress's database, Sieberling et al. 2025). Levels are multiples of ``LEVEL_STEP`` up
+to ``LEVEL_TOP``; level 0 is the dense weight and is not stored. Each unit is one ``.npy`` file (levels × rows ×
+columns, float32, memory-mapped on load: only the levels a candidate reads are paged in); a unit's file is written
+under a temporary name and renamed when complete, so a build that is killed resumes at the first missing unit.
+
+Stored in float32, the model's dtype, not float16 as EvoPress does: a candidate then equals direct SparseGPT
+pruning at those levels bit for bit (tested), at twice the disk (SmolLM2-135M: 106 M weights × 18 levels ×
+4 bytes = 7.6 GB under ``runs/levels``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.config.policy import Criterion
+from autoprune.models.zoo import weight_of
+from autoprune.pruning.criteria import WANDA_WINDOWS
+from autoprune.pruning.levels import LevelStore
+from autoprune.pruning.masks import FoldedMasks
+from autoprune.pruning.sparsegpt import BLOCK, DAMP, input_grams, prepare_unit, prune_prepared
+from autoprune.tasks.data import Split
+
+__all__ = ["LEVEL_STEP", "LEVEL_TOP", "SparseGPTLevels", "level_grid", "load_or_build_sparsegpt"]
+
+LEVEL_STEP = 0.05  # the ratio between consecutive stored levels
+LEVEL_TOP = 0.9  # the highest stored level
+Progress = Callable[[int, int], None]  # (units done, units in all)
+
+
+def level_grid(step: float = LEVEL_STEP, top: float = LEVEL_TOP) -> list[float]:
+    """The stored ratios: step, 2·step, … up to ``top`` (level 0, the dense weight, is not stored)."""
+    return [round(k * step, 10) for k in range(1, math.floor(top / step + 1e-9) + 1)]
+
+
+def _file_name(fqn: str) -> str:
+    """A unit's file (fully qualified names are safe file names: letters, digits, dots, underscores)."""
+    return f"{fqn}.npy"
+
+
+class SparseGPTLevels(LevelStore):
+    """A built database: the folder of per-unit level files, memory-mapped when first read."""
+
+    criterion: Criterion = "sparsegpt"
+
+    def __init__(self, folder: Path, levels: list[float], shapes: dict[str, list[int]]) -> None:
+        self.folder, self.levels, self.shapes = folder, list(levels), shapes
+        self.step = levels[0]
+        self._maps: dict[str, np.ndarray] = {}
+
+    def index(self, ratio: float) -> int | None:
+        """The stored level of ``ratio`` (−1: ratio 0, the dense weight), None when it is not a stored level."""
+        k = round(ratio / self.step)
+        if abs(k * self.step - ratio) > 1e-9 or k > len(self.levels) or k < 0:
+            return None
+        return k - 1
+
+    def covers(self, ratios: dict[str, float]) -> bool:
+        """Whether every unit is in the database and every ratio a stored level."""
+        return all(f in self.shapes and self.index(r) is not None for f, r in ratios.items())
+
+    def weight(self, fqn: str, ratio: float) -> torch.Tensor:
+        """The unit's stored weight at ``ratio`` (a read-only view on the memory map; ratio 0 is not stored)."""
+        k = self.index(ratio)
+        if k is None or k < 0:
+            raise KeyError(f"{fqn}: ratio {ratio} is not a stored level")
+        if fqn not in self._maps:
+            self._maps[fqn] = np.load(self.folder / _file_name(fqn), mmap_mode="c")  # copy-on-write: never written back
+        return torch.from_numpy(np.asarray(self._maps[fqn][k]))
+
+    def write(self, fqn: str, ratio: float, target: torch.Tensor, dense: torch.Tensor) -> None:
+        """The unit's weight at ``ratio`` copied into ``target`` in place (``dense`` at ratio 0)."""
+        target.copy_(dense if ratio == 0 else self.weight(fqn, ratio))
+
+    def prune_into(self, model: nn.Module, folded: FoldedMasks, ratios: dict[str, float]) -> None:
+        """Set a dense, folded model's weights to the stored levels; each mask keeps the nonzero weights (a weight
+        SparseGPT zeroed because its input never fires on the calibration data stays at zero in a fine-tune)."""
+        with torch.no_grad():
+            for fqn, ratio in ratios.items():
+                w = weight_of(model, fqn)
+                self.write(fqn, ratio, w, w.detach().clone())
+                folded.masks[fqn].copy_((w != 0).to(folded.masks[fqn].dtype))
+        folded.reapply()
+
+    def missing(self) -> list[str]:
+        """The units whose file is not complete yet."""
+        return [f for f in self.shapes if not (self.folder / _file_name(f)).exists()]
+
+
+@torch.no_grad()
+def build_units(db: SparseGPTLevels, model: nn.Module, calibration: torch.Tensor,
+                progress: Progress | None = None) -> None:
+    """Compute and write every missing unit of ``db`` (one calibration pass for their Hessians)."""
+    todo = db.missing()
+    done = len(db.shapes) - len(todo)
+    if not todo:
+        return
+    grams = input_grams(model, todo, calibration)
+    for fqn in todo:
+        w, hinv = prepare_unit(weight_of(model, fqn), grams.pop(fqn))
+        tmp = db.folder / f"{fqn}.tmp.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(db.levels), *w.shape))
+        for k, ratio in enumerate(db.levels):
+            out[k] = prune_prepared(w, hinv, ratio)[0].numpy()
+        out.flush()
+        del out
+        os.replace(tmp, db.folder / _file_name(fqn))  # complete, or absent: a killed build redoes this unit
+        done += 1
+        if progress is not None:
+            progress(done, len(db.shapes))
+
+
+def load_or_build_sparsegpt(folder: Path, dense_key: str, model: nn.Module, layers: list[str], data: Split,
+                            levels: list[float] | None = None, progress: Progress | None = None) -> SparseGPTLevels:
+    """The database of this dense model, layers, calibration data and levels under ``folder``: opened, completed
+    where a build was interrupted, or built (the first calibration windows of the train split, as Wanda's)."""
+    levels = levels or level_grid()
+    flat = [f for f in layers if weight_of(model, f).dim() != 2]
+    if flat:
+        raise ValueError(f"criterion sparsegpt prunes Linear layers (2-D weights); {flat[0]} is not one")
+    calibration = data.x[:WANDA_WINDOWS]
+    blob = json.dumps([dense_key, layers, "sparsegpt", BLOCK, DAMP, levels, calibration.tolist()])
+    path = folder / f"sparsegpt-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    path.mkdir(parents=True, exist_ok=True)
+    shapes = {f: list(weight_of(model, f).shape) for f in layers}
+    meta = path / "meta.json"
+    if not meta.exists():
+        tmp = path / "meta.json.tmp"
+        tmp.write_text(json.dumps({"levels": levels, "shapes": shapes, "dense_key": dense_key}))
+        os.replace(tmp, meta)
+    db = SparseGPTLevels(path, levels, shapes)
+    build_units(db, model, calibration, progress)
+    return db

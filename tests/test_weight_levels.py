@@ -1,0 +1,208 @@
+"""The SparseGPT level database and in-place candidate assembly, on a tiny random Llama."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from autoprune.config.budget import level_units, project_to_budget, snap_to_levels, weighted_sparsity
+from autoprune.config.policy import FineTune, Policy
+from autoprune.config.space import SearchSpace
+from autoprune.models.workspace import load_workspace
+from autoprune.models.zoo import build_model, prunable_layers, weight_of
+from autoprune.pruning.assemble import LevelAssembler
+from autoprune.pruning.evaluate import DenseReference, evaluate, prune_and_finetune
+from autoprune.pruning.levels import LevelDatabase
+from autoprune.pruning.masks import make_permanent
+from autoprune.pruning.weight_levels import level_grid, load_or_build_sparsegpt
+from autoprune.study.evolution import mutate_levels
+from autoprune.study.storage import make_storage
+from autoprune.tasks.causal_lm import CausalLMTask
+from autoprune.tasks.data import Split, Splits
+
+pytest.importorskip("transformers")
+
+AUTOPRUNE = str(Path(sys.executable).with_name("autoprune"))
+
+
+def _tiny() -> tuple[torch.nn.Module, list[str], Splits, CausalLMTask]:
+    torch.manual_seed(0)
+    model = build_model("hf-llama", (16,), 64, {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4})
+    layers = [f for f in prunable_layers(model) if f.startswith("hf.model.layers.")]
+    x = torch.randint(0, 64, (40, 16))
+    split = Split(x, torch.roll(x, -1, 1))
+    splits = Splits("t", split, split, split, 64, "f")
+    return model.eval(), layers, splits, CausalLMTask(splits)
+
+
+def _policy(criterion: str, ratios: dict[str, float]) -> Policy:
+    return Policy(model="hf-llama", criterion=criterion, sparsity=ratios,  # type: ignore[arg-type]
+                  finetune=FineTune(epochs=0, batch_size=8))
+
+
+def _direct(model: torch.nn.Module, policy: Policy, splits: Splits, task: CausalLMTask) -> torch.nn.Module:
+    m = copy.deepcopy(model)
+    prune_and_finetune(m, policy, splits, task=task)
+    make_permanent(m)
+    return m
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
+    sb = b.state_dict()
+    return [k for k, v in a.state_dict().items() if not torch.equal(v, sb[k])]
+
+
+def test_database_equals_direct_sparsegpt_at_every_level_and_assembly_leaves_the_dense_model_intact(
+        tmp_path: Path) -> None:
+    model, layers, splits, task = _tiny()
+    dense = copy.deepcopy(model.state_dict())
+    db = load_or_build_sparsegpt(tmp_path, "k", model, layers, splits.train)
+    assert db.levels == level_grid() and len(db.levels) == 18
+    asm = LevelAssembler(model, {"sparsegpt": db, "wanda": LevelDatabase.build(model, layers, "wanda", splits.train)})
+    for ratio in (0.05, 0.5, 0.9):  # every unit at one level
+        policy = _policy("sparsegpt", dict.fromkeys(layers, ratio))
+        assert asm.fits(policy, 0) and asm.assemble(policy) == len(layers)
+        assert _same(asm.model, _direct(model, policy, splits, task)) == []
+    rng = np.random.default_rng(0)
+    for criterion in ("sparsegpt", "wanda", "sparsegpt"):  # mixed levels; Wanda through the same working model
+        policy = _policy(criterion, {f: float(rng.choice([0.0, *db.levels])) for f in layers})
+        asm.assemble(policy)
+        assert _same(asm.model, _direct(model, policy, splits, task)) == [], criterion
+    assert asm.assemble(policy) == 0  # nothing changed: nothing rewritten
+    assert not asm.fits(_policy("sparsegpt", dict.fromkeys(layers, 0.52)), 0)  # not a stored level
+    assert not asm.fits(policy, 1.0)  # a fine-tune rung is not assembled
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in dense.items())  # the dense model is untouched
+
+
+def test_an_assembled_candidate_measures_what_evaluate_measures_on_a_pruned_copy(tmp_path: Path) -> None:
+    model, layers, splits, task = _tiny()
+    db = load_or_build_sparsegpt(tmp_path, "k", model, layers, splits.train)
+    ratios = {f: [0.4, 0.7, 0.85][i % 3] for i, f in enumerate(layers)}
+    policy = _policy("sparsegpt", ratios)
+    reference = DenseReference.of(model, splits, task=task, tokens=256)
+    fast = LevelAssembler(model, {"sparsegpt": db}).evaluate(policy, splits, task, reference, None)
+    slow = evaluate(model, policy, splits, task=task, reference=reference)
+    assert fast.val == slow.val and fast.size == slow.size and fast.layer_sparsity == slow.layer_sparsity
+    screened = LevelAssembler(model, {"sparsegpt": db}).evaluate(policy, splits, task, reference, 64)
+    assert set(screened.val) == {"kl_to_dense"} and screened.size == {}  # a token rung: the divergence only
+    assert screened.val["kl_to_dense"] == evaluate(model, policy, splits, task=task, reference=reference,
+                                                   tokens=64).val["kl_to_dense"]
+    # the fine-tune path takes its one-shot weights from the database too
+    ft = policy.model_copy(update={"finetune": FineTune(epochs=0.25, batch_size=8, lr=1e-4)})
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    prune_and_finetune(a, ft, splits, task=task)
+    prune_and_finetune(b, ft, splits, task=task, levels=db)
+    make_permanent(a)
+    make_permanent(b)
+    for f in layers:
+        assert torch.allclose(weight_of(a, f), weight_of(b, f), atol=1e-6)
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(tmp_path: Path) -> None:
+    model, layers, splits, _ = _tiny()
+    seen: list[int] = []
+
+    def stop_after_three(done: int, total: int) -> None:
+        seen.append(done)
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load_or_build_sparsegpt(tmp_path / "a", "k", model, layers, splits.train, progress=stop_after_three)
+    (folder,) = (tmp_path / "a").iterdir()
+    assert len(list(folder.glob("*.npy"))) == 3 and json.loads((folder / "meta.json").read_text())["levels"]
+    (folder / f"{layers[5]}.tmp.npy").write_bytes(b"half a file")  # a build killed while writing a unit
+    seen.clear()
+    resumed = load_or_build_sparsegpt(tmp_path / "a", "k", model, layers, splits.train,
+                                      progress=lambda done, total: seen.append(done))
+    assert seen == list(range(4, len(layers) + 1))  # only the missing units were built
+    fresh = load_or_build_sparsegpt(tmp_path / "b", "k", model, layers, splits.train)
+    for f in layers:
+        for r in (0.3, 0.9):
+            assert torch.equal(resumed.weight(f, r), fresh.weight(f, r)), f
+    again: list[int] = []
+    load_or_build_sparsegpt(tmp_path / "a", "k", model, layers, splits.train, progress=lambda d, t: again.append(d))
+    assert again == []  # complete: opened, nothing rebuilt
+
+
+def test_level_steps_keep_the_total_exactly_on_target_for_units_of_unequal_size() -> None:
+    g = 110_592  # SmolLM2-135M's units: q/o 3 g, k/v g, gate/up/down 8 g
+    sizes = {f"b{b}.{p}": c * g for b in range(30) for p, c in
+             (("q", 3), ("k", 1), ("v", 1), ("o", 3), ("gate", 8), ("up", 8), ("down", 8))}
+    assert set(level_units(sizes).values()) == {1, 3, 8}
+    bounds = dict.fromkeys(sizes, (0.0, 0.99))
+    rng = np.random.default_rng(0)
+
+    def exact(ratios: dict[str, float], target: float) -> bool:
+        on_grid = all(abs(r / 0.05 - round(r / 0.05)) < 1e-9 and r <= 0.9 + 1e-12 for r in ratios.values())
+        total = sum(Fraction(round(r / 0.05)) * sizes[f] for f, r in ratios.items()) * Fraction(1, 20)
+        return on_grid and total == Fraction(round(target * 100), 100) * sum(sizes.values())
+
+    for target in (0.5, 0.6, 0.7):
+        for _ in range(50):
+            raw = project_to_budget(target, {f: float(rng.normal(0, 0.3)) for f in sizes}, sizes, bounds)
+            snapped = snap_to_levels(raw, sizes, weighted_sparsity(raw, sizes), 0.05, 0.9, bounds)
+            assert exact(snapped, target)
+            assert max(abs(snapped[f] - raw[f]) for f in sizes) < 0.05 + 1e-9  # moved to a neighbouring level
+        ratios = snap_to_levels(dict.fromkeys(sizes, target), sizes, target, 0.05, 0.9, bounds)
+        for _ in range(100):
+            child = mutate_levels(ratios, sizes, bounds, (0.05, 0.9), rng, 3)
+            assert child != ratios and exact(child, target)
+            assert snap_to_levels(child, sizes, target, 0.05, 0.9, bounds) == child  # on the grid: unchanged
+            ratios = child
+
+
+SPACE = """\
+name: tiny_sgpt
+model:
+  name: hf-llama
+  kwargs: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2}
+data:
+  name: text:pydoc
+  kwargs: {seq_len: 32, max_chars: 30000}
+task: {kind: causal_lm}
+layers:
+  include: ["hf.model.layers.*"]
+train: {epochs: 2, lr: 0.003, batch_size: 32}
+criteria: [sparsegpt]
+ladder: {epochs: [0, 0, 0], tokens: [64, 256], keep: 0.5}
+targets: {grid: [0.5, 0.7]}
+baselines: [uniform, owl]
+anchor: owl
+early_stop: {enabled: false}
+sampler: evolution
+trials: 16
+"""
+
+
+@pytest.mark.slow
+def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE)
+    res = subprocess.run([AUTOPRUNE, "search", "s.yaml", "--no-track", "--threads", "1"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SparseGPT level database" in res.stdout + res.stderr
+
+    study = optuna.load_study(study_name="tiny_sgpt", storage=make_storage(None, tmp_path / "runs"))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 4
+    ws = load_workspace(SearchSpace.from_yaml(tmp_path / "s.yaml"), "cpu", tmp_path / "runs")
+    for t in done:
+        policy = Policy.model_validate_json(t.user_attrs["eval"]["policy"])
+        assert policy.criterion == "sparsegpt"
+        assert all(abs(r * 20 - round(r * 20)) < 1e-9 for r in policy.sparsity.values())
+        assert math.isclose(weighted_sparsity(policy.sparsity, ws.sizes), t.params["target"], abs_tol=1e-12)
+    best = min(done, key=lambda t: t.values[0])
+    policy = Policy.model_validate_json(best.user_attrs["eval"]["policy"])
+    again = evaluate(ws.model, policy, ws.splits, task=ws.task)  # pruned directly on a copy
+    assert again.score == best.values[0]
