@@ -462,6 +462,10 @@ def test_bench_prunes_the_heuristics_with_sparsegpt_when_asked(tmp_path: Path) -
                               "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"'criterion': '{criterion}'" in " ".join(res.stdout.split()) or criterion in res.stdout
+        flat = " ".join(res.stdout.split())
+        assert "cost of screening one candidate" in flat and "plain forward pass of 64 tokens" in flat
+        ratios = [float(x) for x in re.findall(r"every unit rewritten \(worst case\) │ [\d.]+ │ ([\d.]+)", flat)]
+        assert len(ratios) == 1 and ratios[0] > 0  # printed beside the plain forward it is measured against
         rows = (tmp_path / criterion / "bench-tiny_llama.csv").read_text().splitlines()[1:]
         got[criterion] = {r.split(",")[0]: float(r.split(",")[3]) for r in rows}
     assert set(got["wanda"]) == set(got["sparsegpt"]) == {"uniform", "owl"}
