@@ -186,8 +186,9 @@ trials: 16
 
 
 @pytest.mark.slow
-def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text(SPACE)
+@pytest.mark.parametrize("sampler", ["evolution", "tpe"])
+def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp_path: Path, sampler: str) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE.replace("sampler: evolution", f"sampler: {sampler}"))
     res = subprocess.run([AUTOPRUNE, "search", "s.yaml", "--no-track", "--threads", "1"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
