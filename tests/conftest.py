@@ -61,3 +61,27 @@ def _tracking_uri_not_inherited() -> object:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+# a search space on a tiny random Llama (2 blocks) and a little bundled text: the language-model tests'
+TINY_LLAMA_SPACE = """\
+name: tiny_llama
+model:
+  name: hf-llama
+  kwargs: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2}
+data:
+  name: text:pydoc
+  kwargs: {seq_len: 32, max_chars: 30000}
+task: {kind: causal_lm}
+layers:
+  include: ["hf.model.layers.*"]
+train: {epochs: 2, lr: 0.003, batch_size: 32}
+criteria: [wanda]
+finetune: {epochs: [0]}
+targets: {grid: [0.5, 0.7]}
+baselines: [uniform, owl, alpha]
+anchor: owl
+early_stop: {enabled: false}
+sampler: evolution
+trials: 14
+"""

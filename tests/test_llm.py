@@ -31,6 +31,7 @@ from autoprune.study.evolution import EvolutionSampler, mutate
 from autoprune.study.sampler import search_distributions
 from autoprune.tasks.causal_lm import CausalLMTask
 from autoprune.tasks.data import Split, Splits
+from conftest import TINY_LLAMA_SPACE
 
 pytest.importorskip("transformers")  # the llm extra is part of the dev extra: CI always has it
 
@@ -181,27 +182,7 @@ def test_only_the_hf_adapter_imports_transformers() -> None:
     assert sorted(set(importers)) == ["models/hf.py"]
 
 
-SPACE = """\
-name: tiny_llama
-model:
-  name: hf-llama
-  kwargs: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2}
-data:
-  name: text:pydoc
-  kwargs: {seq_len: 32, max_chars: 30000}
-task: {kind: causal_lm}
-layers:
-  include: ["hf.model.layers.*"]
-train: {epochs: 2, lr: 0.003, batch_size: 32}
-criteria: [wanda]
-finetune: {epochs: [0]}
-targets: {grid: [0.5, 0.7]}
-baselines: [uniform, owl, alpha]
-anchor: owl
-early_stop: {enabled: false}
-sampler: evolution
-trials: 14
-"""
+SPACE = TINY_LLAMA_SPACE
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from autoprune.study.evolution import mutate_levels
 from autoprune.study.storage import make_storage
 from autoprune.tasks.causal_lm import CausalLMTask
 from autoprune.tasks.data import Split, Splits
+from conftest import TINY_LLAMA_SPACE
 
 pytest.importorskip("transformers")
 
@@ -162,27 +163,10 @@ def test_level_steps_keep_the_total_exactly_on_target_for_units_of_unequal_size(
             ratios = child
 
 
-SPACE = """\
-name: tiny_sgpt
-model:
-  name: hf-llama
-  kwargs: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2}
-data:
-  name: text:pydoc
-  kwargs: {seq_len: 32, max_chars: 30000}
-task: {kind: causal_lm}
-layers:
-  include: ["hf.model.layers.*"]
-train: {epochs: 2, lr: 0.003, batch_size: 32}
-criteria: [sparsegpt]
-ladder: {epochs: [0, 0, 0], tokens: [64, 256], keep: 0.5}
-targets: {grid: [0.5, 0.7]}
-baselines: [uniform, owl]
-anchor: owl
-early_stop: {enabled: false}
-sampler: evolution
-trials: 16
-"""
+SPACE = (TINY_LLAMA_SPACE.replace("name: tiny_llama", "name: tiny_sgpt")
+         .replace("criteria: [wanda]", "criteria: [sparsegpt]")
+         .replace("finetune: {epochs: [0]}", "ladder: {epochs: [0, 0, 0], tokens: [64, 256], keep: 0.5}")
+         .replace("baselines: [uniform, owl, alpha]", "baselines: [uniform, owl]").replace("trials: 14", "trials: 16"))
 
 
 @pytest.mark.slow
