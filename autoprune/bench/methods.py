@@ -24,6 +24,7 @@ __all__ = [
     "SAMPLER_OF",
     "SEARCHES",
     "MethodResult",
+    "base_policy",
     "heuristic_policy",
     "recipe_grid",
     "run_heuristic",
@@ -58,10 +59,7 @@ def heuristic_policy(prep: Prepared, name: str, level: float, seed: int) -> Poli
     """The policy of a named heuristic at ``level``, with the space's default recipe at its production epochs
     (random = random preferences; AGP = uniform, cubic 3 steps; lamp_cubic3 = LAMP, cubic 3 steps: iterative
     against one-shot pruning at an equal total fine-tune budget)."""
-    space = prep.ws.space
-    base = Policy(model=space.model.name, fingerprint=prep.ws.fingerprint, criterion=space.criteria[0],
-                  granularity=space.granularity,
-                  finetune=space.default_recipe())
+    base = base_policy(prep)
     if name == "random":
         rng = np.random.default_rng(seed)
         prefs = {f: float(rng.normal(0.0, 1.0)) for f in prep.ws.layers}
@@ -70,6 +68,15 @@ def heuristic_policy(prep: Prepared, name: str, level: float, seed: int) -> Poli
         alloc = prep.heuristics["uniform" if name == "agp_uniform" else "lamp"]
         return base.model_copy(update={"sparsity": alloc(level), "schedule": Schedule(kind="iterative", steps=3)})
     return base.model_copy(update={"sparsity": prep.heuristics[name](level)})
+
+
+def base_policy(prep: Prepared, criterion: str | None = None) -> Policy:
+    """A policy of the workspace's model with no ratios yet, pruned with ``criterion`` (default: the space's first)
+    under the space's default recipe at its production epochs."""
+    space = prep.ws.space
+    return Policy(model=space.model.name, fingerprint=prep.ws.fingerprint,
+                  criterion=criterion or space.criteria[0],  # type: ignore[arg-type]
+                  granularity=space.granularity, finetune=space.default_recipe())
 
 
 def recipe_grid(space: SearchSpace, policy: Policy) -> list[Policy]:

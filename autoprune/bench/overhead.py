@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.bench.methods import base_policy
 from autoprune.config.budget import project_to_budget
 from autoprune.config.policy import Granularity, Policy
 from autoprune.config.sampling import on_levels
@@ -81,7 +82,7 @@ def screening_cost(prep: Prepared, tokens: int, target: float, repeats: int = 5)
     moves: what consecutive candidates of an evolution search differ by)."""
     ws, criterion = prep.ws, ws_criterion(prep)
     reference = DenseReference.of(ws.model, ws.splits, task=ws.task, tokens=tokens)
-    n = max(1, -(-tokens // int(reference.inputs.shape[1])))
+    n = reference.examples_for(tokens)
     assembler = LevelAssembler(ws.model, prep.stores)
     rng = np.random.default_rng(0)
     policies = []
@@ -122,10 +123,9 @@ def ws_criterion(prep: Prepared) -> str:
 
 def heuristic_like(prep: Prepared, criterion: str, ratios: dict[str, float]) -> Policy:
     """A one-shot, no-fine-tune policy of ``ratios`` pruned with ``criterion``."""
-    space = prep.ws.space
-    return Policy(model=space.model.name, fingerprint=prep.ws.fingerprint, criterion=criterion,  # type: ignore[arg-type]
-                  granularity=space.granularity, finetune=space.default_recipe().model_copy(update={"epochs": 0.0}),
-                  sparsity=ratios)
+    base = base_policy(prep, criterion)
+    return base.model_copy(update={"sparsity": ratios,
+                                   "finetune": base.finetune.model_copy(update={"epochs": 0.0})})
 
 
 def screening_rows(o: dict[str, float]) -> list[dict[str, object]]:

@@ -122,5 +122,5 @@ def snap_to_levels(ratios: dict[str, float], sizes: dict[str, int], target: floa
                 if gap == 0:
                     break
         if not moved:
-            break  # the sizes cannot meet the target exactly: the nearest total below it
+            break  # the sizes cannot meet the target exactly: the nearest total on this side of it
     return {f: round(k[f] * step, 10) for f in names}

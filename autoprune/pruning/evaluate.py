@@ -21,7 +21,7 @@ from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
 from autoprune.pruning.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.pruning.schedules import ratios_per_step
-from autoprune.pruning.sparsegpt import input_grams, sparsegpt_prune
+from autoprune.pruning.sparsegpt import input_grams, not_linear, sparsegpt_prune
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.tasks.data import Splits
 from autoprune.tasks.training import LossFn, predict, recalibrate_bn, seed_everything, train_epoch
@@ -109,9 +109,9 @@ def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, fl
                      splits: Splits) -> None:
     """SparseGPT: each Linear's mask and its remaining weights' update from the dense inputs' Hessian (the first
     calibration windows of the train split, as Wanda's)."""
-    flat = [f for f in ratios if weight_of(model, f).dim() != 2]
-    if flat:
-        raise PolicyError(f"criterion sparsegpt prunes Linear layers (2-D weights); {flat[0]} is not one")
+    problem = not_linear(model, list(ratios))
+    if problem:
+        raise PolicyError(problem)
     grams = input_grams(model, list(ratios), splits.train.x[:WANDA_WINDOWS])
     with torch.no_grad():
         for fqn, ratio in ratios.items():
@@ -320,12 +320,16 @@ class DenseReference:
         """The calibration tokens held (examples × tokens per example; examples for other inputs)."""
         return len(self.inputs) * _tokens_per_example(self.inputs)
 
+    def examples_for(self, tokens: int | None) -> int:
+        """How many of the first calibration examples hold ``tokens`` tokens (all of them for None)."""
+        return len(self.inputs) if tokens is None else max(1, math.ceil(tokens / _tokens_per_example(self.inputs)))
+
     @torch.no_grad()
     def divergence(self, model: nn.Module, tokens: int | None = None) -> float:
         """The task's divergence of the pruned outputs from the dense ones (classification: mean KL(dense ‖
         pruned) of the class distributions; 0 = same outputs), on every calibration example or on the first ones
         that hold ``tokens`` tokens (a rung of the token ladder), averaged over chunks of equal-sized examples."""
-        n = len(self.inputs) if tokens is None else max(1, math.ceil(tokens / _tokens_per_example(self.inputs)))
+        n = self.examples_for(tokens)
         if n > len(self.inputs):
             raise ValueError(f"{tokens} calibration tokens asked; the dense reference holds {self.tokens}")
         chunk = _chunk(self.outputs[0].numel())

@@ -16,12 +16,19 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
+from autoprune.models.zoo import weight_of
 from autoprune.pruning.criteria import input_sums
 
-__all__ = ["BLOCK", "DAMP", "input_grams", "prepare_unit", "prune_prepared", "sparsegpt_prune"]
+__all__ = ["BLOCK", "DAMP", "input_grams", "not_linear", "prepare_unit", "prune_prepared", "sparsegpt_prune"]
 
 BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
 DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps the Cholesky factorisation stable)
+
+
+def not_linear(model: nn.Module, layers: list[str]) -> str | None:
+    """Why SparseGPT cannot prune ``layers`` (the first whose weight is not 2-D), or None when it can."""
+    flat = [f for f in layers if weight_of(model, f).dim() != 2]
+    return f"criterion sparsegpt prunes Linear layers (2-D weights); {flat[0]} is not one" if flat else None
 
 
 def input_grams(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8

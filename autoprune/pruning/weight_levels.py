@@ -31,7 +31,7 @@ from autoprune.models.zoo import weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import FoldedMasks
-from autoprune.pruning.sparsegpt import BLOCK, DAMP, input_grams, prepare_unit, prune_prepared
+from autoprune.pruning.sparsegpt import BLOCK, DAMP, input_grams, not_linear, prepare_unit, prune_prepared
 from autoprune.tasks.data import Split
 
 __all__ = ["LEVEL_STEP", "LEVEL_TOP", "SparseGPTLevels", "level_grid", "load_or_build_sparsegpt"]
@@ -73,7 +73,8 @@ class SparseGPTLevels(LevelStore):
         return all(f in self.shapes and self.index(r) is not None for f, r in ratios.items())
 
     def weight(self, fqn: str, ratio: float) -> torch.Tensor:
-        """The unit's stored weight at ``ratio`` (a read-only view on the memory map; ratio 0 is not stored)."""
+        """The unit's stored weight at ``ratio`` (a view on the copy-on-write memory map: writing it never
+        reaches the file; ratio 0 is not stored)."""
         k = self.index(ratio)
         if k is None or k < 0:
             raise KeyError(f"{fqn}: ratio {ratio} is not a stored level")
@@ -91,7 +92,7 @@ class SparseGPTLevels(LevelStore):
         with torch.no_grad():
             for fqn, ratio in ratios.items():
                 w = weight_of(model, fqn)
-                self.write(fqn, ratio, w, w.detach().clone())
+                self.write(fqn, ratio, w, w)  # the model is still dense: w is its own dense weight
                 folded.masks[fqn].copy_((w != 0).to(folded.masks[fqn].dtype))
         folded.reapply()
 
@@ -128,9 +129,9 @@ def load_or_build_sparsegpt(folder: Path, dense_key: str, model: nn.Module, laye
     """The database of this dense model, layers, calibration data and levels under ``folder``: opened, completed
     where a build was interrupted, or built (the first calibration windows of the train split, as Wanda's)."""
     levels = levels or level_grid()
-    flat = [f for f in layers if weight_of(model, f).dim() != 2]
-    if flat:
-        raise ValueError(f"criterion sparsegpt prunes Linear layers (2-D weights); {flat[0]} is not one")
+    problem = not_linear(model, layers)
+    if problem:
+        raise ValueError(problem)
     calibration = data.x[:WANDA_WINDOWS]
     blob = json.dumps([dense_key, layers, "sparsegpt", BLOCK, DAMP, levels, calibration.tolist()])
     path = folder / f"sparsegpt-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
