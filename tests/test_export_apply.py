@@ -74,7 +74,7 @@ def test_resnet20_channel_policy_shrinks_for_real(tmp_path: Path) -> None:
                                               granularity={"kind": "channel"}, layers={"exclude": ["conv1"]},
                                               train={"epochs": 1}))
     ws = load_workspace(space, "cpu", tmp_path / "runs")
-    from autoprune.models.zoo import layer_shapes
+    from autoprune.models.layers import layer_shapes
 
     pol = Policy(model="resnet20", fingerprint=ws.fingerprint, shapes=layer_shapes(ws.model),
                  granularity=Granularity(kind="channel"), sparsity=dict.fromkeys(ws.layers, 0.5),

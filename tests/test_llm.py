@@ -21,7 +21,8 @@ from autoprune.config.budget import weighted_sparsity
 from autoprune.config.policy import FineTune, Policy
 from autoprune.config.sampling import SampleContext, sample, unit_group
 from autoprune.config.space import SearchSpace
-from autoprune.models.zoo import build_model, prunable_layers, weight_of
+from autoprune.models.layers import prunable_layers, weight_of
+from autoprune.models.zoo import build_model
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance
 from autoprune.pruning.evaluate import prune_and_finetune
 from autoprune.pruning.heuristics import alpha_ratios, owl_ratios

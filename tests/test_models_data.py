@@ -11,8 +11,9 @@ import torch
 
 from autoprune.config.space import SearchSpace
 from autoprune.errors import DataError, ModelError
+from autoprune.models.layers import architecture_fingerprint, prunable_layers
 from autoprune.models.workspace import load_workspace
-from autoprune.models.zoo import BUILTIN, architecture_fingerprint, build_model, prunable_layers
+from autoprune.models.zoo import BUILTIN, build_model
 from autoprune.tasks.data import load_data
 from conftest import write_space
 

@@ -32,8 +32,8 @@ def test_channel_sensitivity_prunes_the_searched_coupled_group(tmp_path: Path) -
     from autoprune.config.policy import FineTune, Granularity, Policy
     from autoprune.config.space import SearchSpace
     from autoprune.deploy.production import apply
+    from autoprune.models.layers import layer_shapes, weight_of
     from autoprune.models.workspace import load_workspace
-    from autoprune.models.zoo import layer_shapes, weight_of
     from autoprune.pruning.channels import groups_for
     from autoprune.pruning.criteria import importance
     from autoprune.pruning.sensitivity import prune_channel_group

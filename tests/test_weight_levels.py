@@ -18,8 +18,9 @@ import torch
 from autoprune.config.budget import level_units, project_to_budget, snap_to_levels, weighted_sparsity
 from autoprune.config.policy import FineTune, Policy
 from autoprune.config.space import SearchSpace
+from autoprune.models.layers import prunable_layers, weight_of
 from autoprune.models.workspace import load_workspace
-from autoprune.models.zoo import build_model, prunable_layers, weight_of
+from autoprune.models.zoo import build_model
 from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import DenseReference, evaluate, prune_and_finetune
 from autoprune.pruning.levels import LevelDatabase

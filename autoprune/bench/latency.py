@@ -6,7 +6,8 @@ import torch
 
 from autoprune.config.policy import FineTune, Granularity, Policy
 from autoprune.deploy.production import apply
-from autoprune.models.zoo import ResNetCifar, prunable_layers
+from autoprune.models.layers import prunable_layers
+from autoprune.models.zoo import ResNetCifar
 from autoprune.pruning.metrics import count_macs, latency_ms
 from autoprune.tasks.data import Split, Splits
 

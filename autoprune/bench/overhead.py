@@ -14,8 +14,8 @@ from autoprune.bench.methods import base_policy
 from autoprune.config.budget import project_to_budget
 from autoprune.config.policy import Granularity, Policy
 from autoprune.config.sampling import on_levels
+from autoprune.models.layers import weight_of
 from autoprune.models.workspace import Workspace
-from autoprune.models.zoo import weight_of
 from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import DenseReference
 from autoprune.pruning.masks import apply_masks, compute_mask, folded_masks

@@ -22,10 +22,10 @@ from torch import nn
 from autoprune.config.policy import Policy
 from autoprune.errors import PolicyError
 from autoprune.files import write_atomic
-from autoprune.models.zoo import architecture_fingerprint, layer_shapes
+from autoprune.models.layers import architecture_fingerprint, is_transposed, layer_shapes
 from autoprune.pruning.criteria import importance
 from autoprune.pruning.evaluate import check_policy_layers, prune_and_finetune
-from autoprune.pruning.masks import apply_masks, compute_mask, make_permanent
+from autoprune.pruning.masks import apply_masks, make_permanent, oriented_mask
 from autoprune.pruning.metrics import latency_ms, relative_to, size_metrics
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.tasks.data import Splits
@@ -125,7 +125,8 @@ def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float 
         raise PolicyError(f"this policy needs data ({policy.criterion} criterion, channel groups or fine-tuning): "
                           "pass data=")
     scores = importance(model, list(policy.sparsity), policy.criterion, None, seed=seed)
-    apply_masks(model, {f: compute_mask(scores[f], r, policy.granularity) for f, r in policy.sparsity.items()})
+    apply_masks(model, {f: oriented_mask(scores[f], r, policy.granularity, False, is_transposed(model, f))
+                        for f, r in policy.sparsity.items()})
     make_permanent(model)
 
 

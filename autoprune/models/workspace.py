@@ -15,7 +15,15 @@ from torch import nn
 from autoprune.config.events import ProgressSink
 from autoprune.config.space import SearchSpace, TaskSpec
 from autoprune.errors import PolicyError
-from autoprune.models.zoo import architecture_fingerprint, build_model, prunable_layers, weight_of
+from autoprune.models.layers import (
+    RNN_TYPES,
+    architecture_fingerprint,
+    is_transposed,
+    prunable_layers,
+    unit_module,
+    weight_of,
+)
+from autoprune.models.zoo import build_model
 from autoprune.tasks import Task, make_task, task_class
 from autoprune.tasks.data import Splits, load_data
 from autoprune.tasks.training import fit, resolve_device
@@ -35,6 +43,12 @@ def selected_layers(space: SearchSpace, model: nn.Module) -> list[str]:
     layers = space.select_layers(candidates)
     if space.granularity.kind == "channel" and candidates[-1] in layers:
         layers.remove(candidates[-1])  # removing output channels of the classifier would delete classes
+    if space.granularity.kind == "channel":
+        odd = [f for f in layers if isinstance(unit_module(model, f), RNN_TYPES) or is_transposed(model, f)]
+        if odd:
+            raise space.field_error("granularity", f"channel pruning removes Conv/Linear filters; {odd[0]} is "
+                                    f"{type(unit_module(model, odd[0])).__name__} (exclude it in layers.exclude, "
+                                    "or prune it unstructured / N:M)")
     space.bounds_for(layers)  # validates bounds patterns
     return layers
 

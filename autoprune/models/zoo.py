@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,24 +15,17 @@ from autoprune.errors import ModelError
 __all__ = [
     "BUILTIN",
     "MLP",
-    "PRUNABLE_TYPES",
     "BasicBlock",
     "Builder",
     "DigitsCNN",
     "LeNet5",
+    "RecurrentClassifier",
     "ResNetCifar",
     "SmallVGG",
-    "architecture_fingerprint",
     "build_model",
     "import_callable",
-    "layer_shapes",
-    "layer_weight",
     "load_checkpoint",
-    "prunable_layers",
-    "weight_of",
 ]
-
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class MLP(nn.Module):
@@ -157,6 +149,33 @@ class SmallVGG(nn.Module):
         return self.classifier(self.features(x))
 
 
+class RecurrentClassifier(nn.Module):
+    """A sequence classifier: an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` over the input's rows (an input (C, T, F) or
+    (T, F) is read as T steps of C·F features, e.g. an 8×8 digit as 8 rows of 8 pixels), its last step's hidden state
+    → a Linear head. ``cell``: lstm, gru or rnn."""
+
+    CELLS: ClassVar[dict[str, type[nn.Module]]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+    def __init__(self, features: int, num_classes: int, hidden: int = 64, num_layers: int = 1, cell: str = "lstm",
+                 bidirectional: bool = False) -> None:
+        super().__init__()
+        if cell not in self.CELLS:
+            raise ModelError(f"model recurrent: cell '{cell}' (choose {', '.join(self.CELLS)})")
+        self.rnn = self.CELLS[cell](features, hidden, num_layers=num_layers, batch_first=True,
+                                    bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, T, F) or (B, T, F) -> (B, T, C·F)
+        seq = x.movedim(-2, 1).flatten(2) if x.dim() == 4 else x
+        out, _ = self.rnn(seq)  # (B, T, hidden·directions)
+        return self.head(out[:, -1])
+
+
+def _recurrent_features(shape: tuple[int, ...]) -> int:
+    return _flat(shape) // shape[-2] if len(shape) >= 2 else 1
+
+
 def _flat(shape: tuple[int, ...]) -> int:
     out = 1
     for s in shape:
@@ -172,6 +191,7 @@ BUILTIN: dict[str, Builder] = {
     "resnet20": lambda shape, k, kw: ResNetCifar(20, shape[0], k, **kw),
     "resnet56": lambda shape, k, kw: ResNetCifar(56, shape[0], k, **kw),
     "vgg11_bn": lambda shape, k, kw: SmallVGG(shape[0], k, **kw),
+    "recurrent": lambda shape, k, kw: RecurrentClassifier(_recurrent_features(shape), k, **kw),
     "tiny_lm": lambda shape, k, kw: _tiny_lm(shape[0], k, kw),  # tokens (B, T) → logits: see autoprune.models.lm
 }
 
@@ -251,33 +271,3 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
                  if keys]
         raise ModelError(f"checkpoint {p} does not match the model ({'; '.join(parts)})")
     model.load_state_dict(state)
-
-
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv*d and Linear modules keyed by fully qualified name, in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-
-
-def layer_weight(module: nn.Module) -> torch.Tensor:
-    """The (possibly parametrized) weight tensor of a prunable module."""
-    w = module.weight
-    assert isinstance(w, torch.Tensor)
-    return w
-
-
-def architecture_fingerprint(model: nn.Module) -> str:
-    """Hash of prunable-layer FQNs and weight shapes: policies carry it so ``apply`` can check the model."""
-    h = hashlib.sha256()
-    for name, m in prunable_layers(model).items():
-        h.update(f"{name}:{tuple(layer_weight(m).shape)};".encode())
-    return h.hexdigest()[:16]
-
-
-def weight_of(model: nn.Module, fqn: str) -> torch.Tensor:
-    """The effective weight of the layer named ``fqn``."""
-    return layer_weight(model.get_submodule(fqn))
-
-
-def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """Weight shape of every prunable layer, by FQN (stored in policies for precise mismatch errors)."""
-    return {name: list(layer_weight(m).shape) for name, m in prunable_layers(model).items()}

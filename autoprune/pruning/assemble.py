@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Policy
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import weight_of
 from autoprune.pruning.evaluate import DenseReference, Evaluation
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import layer_sparsity

@@ -6,17 +6,23 @@ channel alive through its neighbours (and a BN after a zeroed filter still emits
 chosen per *coupled group*: every out-channel member of the group (convs, linears, norms, their biases) is
 zeroed at the same indices. The masked model is then exactly the model that ``remove_zero_channels`` later
 shrinks physically with torch-pruning.
+
+Depthwise convolutions (groups == channels) join the group of the layer that feeds them (DepGraph couples their
+input and output channels). A grouped convolution (1 < groups < channels, ResNeXt style) keeps ``groups`` equal
+blocks of channels, in and out: its channel space is pruned at the *same* positions in every block (each block's
+scores summed per position), the layout torch-pruning removes them in, so the shrunk conv stays valid.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.models.zoo import PRUNABLE_TYPES, architecture_fingerprint, weight_of
+from autoprune.models.layers import PRUNABLE_TYPES, architecture_fingerprint, weight_of
 
 __all__ = ["ChannelGroup", "build_groups", "group_keep", "groups_for", "member_masks", "remove_zero_channels"]
 
@@ -30,6 +36,7 @@ class ChannelGroup:
     roots: tuple[str, ...]  # the selected (searched) layers in this group
     members: tuple[str, ...]  # every module whose outputs live in this channel space (incl. roots)
     channels: int
+    blocks: int = 1  # equal channel blocks a grouped conv in this space needs (prune the same positions in each)
 
 
 def _out_members(model: nn.Module, group: tp.Group, names: dict[int, str], channels: int) -> list[str]:
@@ -42,6 +49,22 @@ def _out_members(model: nn.Module, group: tp.Group, names: dict[int, str], chann
         if isinstance(module, (*PRUNABLE_TYPES, *_NORMS)) and id(module) in names:
             out.append(names[id(module)])
     return sorted(set(out))
+
+
+def _grouped(module: nn.Module) -> int:
+    """``groups`` of a grouped (not depthwise) convolution, else 1."""
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+        return 1
+    return 1 if module.groups == module.in_channels == module.out_channels else int(module.groups)
+
+
+def _blocks(group: tp.Group, channels: int) -> int:
+    """The least number of equal blocks every grouped conv reading or writing this channel space needs."""
+    blocks = 1
+    for item in group.items:
+        if len(item.idxs) == channels:
+            blocks = math.lcm(blocks, _grouped(item.dep.target.module))
+    return blocks
 
 
 def _graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
@@ -59,14 +82,14 @@ def build_groups(model: nn.Module, layers: list[str], input_shape: tuple[int, ..
     dg = _graph(model, input_shape)
     names = {id(m): n for n, m in model.named_modules()}
     groups: dict[tuple[str, ...], list[str]] = {}
-    sizes: dict[tuple[str, ...], int] = {}
+    sizes: dict[tuple[str, ...], tuple[int, int]] = {}
     for fqn in layers:
         channels = weight_of(model, fqn).shape[0]
         group = _out_channel_group(dg, model.get_submodule(fqn), list(range(channels)))
         key = tuple(_out_members(model, group, names, channels))
         groups.setdefault(key, []).append(fqn)
-        sizes[key] = channels
-    return [ChannelGroup(tuple(roots), key, sizes[key]) for key, roots in groups.items()]
+        sizes[key] = (channels, _blocks(group, channels))
+    return [ChannelGroup(tuple(roots), key, *sizes[key]) for key, roots in groups.items()]
 
 
 _CACHE: dict[tuple[str, tuple[str, ...], tuple[int, ...]], list[ChannelGroup]] = {}
@@ -91,11 +114,13 @@ def group_keep(group: ChannelGroup, ratios: dict[str, float], scores: dict[str, 
     ratio = sum(ratios.get(r, 0.0) * sizes[r] for r in group.roots) / total
     score = sum(scores[r].flatten(1).sum(1) for r in group.roots)
     assert isinstance(score, torch.Tensor)
-    keep = torch.ones(group.channels, device=score.device)
-    k = min(round(ratio * group.channels), group.channels - 1)
+    per_block = group.channels // group.blocks
+    local = score.view(group.blocks, per_block).sum(0)  # one score per position within a block
+    keep = torch.ones(per_block, device=score.device)
+    k = min(round(ratio * per_block), per_block - 1)
     if k > 0:
-        keep[torch.topk(score, k, largest=False, sorted=False).indices] = 0.0
-    return keep
+        keep[torch.topk(local, k, largest=False, sorted=False).indices] = 0.0
+    return keep.repeat(group.blocks)
 
 
 def member_masks(model: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.config.policy import Criterion
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import RNN_TYPES, is_transposed, unit_module, weight_of
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
@@ -38,9 +38,19 @@ def importance(model: nn.Module, layers: list[str], criterion: Criterion, data: 
     if data is None:
         raise ValueError(f"the {criterion} criterion needs training data")
     if criterion == "wanda":
+        unsupported = [f for f in layers if isinstance(unit_module(model, f), RNN_TYPES)]
+        if unsupported:
+            raise ValueError(f"wanda reads each layer's input features; {unsupported[0]} is a recurrent matrix "
+                             "(use magnitude or taylor for recurrent units)")
         norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
-        return {f: w.detach().abs() * norms[f].to(w.dtype)[None, :] for f, w in weights.items()}
+        return {f: w.detach().abs() * _per_input(norms[f].to(w.dtype), is_transposed(model, f))
+                for f, w in weights.items()}
     return _taylor(model, weights, data, batches, batch_size, seed, loss_fn)
+
+
+def _per_input(norms: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """An input-feature vector broadcast over a weight: (1, in) for (out, in), (in, 1) for a Conv1D's (in, out)."""
+    return norms[:, None] if transposed else norms[None, :]
 
 
 def _taylor(model: nn.Module, weights: dict[str, torch.Tensor], data: Split, batches: int,
@@ -83,7 +93,7 @@ def input_sums(model: nn.Module, layers: list[str], inputs: torch.Tensor,
             rows[fqn] = rows.get(fqn, 0) + x.shape[0]
         return record
 
-    handles = [model.get_submodule(f).register_forward_hook(hook(f)) for f in layers]
+    handles = [unit_module(model, f).register_forward_hook(hook(f)) for f in layers]
     was_training = model.training
     model.eval()
     try:

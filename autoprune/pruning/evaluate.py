@@ -14,11 +14,18 @@ from torch.nn.utils import parametrize
 
 from autoprune.config.policy import Policy
 from autoprune.errors import FinetuneDiverged, PolicyError
-from autoprune.models.zoo import prunable_layers, weight_of
+from autoprune.models.layers import is_transposed, prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
 from autoprune.pruning.levels import LevelStore
-from autoprune.pruning.masks import FoldedMasks, apply_masks, compute_mask, folded_masks, layer_sparsity, make_permanent
+from autoprune.pruning.masks import (
+    FoldedMasks,
+    apply_masks,
+    folded_masks,
+    layer_sparsity,
+    make_permanent,
+    oriented_mask,
+)
 from autoprune.pruning.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.pruning.schedules import ratios_per_step
 from autoprune.pruning.sparsegpt import input_grams, not_linear, sparsegpt_prune
@@ -101,7 +108,8 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
     else:
         per_row = row_wise(policy.criterion)
         for fqn, ratio in ratios.items():
-            folded.masks[fqn].copy_(compute_mask(scores[fqn], ratio, policy.granularity, per_row))
+            folded.masks[fqn].copy_(oriented_mask(scores[fqn], ratio, policy.granularity, per_row,
+                                                  is_transposed(model, fqn)))
     folded.reapply()
 
 
@@ -115,8 +123,11 @@ def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, fl
     grams = input_grams(model, list(ratios), splits.train.x[:WANDA_WINDOWS])
     with torch.no_grad():
         for fqn, ratio in ratios.items():
-            weight = weight_of(model, fqn)
-            updated, keep = sparsegpt_prune(weight, grams.pop(fqn), ratio, policy.granularity)
+            weight, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
+            updated, keep = sparsegpt_prune(weight.t() if transposed else weight, grams.pop(fqn), ratio,
+                                            policy.granularity)
+            if transposed:
+                updated, keep = updated.t(), keep.t()
             weight.copy_(updated)
             folded.masks[fqn].copy_(keep)
     folded.reapply()

@@ -17,7 +17,7 @@ from torch import nn
 
 from autoprune.config.budget import project_to_budget
 from autoprune.config.sampling import unit_group
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import weight_of
 
 __all__ = ["ALPHA_EPSILON", "OWL_LAMBDA", "Allocation", "allocations", "alpha_hill", "alpha_ratios", "erk_preferences",
            "lamp_scores", "owl_ratios"]

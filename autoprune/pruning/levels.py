@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 
 from autoprune.config.policy import Criterion
 from autoprune.config.sampling import unit_group
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import is_transposed, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
 from autoprune.pruning.masks import FoldedMasks, row_mask, row_order
 from autoprune.tasks.data import Split
@@ -60,6 +60,7 @@ class LevelDatabase(LevelStore):
     orders: dict[str, torch.Tensor]  # fqn -> (rows, columns) indices, lowest score first
     shapes: dict[str, list[int]]
     outliers: dict[str, float]  # fqn -> fraction of its block's scores above OWL_M × the block's mean
+    transposed: list[str] = field(default_factory=list)  # units stored (in, out) (Conv1D): orders are of .t()
 
     @classmethod
     def build(cls, model: nn.Module, layers: list[str], criterion: Criterion, data: Split) -> LevelDatabase:
@@ -67,7 +68,8 @@ class LevelDatabase(LevelStore):
         if not row_wise(criterion):
             raise ValueError(f"the level database needs a row-wise criterion (wanda), not {criterion}")
         scores = importance(model, layers, criterion, data)
-        orders = {f: row_order(s) for f, s in scores.items()}
+        transposed = [f for f in layers if is_transposed(model, f)]  # rows are outputs: order a Conv1D's .t()
+        orders = {f: row_order(s.t() if f in transposed else s) for f, s in scores.items()}
         blocks: dict[str, list[torch.Tensor]] = {}
         for f, s in scores.items():
             blocks.setdefault(unit_group(f, "block"), []).append(s.flatten().double())
@@ -76,11 +78,15 @@ class LevelDatabase(LevelStore):
             flat = torch.cat(parts)
             ratio[b] = float((flat > OWL_M * flat.mean()).double().mean())
         return cls(criterion, orders, {f: list(weight_of(model, f).shape) for f in layers},
-                   {f: ratio[unit_group(f, "block")] for f in layers})
+                   {f: ratio[unit_group(f, "block")] for f in layers}, transposed)
 
     def masks(self, ratios: dict[str, float]) -> dict[str, torch.Tensor]:
         """The mask of each unit at its ratio, assembled from the stored orders."""
-        return {f: row_mask(self.orders[f], r).view(self.shapes[f]) for f, r in ratios.items()}
+        return {f: self._mask(f, r) for f, r in ratios.items()}
+
+    def _mask(self, fqn: str, ratio: float) -> torch.Tensor:
+        mask = row_mask(self.orders[fqn], ratio)
+        return mask.t().contiguous() if fqn in self.transposed else mask.view(self.shapes[fqn])
 
     def covers(self, ratios: dict[str, float]) -> bool:
         """Every ratio of a stored unit (an order gives every level)."""
@@ -88,7 +94,7 @@ class LevelDatabase(LevelStore):
 
     def write(self, fqn: str, ratio: float, target: torch.Tensor, dense: torch.Tensor) -> None:
         """``dense`` × the unit's mask at ``ratio``, into ``target`` (what the masked forward pass computes)."""
-        torch.mul(dense, row_mask(self.orders[fqn], ratio).view(self.shapes[fqn]).to(dense.dtype), out=target)
+        torch.mul(dense, self._mask(fqn, ratio).to(dense.dtype), out=target)
 
     def prune_into(self, model: nn.Module, folded: FoldedMasks, ratios: dict[str, float]) -> None:
         """Set the folded masks from the stored orders."""
@@ -100,7 +106,8 @@ class LevelDatabase(LevelStore):
         """Write atomically (weights-only loadable tensors and plain JSON metadata)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        meta = json.dumps({"criterion": self.criterion, "shapes": self.shapes, "outliers": self.outliers})
+        meta = json.dumps({"criterion": self.criterion, "shapes": self.shapes, "outliers": self.outliers,
+                           "transposed": self.transposed})
         torch.save({"meta": meta, "orders": self.orders}, tmp)
         tmp.replace(path)
 
@@ -109,7 +116,7 @@ class LevelDatabase(LevelStore):
         """Read a database written by :meth:`save`."""
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(blob["meta"])
-        return cls(meta["criterion"], blob["orders"], meta["shapes"], meta["outliers"])
+        return cls(meta["criterion"], blob["orders"], meta["shapes"], meta["outliers"], meta.get("transposed", []))
 
 
 def load_or_build(folder: Path, dense_key: str, model: nn.Module, layers: list[str], criterion: Criterion,

@@ -16,10 +16,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.config.policy import Granularity
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import RNN_TYPES, unit_site, weight_of
 
 __all__ = ["FoldedMasks", "Mask", "apply_masks", "compute_mask", "current_masks", "folded_masks", "layer_sparsity",
-           "make_permanent", "row_mask", "row_order"]
+           "make_permanent", "oriented_mask", "row_mask", "row_order"]
 
 
 class Mask(nn.Module):
@@ -53,6 +53,15 @@ def compute_mask(score: torch.Tensor, ratio: float, granularity: Granularity, pe
         idx = torch.topk(score.flatten(), k, largest=False, sorted=False).indices
         mask[idx] = 0.0
     return mask.view_as(score)
+
+
+def oriented_mask(score: torch.Tensor, ratio: float, granularity: Granularity, per_row: bool,
+                  transposed: bool) -> torch.Tensor:
+    """:func:`compute_mask` for a weight stored (out, in), or (in, out) when ``transposed`` (Hugging Face Conv1D):
+    rows, N:M groups and channels are always read along the output / input dimensions of a Linear."""
+    if not transposed:
+        return compute_mask(score, ratio, granularity, per_row)
+    return compute_mask(score.t(), ratio, granularity, per_row).t().contiguous()
 
 
 def row_order(score: torch.Tensor) -> torch.Tensor:
@@ -92,41 +101,48 @@ def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.view_as(score)
 
 
-def _mask_param(module: nn.Module) -> Mask | None:
-    if not parametrize.is_parametrized(module, "weight"):
+def _mask_param(module: nn.Module, param: str = "weight") -> Mask | None:
+    if not parametrize.is_parametrized(module, param):
         return None
-    for p in module.parametrizations["weight"]:  # type: ignore[index]
+    for p in module.parametrizations[param]:  # type: ignore[index]
         if isinstance(p, Mask):
             return p
     return None
 
 
+def _masked_sites(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Mask]]:
+    """(unit FQN, module, parameter, mask) of every masked tensor: a layer's ``weight`` is named like the layer,
+    an RNN matrix ``<rnn>.<parameter>`` (see :mod:`autoprune.models.layers`)."""
+    for name, module in model.named_modules():
+        for param in list(getattr(module, "parametrizations", {})):
+            mask = _mask_param(module, param)
+            if mask is None:
+                continue
+            fqn = name if param == "weight" and not isinstance(module, RNN_TYPES) else (
+                f"{name}.{param}" if name else param)
+            yield fqn, module, param, mask
+
+
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Attach (or tighten) the mask of each named layer; an existing mask is replaced in place."""
+    """Attach (or tighten) the mask of each named unit; an existing mask is replaced in place."""
     for fqn, mask in masks.items():
-        module = model.get_submodule(fqn)
-        existing = _mask_param(module)
+        module, param = unit_site(model, fqn)
+        existing = _mask_param(module, param)
         if existing is None:
-            parametrize.register_parametrization(module, "weight", Mask(mask.detach().clone()))
+            parametrize.register_parametrization(module, param, Mask(mask.detach().clone()))
         else:
             existing.mask.copy_(mask)
 
 
 def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The masks attached to the model, by FQN."""
-    out = {}
-    for name, module in model.named_modules():
-        p = _mask_param(module)
-        if p is not None:
-            out[name] = p.mask
-    return out
+    """The masks attached to the model, by unit FQN."""
+    return {fqn: mask.mask for fqn, _, _, mask in _masked_sites(model)}
 
 
 def make_permanent(model: nn.Module) -> None:
-    """Squash every mask into a plain ``weight`` (zeros stay zeros); the model has no parametrizations after."""
-    for module in model.modules():
-        if _mask_param(module) is not None:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    """Squash every mask into a plain weight (zeros stay zeros); the model has no mask parametrizations after."""
+    for _, module, param, _ in list(_masked_sites(model)):
+        parametrize.remove_parametrizations(module, param, leave_parametrized=True)
 
 
 class FoldedMasks:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
-from autoprune.models.zoo import layer_weight, prunable_layers
+from autoprune.models.layers import RNN_TYPES, is_hf_conv1d, layer_weight, prunable_layers, rnn_weight_names
 
 __all__ = ["FLOAT_BYTES", "INDEX_BYTES", "count_macs", "effective_parameters", "kept_count", "latency_device",
            "latency_ms", "layer_bytes", "relative_to", "size_metrics"]
@@ -24,7 +24,7 @@ def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for mod_name, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
-            if mod_name.endswith("parametrizations.weight") or ".parametrizations." in mod_name:
+            if "parametrizations" in mod_name.split("."):  # an original behind a mask: read through the module
                 continue
             out[f"{mod_name}.{p_name}" if mod_name else p_name] = p.detach()
         if hasattr(module, "parametrizations"):
@@ -63,7 +63,7 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
     layers = prunable_layers(model)
     prunable_total = prunable_zero = 0
     compressed = dense_bytes = 0
-    weight_keys = {f"{f}.weight" for f in layers}
+    weight_keys = {_param_key(f, m) for f, m in layers.items()}
     for key, p in params.items():
         b = layer_bytes(p, granularity) if key in weight_keys else {"dense": p.numel() * FLOAT_BYTES}
         dense_bytes += b["dense"]
@@ -84,6 +84,11 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
         "macs": float(macs_sparse),
         "size_flops": macs_sparse / max(macs_dense, 1),
     }
+
+
+def _param_key(fqn: str, module: nn.Module) -> str:
+    """The parameter key of unit ``fqn`` (a layer's ``<fqn>.weight``; an RNN matrix is named by its key already)."""
+    return fqn if isinstance(module, RNN_TYPES) else f"{fqn}.weight"
 
 
 def relative_to(size: dict[str, float], dense: dict[str, float]) -> dict[str, float]:
@@ -108,13 +113,21 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtyp
 
     def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal dense, sparse
-        w = layer_weight(mod)
-        per_out = w[0].numel()  # (in/groups)·k… for conv, in_features for linear
-        macs = out[0].numel() * per_out
-        dense += macs
-        sparse += macs * kept_count(w) / w.numel()
+        if isinstance(mod, RNN_TYPES):  # each matrix multiplies one vector per time step (batch of one)
+            first = out[0] if isinstance(out, tuple) else out
+            steps = first.numel() // first.shape[-1] if isinstance(first, torch.Tensor) else 1
+            units = [layer_weight(mod, p) for p in rnn_weight_names(mod)]
+            macs_units = [(steps * w.numel(), w) for w in units]
+        else:
+            w = layer_weight(mod)
+            # (in/groups)·k… per output element for conv, in_features for linear (Conv1D: its weight is (in, out))
+            per_out = w.shape[0] if is_hf_conv1d(mod) else w[0].numel()
+            macs_units = [(out[0].numel() * per_out, w)]
+        for macs, w in macs_units:
+            dense += macs
+            sparse += macs * kept_count(w) / w.numel()
 
-    for m in prunable_layers(model).values():
+    for m in dict.fromkeys(prunable_layers(model).values()):  # an RNN holds several units: hook it once
         hooks.append(m.register_forward_hook(hook))
     try:
         was = model.training

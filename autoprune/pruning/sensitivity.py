@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Criterion, Granularity
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import is_transposed, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks
 from autoprune.pruning.criteria import importance
-from autoprune.pruning.masks import apply_masks, compute_mask, make_permanent
+from autoprune.pruning.masks import apply_masks, make_permanent, oriented_mask
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.tasks.data import Splits
 from autoprune.tasks.training import recalibrate_bn
@@ -102,7 +102,7 @@ def scan(model: nn.Module, splits: Splits, layers: list[str], ratios: list[float
             if granularity.kind == "channel":
                 prune_channel_group(m, fqn, r, layers, scores, splits.input_shape)
             else:
-                apply_masks(m, {fqn: compute_mask(scores[fqn], r, granularity)})
+                apply_masks(m, {fqn: oriented_mask(scores[fqn], r, granularity, False, is_transposed(m, fqn))})
                 make_permanent(m)
             recalibrate_bn(m, splits.train, bn_batches, 64, seed)
             acc[fqn].append(measure(m))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import RNN_TYPES, unit_module, weight_of
 from autoprune.pruning.criteria import input_sums
 
 __all__ = ["BLOCK", "DAMP", "input_grams", "not_linear", "prepare_unit", "prune_prepared", "sparsegpt_prune"]
@@ -27,6 +27,10 @@ DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps
 
 def not_linear(model: nn.Module, layers: list[str]) -> str | None:
     """Why SparseGPT cannot prune ``layers`` (the first whose weight is not 2-D), or None when it can."""
+    recurrent = [f for f in layers if isinstance(unit_module(model, f), RNN_TYPES)]
+    if recurrent:
+        return (f"criterion sparsegpt prunes Linear layers from their inputs; {recurrent[0]} is a recurrent matrix "
+                "(use magnitude or taylor for recurrent units)")
     flat = [f for f in layers if weight_of(model, f).dim() != 2]
     return f"criterion sparsegpt prunes Linear layers (2-D weights); {flat[0]} is not one" if flat else None
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Criterion
-from autoprune.models.zoo import weight_of
+from autoprune.models.layers import is_transposed, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import FoldedMasks
@@ -111,11 +111,13 @@ def build_units(db: SparseGPTLevels, model: nn.Module, calibration: torch.Tensor
         return
     grams = input_grams(model, todo, calibration)
     for fqn in todo:
-        w, hinv = prepare_unit(weight_of(model, fqn), grams.pop(fqn))
+        dense, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
+        w, hinv = prepare_unit(dense.t() if transposed else dense, grams.pop(fqn))
         tmp = db.folder / f"{fqn}.tmp.npy"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(db.levels), *w.shape))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(db.levels), *dense.shape))
         for k, ratio in enumerate(db.levels):
-            out[k] = prune_prepared(w, hinv, ratio)[0].numpy()
+            pruned = prune_prepared(w, hinv, ratio)[0]
+            out[k] = (pruned.t() if transposed else pruned).numpy()
         out.flush()
         del out
         os.replace(tmp, db.folder / _file_name(fqn))  # complete, or absent: a killed build redoes this unit

@@ -17,8 +17,8 @@ from autoprune.config.pareto import best_at
 from autoprune.config.sampling import SampleContext
 from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
+from autoprune.models.layers import weight_of
 from autoprune.models.workspace import PreCheck
-from autoprune.models.zoo import weight_of
 from autoprune.pruning.evaluate import evaluate
 from autoprune.study.baselines import enqueue_baselines
 from autoprune.study.identity import check_study_parts, refuse_other_parts, study_parts

@@ -14,8 +14,8 @@ import torch
 from autoprune.config.events import ProgressSink
 from autoprune.config.sampling import SampleContext
 from autoprune.config.space import SearchSpace
+from autoprune.models.layers import is_transposed, layer_shapes, unit_module
 from autoprune.models.workspace import PreCheck, Workspace, load_workspace
-from autoprune.models.zoo import layer_shapes
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
@@ -99,10 +99,12 @@ def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:
     space = ws.space
     if not (owl or ("wanda" in space.criteria and space.granularity.kind == "unstructured")):
         return None
-    other = [f for f in ws.layers if not isinstance(ws.model.get_submodule(f), torch.nn.Linear)]
+    other = [f for f in ws.layers if not (isinstance(unit_module(ws.model, f), torch.nn.Linear)
+                                          or is_transposed(ws.model, f))]
     if other:
-        raise space.field_error("criteria", f"wanda scores Linear layers only; {other[0]} is "
-                                f"{type(ws.model.get_submodule(other[0])).__name__} (exclude it in layers.exclude)")
+        kind = type(unit_module(ws.model, other[0])).__name__
+        raise space.field_error("criteria", f"wanda scores Linear layers only; {other[0]} is {kind} "
+                                "(exclude it in layers.exclude)")
     return load_or_build(ws.runs_dir / "levels", ws.dense_key, ws.model, ws.layers, "wanda", ws.splits.train)
 
 
