@@ -38,12 +38,20 @@ class SampleContext:
     shapes: dict[str, list[int]] | None = None  # weight shapes of all prunable layers (copied into policies)
     dense_key: str = ""  # the dense model's key (copied into policies, checked by apply)
     levels: tuple[float, float] | None = None  # (step, top) of a level store that needs stored levels (SparseGPT)
+    anchors: dict[str, Callable[[float], dict[str, float]]] | None = None  # a searched anchor: name -> allocation
 
-    def anchor_prefs(self, target: float) -> dict[str, float]:
-        """Log-densities of the anchor allocation at ``target`` (all zero without an anchor)."""
-        if self.anchor is None:
+    @property
+    def anchor_choices(self) -> list[str]:
+        """The anchors a candidate chooses between (empty when the anchor is fixed)."""
+        return list(self.anchors) if self.anchors is not None and len(self.anchors) > 1 else []
+
+    def anchor_prefs(self, target: float, name: str | None = None) -> dict[str, float]:
+        """Log-densities of the anchor allocation at ``target`` (all zero without an anchor); ``name``: which of a
+        searched anchor's heuristics (default: the fixed one)."""
+        alloc = self.anchors[name] if name is not None and self.anchors else self.anchor
+        if alloc is None:
             return dict.fromkeys(self.sizes, 0.0)
-        return {f: math.log(max(1.0 - r, 1e-6)) for f, r in self.anchor(target).items()}
+        return {f: math.log(max(1.0 - r, 1e-6)) for f, r in alloc(target).items()}
 
 
 def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
@@ -99,7 +107,7 @@ def _sample_ratios(space: SearchSpace, suggest: Suggest, ctx: SampleContext) -> 
     if space.parametrization == "independent":
         return {f: suggest.suggest_float(f"ratio/{f}", lo, hi) for f, (lo, hi) in ctx.bounds.items()}
     target = sample_target(space, suggest)
-    anchor = ctx.anchor_prefs(target)
+    anchor = ctx.anchor_prefs(target, choose(suggest, "anchor", ctx.anchor_choices) if ctx.anchor_choices else None)
     groups = {f: unit_group(f, space.layers.group) for f in ctx.sizes}
     offsets = {g: suggest.suggest_float(f"pref/{g}", -space.offset, space.offset)
                for g in dict.fromkeys(groups.values())}

@@ -34,6 +34,7 @@ SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
 RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
 SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl", "evolution"]
 Heuristic = Literal["uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha"]
+AnchorName = Literal["lamp", "erk", "global", "uniform", "sensitivity", "owl", "alpha", "none"]
 
 
 class _Strict(BaseModel):
@@ -277,7 +278,9 @@ class SearchSpace(_Strict):
     targets: TargetSpec = TargetSpec()
     size_metric: SizeMetric = "nonzeros"
     parametrization: Literal["projected", "independent"] = "projected"
-    anchor: Literal["lamp", "sensitivity", "owl", "alpha", "none"] = "lamp"
+    # the heuristic allocation the searched preferences are offsets around; a list makes it a searched choice
+    # (each candidate picks one), so the space holds every listed heuristic at every recipe
+    anchor: AnchorName | list[AnchorName] = "lamp"
     offset: float = Field(default=2.0, gt=0.0, le=8.0)  # preference offset range [-offset, offset]
     baselines: list[Heuristic] = Field(
         default_factory=lambda: list[Heuristic](["uniform", "global", "lamp", "erk", "sensitivity"]))
@@ -300,7 +303,7 @@ class SearchSpace(_Strict):
                                             or self.granularity.kind == "nm"):
             raise ValueError("sampler evolution moves sparsity between units at each size of targets.grid: it needs "
                              "parametrization projected, a grid of targets and a granularity other than nm")
-        owl = "owl" in self.baselines or self.anchor == "owl"
+        owl = "owl" in self.baselines or "owl" in self.anchors
         if owl and not {"wanda", "sparsegpt"} & set(self.criteria):
             raise ValueError("the owl heuristic reads the Wanda scores' outliers (activations on calibration data): "
                              "add wanda or sparsegpt to criteria")
@@ -318,6 +321,12 @@ class SearchSpace(_Strict):
             raise ValueError(f"ladder.tokens counts a language model's calibration tokens; task '{self.task.kind}' "
                              "ranks its rungs by fine-tune epochs (ladder.epochs or ladder.steps)")
         return self
+
+    @property
+    def anchors(self) -> list[str]:
+        """The anchor heuristics, in the file's order (empty for ``none``); the first is the default one."""
+        names = [self.anchor] if isinstance(self.anchor, str) else list(self.anchor)
+        return [n for n in dict.fromkeys(names) if n != "none"]
 
     def with_step_budgets(self, n_train: int) -> SearchSpace:
         """Budgets given in optimizer steps (``ladder.steps``, ``finetune.steps``) as epochs of a train split of

@@ -22,22 +22,27 @@ def baseline_targets(space: SearchSpace) -> list[float]:
     return [lo, (lo + hi) / 2, hi]
 
 
-def baseline_params(space: SearchSpace, ctx: SampleContext, ratios: dict[str, float], target: float
-                    ) -> tuple[dict[str, Any], bool]:
+def baseline_params(space: SearchSpace, ctx: SampleContext, ratios: dict[str, float], target: float,
+                    name: str | None = None) -> tuple[dict[str, Any], bool]:
     """Trial params reproducing ``ratios``; the bool says whether the layer params themselves do it.
 
     When the heuristic lies inside the searched box (|δ| ≤ offset) the trial carries real preference
     params, so TPE learns from it. Otherwise it carries no params at all (the objective asks the heuristic,
     at the target stored in the trial's user attrs): a trial with only some of the params would split TPE's
     search space into two groups sampled independently, which costs twice the sampling time and loses the
-    joint model of target and preferences.
+    joint model of target and preferences. With a searched anchor, a heuristic that is one of the anchors is that
+    anchor with zero offsets (``name``: the heuristic's name); another is expressed around the first anchor.
     """
     params: dict[str, Any] = {**fixed_choices(space), "target": target}
     if space.parametrization == "independent":
         inside = all(lo <= ratios[f] <= hi for f, (lo, hi) in ctx.bounds.items())
         layer_params = {f"ratio/{f}": ratios[f] for f in ctx.sizes}
     else:
-        anchor = ctx.anchor_prefs(target)
+        chosen = None
+        if ctx.anchor_choices:
+            chosen = name if name in ctx.anchor_choices else ctx.anchor_choices[0]
+            params["anchor"] = chosen
+        anchor = ctx.anchor_prefs(target, chosen)
         delta = {f: math.log(max(1.0 - ratios[f], 1e-6)) - anchor[f] for f in ctx.sizes}
         shared: dict[str, list[float]] = {}  # a group's units share one param: inside only if they agree
         for f, d in delta.items():
@@ -58,7 +63,7 @@ def enqueue_baselines(study: optuna.Study, space: SearchSpace, ctx: SampleContex
         for name in space.baselines:
             if name not in heuristics or (name, target) in seen:
                 continue
-            params, via_params = baseline_params(space, ctx, heuristics[name](target), target)
+            params, via_params = baseline_params(space, ctx, heuristics[name](target), target, name)
             study.enqueue_trial(params, user_attrs={"baseline": name, "target": target, "via_params": via_params})
             added += 1
     return added

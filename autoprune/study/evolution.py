@@ -181,9 +181,11 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             out = mutate_offsets(offsets, rng, moves, self._step * 2 * self._offset, self._offset)
             return {**out, **self._recipe(search_space, parent, rng)}
         prefs = {f: float(parent.get(f"pref/{f}", 0.0)) for f in self._ctx.sizes}  # no parent: the anchor itself
-        anchor = self._ctx.anchor_prefs(target)
-        ratios = project_to_budget(target, {f: anchor[f] + p for f, p in prefs.items()}, self._ctx.sizes,
-                                   self._ctx.bounds)
+        recipe = self._recipe(search_space, parent, rng)  # (a searched anchor is inherited or re-drawn with it)
+        ratios = project_to_budget(target, {f: a + prefs[f] for f, a in
+                                            self._ctx.anchor_prefs(target, parent.get("anchor")).items()},
+                                   self._ctx.sizes, self._ctx.bounds)
+        anchor = self._ctx.anchor_prefs(target, recipe.get("anchor"))  # the child's: its offsets are around it
 
         def inside(candidate: dict[str, float]) -> bool:  # expressible in the box [-offset, offset]
             return all(abs(v) <= self._offset for v in preferences(candidate, anchor).values())
@@ -196,7 +198,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         child_prefs = preferences(child, anchor)
         out = {name: min(max(child_prefs[name.removeprefix("pref/")], -self._offset), self._offset)
                for name in search_space if name.startswith("pref/")}
-        return {**out, **self._recipe(search_space, parent, rng)}
+        return {**out, **recipe}
 
     def _recipe(self, search_space: dict[str, BaseDistribution], parent: dict[str, Any], rng: np.random.Generator
                 ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from autoprune.study.storage import make_storage, metric_names, open_study
 from autoprune.tasks import task_class
 from autoprune.tasks.training import choose_threads, resolve_device
 
-__all__ = ["Prepared", "SearchOptions", "open_search_study", "prepare", "study_name_for"]
+__all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "open_search_study", "prepare", "study_name_for"]
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,24 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     thread count for this process (see :func:`~autoprune.training.choose_threads`). ``progress`` shows the dense
     model's training and the sensitivity scan when they run (not when they come from the cache); ``precheck`` runs
     on the untrained model first."""
-    ws = load_workspace(space, device, runs_dir, progress=progress, precheck=precheck)
+    def checks(sp: SearchSpace, model: torch.nn.Module, layers: list[str]) -> None:  # before any training
+        check_activation_criteria(sp, model, layers)
+        if precheck is not None:
+            precheck(sp, model, layers)
+
+    ws = load_workspace(space, device, runs_dir, progress=progress, precheck=checks)
     if advance is None and progress is not None:
         advance = phase_counter(progress, len(ws.layers) * len(space.sensitivity.ratios), "sensitivity scan")
     choose_threads(ws.model, workers, threads)
     curves = path = None
-    if space.anchor == "sensitivity" or "sensitivity" in space.baselines:
+    if "sensitivity" in space.anchors or "sensitivity" in space.baselines:
         curves, path, _ = load_or_scan(runs_dir / "sensitivity", ws.model, ws.splits, ws.layers,
                                        space.sensitivity.ratios, space.criteria[0], space.granularity,
                                        space.sensitivity.bn_batches, advance, task=ws.task)
     if progress is not None:
         progress.stop()
     prefs = curves.preferences() if curves is not None else None
-    wanted = {*space.baselines, space.anchor}
+    wanted = {*space.baselines, *space.anchors}
     levels = level_database(ws, "owl" in wanted)
     stores: dict[str, LevelStore] = {"wanda": levels} if levels is not None and "wanda" in space.criteria else {}
     sparsegpt = sparsegpt_database(ws, progress)
@@ -84,12 +89,30 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
             for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs, levels.outliers if levels else None,
                                     alpha="alpha" in wanted).items()}
-    anchor = heur.get(space.anchor) if space.anchor != "none" else None
+    missing = [a for a in space.anchors if a not in heur]
+    if missing:
+        raise space.field_error("anchor", f"heuristic {missing[0]} is not available for this model and space "
+                                f"(available: {', '.join(heur)})")
+    anchor = heur[space.anchors[0]] if space.anchors else None
     ctx = SampleContext(model=space.model.name, fingerprint=ws.fingerprint, dense_key=ws.dense_key, sizes=ws.sizes,
                         bounds=ws.bounds,
-                        anchor=anchor, shapes=layer_shapes(ws.model),
+                        anchor=anchor, anchors={a: heur[a] for a in space.anchors}, shapes=layer_shapes(ws.model),
                         levels=(LEVEL_STEP, LEVEL_TOP) if sparsegpt is not None else None)
     return Prepared(ws, curves, path, heur, ctx, levels, stores)
+
+
+def check_activation_criteria(space: SearchSpace, model: torch.nn.Module, layers: list[str]) -> None:
+    """Wanda and SparseGPT (and OWL, which reads Wanda's scores) weigh a layer's weights by its input activations:
+    every selected unit must be a Linear (or a Hugging Face Conv1D); another is refused in one line naming it."""
+    owl = "owl" in {*space.baselines, *space.anchors}
+    wanted = [c for c in space.criteria if c in ("wanda", "sparsegpt")] or (["wanda"] if owl else [])
+    if not wanted:
+        return
+    other = [f for f in layers if not (isinstance(unit_module(model, f), torch.nn.Linear) or is_transposed(model, f))]
+    if other:
+        kind = type(unit_module(model, other[0])).__name__
+        raise space.field_error("criteria", f"{wanted[0]} scores Linear layers only; {other[0]} is {kind} "
+                                "(exclude it in layers.exclude, or use magnitude or taylor)")
 
 
 def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:
@@ -99,12 +122,6 @@ def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:
     space = ws.space
     if not (owl or ("wanda" in space.criteria and space.granularity.kind == "unstructured")):
         return None
-    other = [f for f in ws.layers if not (isinstance(unit_module(ws.model, f), torch.nn.Linear)
-                                          or is_transposed(ws.model, f))]
-    if other:
-        kind = type(unit_module(ws.model, other[0])).__name__
-        raise space.field_error("criteria", f"wanda scores Linear layers only; {other[0]} is {kind} "
-                                "(exclude it in layers.exclude)")
     return load_or_build(ws.runs_dir / "levels", ws.dense_key, ws.model, ws.layers, "wanda", ws.splits.train)
 
 
