@@ -77,3 +77,34 @@ def test_rank_correlation_runs_every_candidate_through_every_rung(space_path: Pa
     assert {r["proxy"] for r in rows} >= {"rung0/kl_to_dense", "rung1/train_loss", "rung1/metric"}
     for r in rows:  # 12 candidates per target, every one scored at the production rung
         assert r["ρ at 80% (n)"].endswith("(12)") and r["ρ at 90% (n)"].endswith("(12)")
+
+
+def test_tuned_heuristics_get_the_searchs_compute_and_every_method_has_a_compute_row(tmp_path: Path) -> None:
+    from autoprune.bench.methods import affordable
+    from autoprune.bench.run import bench_space, compute_rows
+    from autoprune.config.space import SearchSpace
+    from conftest import write_space
+
+    path = write_space(tmp_path / "s.yaml", name="digits_eq", finetune={"lr_scale": [0.3, 1.0, 3.0],
+                                                                       "decay": ["constant", "cosine"]},
+                       ladder={"epochs": [0, 1, 2], "keep": 0.5}, trials=8, anchor=["lamp", "erk"],
+                       baselines=["lamp", "erk"])
+    space = SearchSpace.from_yaml(path)
+    methods = ("autoprune", "random_search", "lamp_tuned", "erk_tuned", "global_tuned", "lamp")
+    res = bench_space(space, 1, 8, [0.9], tmp_path / "out", log=lambda *a: None, methods=methods)
+    by = {r.method: r for r in res.results}
+    assert set(by) == set(methods)
+    budget = by["autoprune"].compute["finetune_epochs"]  # one level: all of it
+    assert budget > 0
+    for name in ("lamp_tuned", "erk_tuned", "global_tuned"):
+        spent = by[name].compute["finetune_epochs"]
+        assert spent <= max(budget, 2.0) + 1e-9  # never more than the search (at least the declared recipe)
+        assert by[name].compute["recipes"] == min(6, max(1, int(budget // 2)))
+        assert by[name].test[0.9] == by[name].test[0.9]  # a number, not NaN
+    rows = {r["method"]: r for r in compute_rows(res, 1.0)}
+    assert set(rows) == set(methods)
+    assert rows["lamp"]["fine-tune epochs"] == 2.0  # one production fine-tune
+    grid = list(range(6))
+    policies = [type("P", (), {"finetune": type("F", (), {"epochs": 2.0})()})() for _ in grid]
+    assert len(affordable(policies, 7.0, 0)) == 3 and affordable(policies, None, 0) == policies  # type: ignore[arg-type]
+    assert affordable(policies, 0.5, 0) == policies[:1]  # type: ignore[arg-type]

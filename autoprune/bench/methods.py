@@ -23,8 +23,11 @@ __all__ = [
     "HEURISTICS",
     "SAMPLER_OF",
     "SEARCHES",
+    "TUNED",
     "MethodResult",
+    "affordable",
     "base_policy",
+    "ev_epochs",
     "heuristic_policy",
     "recipe_grid",
     "run_heuristic",
@@ -32,14 +35,19 @@ __all__ = [
     "search_space_for",
 ]
 
+# <heuristic>_tuned: the heuristic's allocation with its recipe chosen on validation from the space's recipe grid,
+# cut to the search's own compute when a search runs in the same benchmark (see run_heuristic)
+TUNED = ("lamp_tuned", "erk_tuned", "global_tuned")
 HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha", "random", "agp_uniform",
-              "lamp_cubic3", "lamp_tuned")
-# autoprune: the space's own sampler; _rl, _tpe, _evo: the same design with the RL controller, TPE or evolution
-SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl", "autoprune_tpe", "autoprune_evo")
-SAMPLER_OF = {"autoprune_rl": "rl", "autoprune_tpe": "tpe", "autoprune_evo": "evolution"}
+              "lamp_cubic3", *TUNED)
+# autoprune: the space's own sampler; _rl, _tpe, _evo: the same design with the RL controller, TPE or evolution;
+# random_search: the same design, ladder and baselines with candidates drawn at random (a control)
+SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl", "autoprune_tpe", "autoprune_evo", "random_search")
+SAMPLER_OF = {"autoprune_rl": "rl", "autoprune_tpe": "tpe", "autoprune_evo": "evolution", "random_search": "random"}
 # owl and alpha run where the space lists them (a language model's: OWL needs Wanda's activations)
 DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES
-                        if m not in ("tpe_naive", "autoprune_tpe", "autoprune_evo", "owl", "alpha"))
+                        if m not in ("tpe_naive", "autoprune_tpe", "autoprune_evo", "owl", "alpha", "random_search",
+                                     "erk_tuned", "global_tuned"))
 
 
 @dataclass
@@ -80,20 +88,24 @@ def base_policy(prep: Prepared, criterion: str | None = None) -> Policy:
 
 
 def recipe_grid(space: SearchSpace, policy: Policy) -> list[Policy]:
-    """``policy`` under every combination of the space's recipe choices (LR scale, decay, schedule, criterion)."""
+    """``policy`` under every combination of the space's recipe choices (LR scale, decay, distillation, schedule,
+    criterion)."""
     out = []
-    for crit, sched, lr_scale, decay in itertools.product(space.criteria, space.schedules, space.finetune.lr_scale,
-                                                          space.finetune.decay):
-        recipe = space.finetune_recipe(policy.finetune.epochs, lr_scale, decay)
+    ft = space.finetune
+    for crit, sched, lr_scale, decay, distill in itertools.product(space.criteria, space.schedules, ft.lr_scale,
+                                                                   ft.decay, ft.distill):
+        recipe = space.finetune_recipe(policy.finetune.epochs, lr_scale, decay, distill)
         out.append(policy.model_copy(update={"criterion": crit, "schedule": sched, "finetune": recipe}))
     return out
 
 
-def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> MethodResult:
-    """Evaluate a heuristic at each level with the test split measured. ``lamp_tuned``: LAMP under every recipe
-    the space offers, the best on validation reported (does the search win by its allocation or its recipe?)."""
-    if name == "lamp_tuned":
-        return _tuned(prep, "lamp", levels, seed)
+def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int,
+                  budget_epochs: float | None = None) -> MethodResult:
+    """Evaluate a heuristic at each level with the test split measured. ``<h>_tuned``: heuristic h under the recipes
+    the space offers, the best on validation reported (does the search win by its allocation or its recipe?): all
+    of them, or as many as ``budget_epochs`` of fine-tuning per level pay for (equal compute with a search)."""
+    if name in TUNED:
+        return _tuned(prep, name.removesuffix("_tuned"), levels, seed, budget_epochs)
     res = MethodResult(name, seed)
     for level in levels:
         ev = _evaluate(prep, heuristic_policy(prep, name, level, seed))
@@ -103,7 +115,14 @@ def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int) -> 
         res.test[level] = (ev.test or {})[prep.ws.task.primary]
         res.size[level] = ev.size_value(prep.ws.space.size_metric)
         res.seconds += ev.times["total"]
+        res.compute["finetune_epochs"] = res.compute.get("finetune_epochs", 0.0) + ev_epochs(prep, name, level, seed)
+    res.compute["eval_seconds"] = res.seconds
     return res
+
+
+def ev_epochs(prep: Prepared, name: str, level: float, seed: int) -> float:
+    """Fine-tune epochs one heuristic evaluation costs (its policy's production fine-tune)."""
+    return heuristic_policy(prep, name, level, seed).finetune.epochs
 
 
 def search_space_for(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int) -> SearchSpace:
@@ -141,11 +160,29 @@ def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: i
     return res, result.summary
 
 
-def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int) -> MethodResult:
+def affordable(grid: list[Policy], budget_epochs: float | None, seed: int) -> list[Policy]:
+    """The recipes a budget pays for: the declared recipe (the grid's first) and then the others in a seeded random
+    order, as many as ``budget_epochs`` of fine-tuning cover (at least the declared one; all without a budget)."""
+    if budget_epochs is None:
+        return grid
+    rest = [grid[i] for i in np.random.default_rng(seed).permutation(range(1, len(grid)))]
+    out: list[Policy] = []
+    spent = 0.0
+    for p in [grid[0], *rest]:
+        if out and spent + p.finetune.epochs > budget_epochs + 1e-9:
+            break
+        out.append(p)
+        spent += p.finetune.epochs
+    return out
+
+
+def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int,
+           budget_epochs: float | None = None) -> MethodResult:
     """A heuristic's allocation with its recipe grid-searched on validation; test reported for the chosen one."""
     res = MethodResult(f"{heuristic}_tuned", seed)
     for level in levels:
-        grid = recipe_grid(prep.ws.space, heuristic_policy(prep, heuristic, level, seed))
+        grid = affordable(recipe_grid(prep.ws.space, heuristic_policy(prep, heuristic, level, seed)), budget_epochs,
+                          seed)
         evs = [ev for ev in (_evaluate(prep, p) for p in grid) if ev is not None]  # a diverging recipe is out
         task = prep.ws.task
         best = max(evs, key=lambda ev: task.sign * ev.score)  # first best on validation: a deterministic choice
@@ -153,6 +190,8 @@ def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int) -> Me
         res.size[level] = best.size_value(prep.ws.space.size_metric)
         res.seconds += sum(ev.times["total"] for ev in evs)
         res.compute["finetune_epochs"] = res.compute.get("finetune_epochs", 0.0) + sum(p.finetune.epochs for p in grid)
+        res.compute["recipes"] = res.compute.get("recipes", 0.0) + len(grid) / len(levels)
+    res.compute["eval_seconds"] = res.seconds
     return res
 
 

@@ -15,6 +15,7 @@ from autoprune.bench.methods import (
     DEFAULT_METHODS,
     HEURISTICS,
     SEARCHES,
+    TUNED,
     MethodResult,
     run_heuristic,
     run_searcher,
@@ -35,6 +36,7 @@ __all__ = [
     "overhead_rows",
     "parse_methods",
     "time_rows",
+    "tuned_budget",
     "with_final_epochs",
     "with_pruner",
     "write_outputs",
@@ -71,18 +73,21 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
     for seed in range(seeds):
         sp = space.model_copy(update={"seed": seed})
         prep = prepare(sp, "cpu", out_dir, threads=threads)
-        for name in HEURISTICS:
-            if name in methods and (name in prep.heuristics or name in ("random", "agp_uniform", "lamp_cubic3",
-                                                                         "lamp_tuned")):
-                results.append(run_heuristic(prep, name, levels, seed))
-        log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
-        for method in (m for m in SEARCHES if m in methods):
+        searched: dict[str, MethodResult] = {}
+        for method in (m for m in SEARCHES if m in methods):  # first: the tuned heuristics get their compute
             res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"),
                                         threads=threads)
             results.append(res)
+            searched[method] = res
             if method == "autoprune" and seed == 0:
                 overhead.update({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
             log(f"  seed {seed}: {method} done ({time.perf_counter() - t0:.0f}s)")
+        budget = tuned_budget(searched, len(levels))
+        for name in HEURISTICS:
+            if name in methods and (name in prep.heuristics or name in ("random", "agp_uniform", "lamp_cubic3")
+                                    or (name in TUNED and name.removesuffix("_tuned") in prep.heuristics)):
+                results.append(run_heuristic(prep, name, levels, seed, budget))
+        log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
         if seed == 0 and prep.stores and sp.ladder is not None and sp.ladder.tokens:
             overhead.update(screening_cost(prep, sp.ladder.tokens[0], max(levels)))
         if seed == 0 and sp.task.kind == "classification":  # (the plain loop it is timed against is a classifier's)
@@ -91,6 +96,14 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
     task = task_class(space.task.kind)
     return BenchResult(space.name, results, levels, overhead, seconds=time.perf_counter() - t0, primary=task.primary,
                        direction=task.direction)
+
+
+def tuned_budget(searched: dict[str, MethodResult], levels: int) -> float | None:
+    """Fine-tune epochs per level a tuned heuristic may spend: the autoprune search's (else the first search's)
+    epochs over the levels, None (the whole recipe grid) when no search ran or it fine-tuned nothing."""
+    run = searched.get("autoprune") or next(iter(searched.values()), None)
+    epochs = run.compute.get("finetune_epochs", 0.0) if run is not None else 0.0
+    return epochs / levels if epochs > 0 else None
 
 
 def time_rows(res: BenchResult) -> list[dict[str, Any]]:
@@ -144,17 +157,21 @@ def default_out_dir() -> Path:
 
 
 def compute_rows(res: BenchResult, short_epochs: float, reference_trials: int = 200) -> list[dict[str, Any]]:
-    """Each search's compute (mean over seeds) against ``reference_trials`` short-fine-tune trials measured in the
+    """Every method's compute (mean over seeds) against ``reference_trials`` short-fine-tune trials measured in the
     same run: fine-tune epochs (NaN for a ladder without fine-tune, e.g. a token ladder), evaluation seconds
-    against as many rung-1 evaluations, and how many evaluations each rung ran."""
+    against as many rung-1 evaluations of the searches, and how many evaluations each rung ran (searches) or
+    recipes per level were tried (tuned heuristics)."""
+    short = [r.compute["rung1_s"] for r in res.results if "rung1_s" in r.compute]
+    short_s = sum(short) / len(short) if short else math.nan
     rows = []
-    for method in dict.fromkeys(r.method for r in res.results if "rung1_s" in r.compute):  # the searches
+    for method in dict.fromkeys(r.method for r in res.results if r.compute):
         runs = [r.compute for r in res.results if r.method == method and r.compute]
         epochs = sum(c.get("finetune_epochs", math.nan) for c in runs) / len(runs)
         seconds = sum(c.get("eval_seconds", math.nan) for c in runs) / len(runs)
-        short_s = sum(c.get("rung1_s", math.nan) for c in runs) / len(runs)
         per_rung = " / ".join(f"{sum(c.get(f'rung{r}_n', 0.0) for c in runs) / len(runs):.0f}"
                               for r in range(8) if any(f"rung{r}_n" in c for c in runs))
+        if "recipes" in runs[0]:
+            per_rung = f"{sum(c['recipes'] for c in runs) / len(runs):.1f} recipes per level"
         rows.append({"method": method, "fine-tune epochs": epochs,
                      f"× {reference_trials} short trials (epochs)":
                          epochs / (reference_trials * short_epochs) if short_epochs > 0 else math.nan,

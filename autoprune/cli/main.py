@@ -256,10 +256,13 @@ def bench(
                                           help="Only time channel-pruned ResNet-20 vs dense.")] = False,
     channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all but tpe_naive, "
-                                                "autoprune_tpe, autoprune_evo, owl, alpha): uniform, global, lamp, "
-                                                "erk, sensitivity, owl, alpha, random, agp_uniform, lamp_cubic3, "
-                                                "lamp_tuned, tpe_naive, autoprune (the space's sampler), "
-                                                "autoprune_rl, autoprune_tpe, autoprune_evo.")] = None,
+                                                "autoprune_tpe, autoprune_evo, owl, alpha, random_search, "
+                                                "erk_tuned, global_tuned): uniform, global, lamp, erk, sensitivity, "
+                                                "owl, alpha, random, agp_uniform, lamp_cubic3, lamp_tuned, erk_tuned, "
+                                                "global_tuned (recipe grid-searched on validation, cut to the "
+                                                "search's fine-tune epochs), tpe_naive, autoprune (the space's "
+                                                "sampler), autoprune_rl, autoprune_tpe, autoprune_evo, "
+                                                "random_search (random candidates, same ladder).")] = None,
     final_epochs: Annotated[float | None, typer.Option(help="Production fine-tune epochs (the ladder's last rung; "
                                                        "every method is scored after it). Default: the space's.")
                             ] = None,
@@ -326,7 +329,7 @@ def bench(
         console.print(table("wall time of each method (seconds, mean over seeds; searches include loading the "
                             "model)", time_rows(res)))
         if sp.ladder is not None:
-            console.print(table("compute of each search (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
+            console.print(table("compute of each method (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
         if "overhead_s_per_trial" in res.overhead:  # a search ran (heuristics alone have no per-trial cost)
             console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
         if "screen_all_s" in res.overhead:

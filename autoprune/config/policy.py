@@ -77,6 +77,10 @@ class FineTune(BaseModel):
     decay: LrDecay = "constant"  # LR over the whole fine-tune: constant, or cosine from ``lr`` to 0
     seed: int = 0  # seeds the batch order and any random criterion: the same seed reproduces the same model
     bn_batches: int = Field(default=4, ge=0)  # BatchNorm recalibration batches after the fine-tune
+    # knowledge distillation from the dense model: loss = (1 − distill)·task loss + distill·T²·KL(dense ‖ pruned)
+    # on logits softened by the temperature T (Hinton et al. 2015); 0 = the task's loss alone
+    distill: float = Field(default=0.0, ge=0.0, le=1.0)
+    temperature: float = Field(default=2.0, gt=0.0)
 
 
 class Policy(BaseModel):

@@ -69,13 +69,14 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
         epochs = float(choose(suggest, "ft_epochs", list(space.finetune.epochs)))
     lr_scale = float(choose(suggest, "ft_lr_scale", list(space.finetune.lr_scale)))
     decay = choose(suggest, "ft_decay", list(space.finetune.decay))
+    distill = float(choose(suggest, "ft_distill", list(space.finetune.distill)))
     ratios = ratios_for(sample_target(space, suggest)) if ratios_for else _sample_ratios(space, suggest, ctx)
     if ctx.levels is not None and space.granularity.kind == "unstructured":
         ratios = on_levels(ratios, ctx)
     return Policy(model=ctx.model, fingerprint=ctx.fingerprint, dense_key=ctx.dense_key, shapes=ctx.shapes or {},
                   task=space.task.kind, task_options=space.task.options, criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
-                  finetune=space.finetune_recipe(epochs, lr_scale, decay), sparsity=ratios)
+                  finetune=space.finetune_recipe(epochs, lr_scale, decay, distill), sparsity=ratios)
 
 
 def on_levels(ratios: dict[str, float], ctx: SampleContext) -> dict[str, float]:
@@ -95,7 +96,8 @@ def fixed_choices(space: SearchSpace) -> dict[str, Any]:
     """The categorical params a trial of ``space`` carries (single-option ones are left out)."""
     cats: dict[str, list[Any]] = {"criterion": list(space.criteria), "schedule": [s.label for s in space.schedules],
             "ft_epochs": [] if space.ladder is not None else list(space.finetune.epochs),
-            "ft_lr_scale": list(space.finetune.lr_scale), "ft_decay": list(space.finetune.decay)}
+            "ft_lr_scale": list(space.finetune.lr_scale), "ft_decay": list(space.finetune.decay),
+            "ft_distill": list(space.finetune.distill)}
     return {k: v[0] for k, v in cats.items() if len(v) > 1}
 
 

@@ -134,6 +134,9 @@ class FineTuneSpec(_Strict):
     steps: list[int] | None = None  # or optimizer steps (turned into epochs of the train split when it is loaded)
     lr_scale: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
     decay: list[LrDecay] = Field(default_factory=lambda: list[LrDecay](["constant"]), min_length=1)
+    # distillation weight(s) from the dense model (0: none; a list is a searched choice), its temperature
+    distill: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    temperature: float = Field(default=2.0, gt=0.0)
     batch_size: int = Field(default=64, ge=1)
 
     @field_validator("epochs")
@@ -150,6 +153,13 @@ class FineTuneSpec(_Strict):
         if self.steps is not None and any(x < 0 for x in self.steps):
             raise ValueError(f"finetune.steps must be ≥ 0, got {self.steps}")
         return self
+
+    @field_validator("distill")
+    @classmethod
+    def _check_distill(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= x <= 1.0 for x in v):
+            raise ValueError(f"distill weights must lie in [0, 1], got {v}")
+        return v
 
     @field_validator("lr_scale")
     @classmethod
@@ -307,6 +317,9 @@ class SearchSpace(_Strict):
         if owl and not {"wanda", "sparsegpt"} & set(self.criteria):
             raise ValueError("the owl heuristic reads the Wanda scores' outliers (activations on calibration data): "
                              "add wanda or sparsegpt to criteria")
+        if self.task.kind == "regression" and any(self.finetune.distill):
+            raise ValueError("finetune.distill matches the dense model's softened class / token distributions: a "
+                             "regression task has no logits (leave distill at 0)")
         if self.constraints.min_accuracy is not None and self.task.kind != "classification":
             raise ValueError(f"constraints.min_accuracy is for classification; task '{self.task.kind}' has its own "
                              "primary metric (choose on it with export --min-metric/--max-metric)")
@@ -400,13 +413,15 @@ class SearchSpace(_Strict):
             out[fqn] = match if match is not None else (0.0, 0.99)
         return out
 
-    def finetune_recipe(self, epochs: float, lr_scale: float, decay: LrDecay = "constant") -> FineTune:
+    def finetune_recipe(self, epochs: float, lr_scale: float, decay: LrDecay = "constant",
+                        distill: float = 0.0) -> FineTune:
         """The fine-tune recipe for a candidate (seeded with the space's seed, BN recalibrated as in the scan)."""
         return FineTune(epochs=epochs, lr=self.train.lr * lr_scale, batch_size=self.finetune.batch_size,
-                        decay=decay, seed=self.seed, bn_batches=self.sensitivity.bn_batches)
+                        decay=decay, seed=self.seed, bn_batches=self.sensitivity.bn_batches, distill=distill,
+                        temperature=self.finetune.temperature)
 
     def default_recipe(self) -> FineTune:
         """The recipe heuristics are scored with: the first choice of every list, at the last rung's epochs."""
         ft = self.finetune
         epochs = self.ladder.epochs[-1] if self.ladder is not None else ft.epochs[0]
-        return self.finetune_recipe(epochs, ft.lr_scale[0], ft.decay[0])
+        return self.finetune_recipe(epochs, ft.lr_scale[0], ft.decay[0], ft.distill[0])

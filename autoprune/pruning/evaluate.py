@@ -31,7 +31,7 @@ from autoprune.pruning.schedules import ratios_per_step
 from autoprune.pruning.sparsegpt import input_grams, not_linear, sparsegpt_prune
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.tasks.data import Splits
-from autoprune.tasks.training import LossFn, predict, recalibrate_bn, seed_everything, train_epoch
+from autoprune.tasks.training import Distill, LossFn, predict, recalibrate_bn, seed_everything, train_epoch
 
 __all__ = ["CandidateStopped", "DenseReference", "EpochCallback", "Evaluation", "check_diverged",
            "check_policy_layers", "evaluate", "prune_and_finetune", "prune_step", "shrunk_size"]
@@ -201,9 +201,11 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
     times)."""
     task = task or ClassificationTask(splits)
     layers = check_policy_layers(model, policy)
+    ft = policy.finetune
+    # the teacher: the model as it comes in (dense), frozen
+    distill = Distill(copy.deepcopy(model), ft.distill, ft.temperature) if ft.distill > 0 and ft.epochs > 0 else None
     apply_masks(model, {f: torch.ones_like(weight_of(model, f)) for f in layers})
     gen = seed_everything(seed)
-    ft = policy.finetune
     steps = ratios_per_step(policy.sparsity, policy.schedule)
     per_epoch = math.ceil(len(splits.train) / ft.batch_size)
     plan = _epoch_plan(ft.epochs, len(steps), per_epoch)
@@ -224,7 +226,7 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
                     start_loss = float(task.loss(predict(model, splits.train.x[:ft.batch_size]),
                                                  splits.train.y[:ft.batch_size]))
                 losses.append(train_epoch(model, splits.train, opt, ft.batch_size, gen, after_step, cap,
-                                          loss_fn=task.loss))
+                                          loss_fn=task.loss, distill=distill))
                 check_diverged(losses[-1], max(start_loss, task.chance_loss(splits.train)), len(losses), ft.lr)
                 if progress is not None:
                     progress()

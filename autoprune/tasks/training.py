@@ -16,10 +16,12 @@ from autoprune.tasks.data import Split
 
 __all__ = [
     "SMALL_MODEL",
+    "Distill",
     "LossFn",
     "StepHook",
     "choose_threads",
     "classification_metrics",
+    "distillation_loss",
     "fit",
     "has_batchnorm",
     "predict",
@@ -39,11 +41,33 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher / T) ‖ softmax(student / T)), averaged over every distribution (the last dimension
+    holds the classes or the vocabulary: (B, C) or (B, T, V) logits)."""
+    s = nn.functional.log_softmax(student.flatten(0, -2) / temperature, dim=-1)
+    t = nn.functional.log_softmax(teacher.flatten(0, -2) / temperature, dim=-1)
+    return nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+class Distill:
+    """The dense model as teacher: ``weight`` of the loss is the distillation term at ``temperature``."""
+
+    def __init__(self, teacher: nn.Module, weight: float, temperature: float) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+
+    def loss(self, task_loss: torch.Tensor, student: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(1 − weight)·task loss + weight·distillation loss against the teacher's outputs on ``x``."""
+        with torch.no_grad():
+            teacher = self.teacher(x)
+        return (1.0 - self.weight) * task_loss + self.weight * distillation_loss(student, teacher, self.temperature)
+
+
 def train_epoch(model: nn.Module, data: Split, opt: torch.optim.Optimizer, batch_size: int,
                 gen: torch.Generator, after_step: StepHook | None = None, max_steps: int | None = None,
-                loss_fn: LossFn = nn.functional.cross_entropy) -> float:
-    """One pass of SGD-style training on ``loss_fn`` (the task's loss; cross-entropy by default);
-    ``after_step`` runs after every optimizer step (mask reapply)."""
+                loss_fn: LossFn = nn.functional.cross_entropy, distill: Distill | None = None) -> float:
+    """One pass of SGD-style training on ``loss_fn`` (the task's loss; cross-entropy by default), blended with
+    ``distill``'s term when given; ``after_step`` runs after every optimizer step (mask reapply)."""
     model.train()
     perm = torch.randperm(len(data), generator=gen).to(data.x.device)
     total, steps = 0.0, 0
@@ -52,7 +76,10 @@ def train_epoch(model: nn.Module, data: Split, opt: torch.optim.Optimizer, batch
             break
         idx = perm[start:start + batch_size]
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(data.x[idx]), data.y[idx])
+        out = model(data.x[idx])
+        loss = loss_fn(out, data.y[idx])
+        if distill is not None:
+            loss = distill.loss(loss, out, data.x[idx])
         loss.backward()
         opt.step()
         if after_step is not None:
