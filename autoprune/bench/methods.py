@@ -83,7 +83,7 @@ def base_policy(prep: Prepared, criterion: str | None = None) -> Policy:
     under the space's default recipe at its production epochs."""
     space = prep.ws.space
     return Policy(model=space.model.name, fingerprint=prep.ws.fingerprint,
-                  criterion=criterion or space.criteria[0],  # type: ignore[arg-type]
+                  criterion=criterion or space.criteria[0],
                   granularity=space.granularity, finetune=space.default_recipe())
 
 

@@ -27,6 +27,7 @@ from autoprune.errors import AutopruneError, PolicyError
 from autoprune.files import check_writable
 from autoprune.models.hf import CausalLM, hf_tokenizer, save_hf_folder
 from autoprune.models.workspace import load_workspace
+from autoprune.pruning.criteria import criterion_for
 from autoprune.pruning.metrics import latency_device
 from autoprune.tasks import Task
 from autoprune.tasks.data import Splits
@@ -72,6 +73,10 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
         if missing:
             raise AutopruneError(f"--onnx needs {', '.join(missing)}: pip install 'autoprune[onnx]'")
     policy = with_criterion(Policy.load(policy_path), criterion)
+    try:
+        criterion_for(policy.criterion)  # registered, or the user's module:Class imports
+    except ValueError as err:
+        raise PolicyError(f"{policy_path}: {err}") from None
     ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
                         expect_dense=policy.dense_key or None)
     if hf_folder is not None and not isinstance(ws.model, CausalLM):

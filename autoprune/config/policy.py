@@ -17,6 +17,7 @@ from autoprune.errors import PolicyError
 from autoprune.files import write_atomic
 
 __all__ = [
+    "BUILTIN_CRITERIA",
     "SCHEMA_VERSION",
     "Criterion",
     "FineTune",
@@ -25,11 +26,25 @@ __all__ = [
     "LrDecay",
     "Policy",
     "Schedule",
+    "check_criterion_name",
 ]
 
 SCHEMA_VERSION = 1
 
-Criterion = Literal["magnitude", "taylor", "random", "wanda", "sparsegpt"]
+BUILTIN_CRITERIA = ("magnitude", "taylor", "random", "wanda", "sparsegpt", "ria")
+# a registered criterion's name (see autoprune.pruning.criteria.Criterion: the built-ins above, or one registered
+# with @register_criterion) or ``package.module:Class`` of a user's Criterion subclass; checked against the
+# registry where torch is loaded (a search's setup, apply)
+Criterion = str
+_CRITERION_NAME = re.compile(r"^[A-Za-z_][\w]*$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def check_criterion_name(name: str) -> str:
+    """A criterion name's spelling: a registered name or ``package.module:Class`` (the registry decides later)."""
+    if not _CRITERION_NAME.match(name):
+        raise ValueError(f"criterion '{name}': a registered name ({', '.join(BUILTIN_CRITERIA)}, ...) or "
+                         "package.module:Class of a Criterion subclass")
+    return name
 GranularityKind = Literal["unstructured", "channel", "nm"]
 LrDecay = Literal["constant", "cosine"]
 
@@ -108,6 +123,11 @@ class Policy(BaseModel):
         if v != SCHEMA_VERSION:
             raise ValueError(f"unsupported schema_version {v} (this autoprune reads {SCHEMA_VERSION})")
         return v
+
+    @field_validator("criterion")
+    @classmethod
+    def _check_criterion(cls, v: str) -> str:
+        return check_criterion_name(v)
 
     @field_validator("sparsity")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,19 +23,32 @@ from pydantic import (
     model_validator,
 )
 
-from autoprune.config.policy import Criterion, FineTune, Granularity, LrDecay, Schedule
+from autoprune.config.policy import Criterion, FineTune, Granularity, LrDecay, Schedule, check_criterion_name
 from autoprune.config.yamlfile import line_of, load_yaml_with_lines
 from autoprune.errors import ConfigError
 
-__all__ = ["ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec", "Heuristic", "LadderSpec", "LayerSpec",
+__all__ = ["BUILTIN_HEURISTICS", "ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec", "Heuristic",
+           "LadderSpec", "LayerSpec",
            "ModelSpec", "RankBy", "SamplerName", "SearchSpace", "SensitivitySpec", "SizeMetric", "StreamSpec",
-           "TargetSpec", "TaskSpec", "TrainSpec"]
+           "TargetSpec", "TaskSpec", "TrainSpec", "check_heuristic_name"]
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
 RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
 SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl", "evolution"]
-Heuristic = Literal["uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha"]
-AnchorName = Literal["lamp", "erk", "global", "uniform", "sensitivity", "owl", "alpha", "none"]
+BUILTIN_HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha")
+# a heuristic allocation: a built-in name, one registered with @register_allocation, or package.module:Class of a
+# user's AllocationRule subclass (see autoprune.pruning.heuristics); checked against the registry at setup
+Heuristic = str
+AnchorName = str  # a Heuristic, or none
+_RULE_NAME = re.compile(r"^[A-Za-z_]\w*$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def check_heuristic_name(name: str) -> str:
+    """A heuristic's spelling: a registered name or ``package.module:Class`` (the registry decides at setup)."""
+    if not _RULE_NAME.match(name):
+        raise ValueError(f"heuristic '{name}': a registered name ({', '.join(BUILTIN_HEURISTICS)}, ...) or "
+                         "package.module:Class of an AllocationRule subclass")
+    return name
 
 
 class _Strict(BaseModel):
@@ -301,6 +315,23 @@ class SearchSpace(_Strict):
     early_stop: EarlyStopSpec = EarlyStopSpec()
     sensitivity: SensitivitySpec = SensitivitySpec()
     source: str = Field(default="", exclude=True)  # the file it came from (for error messages)
+
+    @field_validator("criteria")
+    @classmethod
+    def _check_criteria(cls, v: list[str]) -> list[str]:
+        return [check_criterion_name(c) for c in v]
+
+    @field_validator("baselines")
+    @classmethod
+    def _check_baselines(cls, v: list[str]) -> list[str]:
+        return [check_heuristic_name(h) for h in v]
+
+    @field_validator("anchor")
+    @classmethod
+    def _check_anchor(cls, v: str | list[str]) -> str | list[str]:
+        for name in [v] if isinstance(v, str) else v:
+            check_heuristic_name(name)
+        return v
 
     @model_validator(mode="after")
     def _check_task(self) -> SearchSpace:

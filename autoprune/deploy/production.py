@@ -23,7 +23,7 @@ from autoprune.config.policy import Policy
 from autoprune.errors import PolicyError
 from autoprune.files import write_atomic
 from autoprune.models.layers import architecture_fingerprint, is_transposed, layer_shapes
-from autoprune.pruning.criteria import importance
+from autoprune.pruning.criteria import criterion_for, importance
 from autoprune.pruning.evaluate import check_policy_layers, prune_and_finetune
 from autoprune.pruning.masks import apply_masks, make_permanent, oriented_mask
 from autoprune.pruning.metrics import latency_ms, relative_to, size_metrics
@@ -120,7 +120,7 @@ def apply(model: nn.Module, policy: Policy, data: Splits | None = None, *, finet
 
 def _mask_without_data(model: nn.Module, policy: Policy, finetune_epochs: float | None, seed: int) -> None:
     """Data-free path: magnitude/random masks, made permanent at once (no fine-tune, no BN recalibration)."""
-    needs_data = policy.criterion in ("taylor", "wanda", "sparsegpt") or policy.granularity.kind == "channel"
+    needs_data = criterion_for(policy.criterion).needs_data or policy.granularity.kind == "channel"
     if needs_data or (finetune_epochs or 0) > 0:
         raise PolicyError(f"this policy needs data ({policy.criterion} criterion, channel groups or fine-tuning): "
                           "pass data=")

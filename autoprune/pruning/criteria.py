@@ -1,79 +1,201 @@
-"""Importance scores per weight: magnitude (L1), first-order Taylor |w·∂L/∂w|, Wanda |W_ij|·‖X_j‖₂ (weights times
-the norm of their input feature over calibration data; Sun et al. 2024), random (a control)."""
+"""Importance scores per weight, one :class:`Criterion` subclass each, found by name in a registry.
+
+Built-in: magnitude (L1), first-order Taylor |w·∂L/∂w|, Wanda |W_ij|·‖X_j‖₂ (weights times the norm of their input
+feature over calibration data; Sun et al. 2024), random (a control); SparseGPT (``autoprune.pruning.sparsegpt``)
+and RIA (``autoprune.pruning.ria``) register themselves from their own modules. A user's criterion is a
+``Criterion`` subclass registered with ``@register_criterion("name")``, or named ``package.module:Class`` in a
+space's ``criteria`` — like a user's ``Task``.
+"""
 
 from __future__ import annotations
 
+import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autoprune.config.policy import Criterion
 from autoprune.models.layers import RNN_TYPES, is_transposed, unit_module, weight_of
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["WANDA_WINDOWS", "importance", "input_norms", "input_sums", "row_wise"]
+__all__ = ["CRITERIA", "WANDA_WINDOWS", "Criterion", "Magnitude", "RandomScores", "Taylor", "Wanda",
+           "criterion_for", "importance", "input_norms", "input_sums", "per_input", "register_criterion", "row_wise"]
 
 WANDA_WINDOWS = 32  # calibration examples (token windows) whose activations Wanda reads: the first of the train split
 
 
-def row_wise(criterion: Criterion) -> bool:
+class Criterion(ABC):
+    """How important each weight of a unit is (higher = kept longer). Subclass it and implement :meth:`scores`.
+
+    Class attributes say how the scores are used: ``row_wise`` compares weights within each output row (Wanda's
+    comparison group) instead of across the unit; ``needs_data`` says the scores read training data (a policy
+    applied without data refuses it); ``activations`` says they read each unit's input activations, which only a
+    Linear (or Hugging Face Conv1D) unit has (others are refused in one line before any training);
+    ``updates_weights`` marks a pruner that also rewrites the kept weights (SparseGPT) and is not a score.
+    """
+
+    name: ClassVar[str] = ""
+    row_wise: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = True
+    activations: ClassVar[bool] = False
+    updates_weights: ClassVar[bool] = False
+
+    @abstractmethod
+    def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
+               loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
+        """A score per weight of each named unit (shaped like its weight; higher = more important)."""
+
+
+CRITERIA: dict[str, type[Criterion]] = {}
+_BUILTIN_MODULES = ("autoprune.pruning.sparsegpt", "autoprune.pruning.ria")  # criteria defined in their own module
+C = TypeVar("C", bound=type[Criterion])
+
+
+def register_criterion(name: str) -> Callable[[C], C]:
+    """Class decorator: make a :class:`Criterion` subclass available under ``name`` (in ``criteria:`` and
+    policies)."""
+    def add(cls: C) -> C:
+        if not (isinstance(cls, type) and issubclass(cls, Criterion)):
+            raise TypeError(f"register_criterion('{name}'): {cls!r} is not a Criterion subclass")
+        cls.name = name
+        CRITERIA[name] = cls
+        return cls
+    return add
+
+
+def criterion_for(name: str) -> Criterion:
+    """The criterion registered as ``name``, or the ``package.module:Class`` a user named; a ValueError names what
+    is wrong (unknown name, module that does not import, a class that is not a Criterion)."""
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    if name in CRITERIA:
+        return CRITERIA[name]()
+    if ":" not in name:
+        raise ValueError(f"unknown criterion '{name}' (registered: {', '.join(CRITERIA)}; or package.module:Class)")
+    mod_name, _, attr = name.partition(":")
+    try:
+        loaded = importlib.import_module(mod_name)
+    except Exception as err:  # any import-time failure of user code is the user's input problem
+        raise ValueError(f"criterion '{name}': cannot import module '{mod_name}' ({err})") from None
+    cls = getattr(loaded, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Criterion)):
+        raise ValueError(f"criterion '{name}': '{attr}' in {mod_name} is not a Criterion subclass")
+    cls.name = cls.name or name
+    return cls()
+
+
+def row_wise(criterion: str) -> bool:
     """Whether the criterion compares weights within each output row (Wanda) rather than across the layer."""
-    return criterion == "wanda"
+    return criterion_for(criterion).row_wise
 
 
-def importance(model: nn.Module, layers: list[str], criterion: Criterion, data: Split | None = None,
+def importance(model: nn.Module, layers: list[str], criterion: str, data: Split | None = None,
                batches: int = 4, batch_size: int = 64, seed: int = 0,
                loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
-    """Score every weight of each named layer (higher = more important); shapes match the weights.
-    ``loss_fn``: the task's loss, whose gradients the Taylor criterion uses."""
-    weights = {f: weight_of(model, f) for f in layers}
-    if criterion == "magnitude":
-        return {f: w.detach().abs() for f, w in weights.items()}
-    if criterion == "random":
-        gen = torch.Generator().manual_seed(seed)
-        return {f: torch.rand(w.shape, generator=gen).to(w.device) for f, w in weights.items()}
-    if data is None:
+    """Score every weight of each named layer with the named criterion (higher = more important); shapes match the
+    weights. ``loss_fn``: the task's loss, whose gradients the Taylor criterion uses."""
+    crit = criterion_for(criterion)
+    if crit.needs_data and data is None:
         raise ValueError(f"the {criterion} criterion needs training data")
-    if criterion == "wanda":
+    if crit.activations:
         unsupported = [f for f in layers if isinstance(unit_module(model, f), RNN_TYPES)]
         if unsupported:
-            raise ValueError(f"wanda reads each layer's input features; {unsupported[0]} is a recurrent matrix "
-                             "(use magnitude or taylor for recurrent units)")
-        norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
-        return {f: w.detach().abs() * _per_input(norms[f].to(w.dtype), is_transposed(model, f))
-                for f, w in weights.items()}
-    return _taylor(model, weights, data, batches, batch_size, seed, loss_fn)
+            raise ValueError(f"{criterion} reads each layer's input features; {unsupported[0]} is a recurrent "
+                             "matrix (use magnitude or taylor for recurrent units)")
+    if isinstance(crit, Taylor):
+        return crit.taylor(model, layers, data, batches, batch_size, seed, loss_fn)  # type: ignore[arg-type]
+    return crit.scores(model, layers, data, seed=seed, loss_fn=loss_fn)
 
 
-def _per_input(norms: torch.Tensor, transposed: bool) -> torch.Tensor:
+@register_criterion("magnitude")
+class Magnitude(Criterion):
+    """|w| (L1 magnitude): data-free."""
+
+    needs_data = False
+
+    def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
+               loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
+        """|w| of every weight."""
+        return {f: weight_of(model, f).detach().abs() for f in layers}
+
+
+@register_criterion("random")
+class RandomScores(Criterion):
+    """Uniform random scores, seeded (a control: what an allocation is worth without a criterion)."""
+
+    needs_data = False
+
+    def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
+               loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
+        """One seeded uniform draw per weight."""
+        gen = torch.Generator().manual_seed(seed)
+        out = {}
+        for f in layers:
+            w = weight_of(model, f)
+            out[f] = torch.rand(w.shape, generator=gen).to(w.device)
+        return out
+
+
+def per_input(norms: torch.Tensor, transposed: bool) -> torch.Tensor:
     """An input-feature vector broadcast over a weight: (1, in) for (out, in), (in, 1) for a Conv1D's (in, out)."""
     return norms[:, None] if transposed else norms[None, :]
 
 
-def _taylor(model: nn.Module, weights: dict[str, torch.Tensor], data: Split, batches: int,
-            batch_size: int, seed: int, loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
-    """Σ over a few batches of |w · ∂L/∂w| (Molchanov et al. 2019), gradients taken w.r.t. the effective weight."""
-    scores = {f: torch.zeros_like(w) for f, w in weights.items()}
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(data), generator=gen).to(data.x.device)
-    was_training = model.training
-    model.eval()
-    for b in range(batches):
-        idx = perm[b * batch_size:(b + 1) * batch_size]
-        if idx.numel() == 0:
-            break
-        with parametrize.cached():  # one effective-weight tensor per layer, shared with the forward pass
-            live = {f: weight_of(model, f) for f in weights}
-            loss = loss_fn(model(data.x[idx]), data.y[idx])
-        grads = torch.autograd.grad(loss, list(live.values()), allow_unused=True)
-        for (f, w), g in zip(live.items(), grads, strict=True):
-            if g is not None:
-                scores[f] += (w.detach() * g).abs()
-    model.train(was_training)
-    return scores
+@register_criterion("wanda")
+class Wanda(Criterion):
+    """|W_ij|·‖X_j‖₂ over the first calibration windows of the train split, compared within each output row."""
+
+    row_wise = True
+    activations = True
+
+    def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
+               loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
+        """Weight magnitudes times their input feature's norm."""
+        assert data is not None
+        norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
+        out = {}
+        for f in layers:
+            w = weight_of(model, f)
+            out[f] = w.detach().abs() * per_input(norms[f].to(w.dtype), is_transposed(model, f))
+        return out
+
+
+@register_criterion("taylor")
+class Taylor(Criterion):
+    """Σ over a few batches of |w · ∂L/∂w| (Molchanov et al. 2019), gradients w.r.t. the effective weight."""
+
+    def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
+               loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
+        """Taylor scores over 4 batches of 64."""
+        assert data is not None
+        return self.taylor(model, layers, data, 4, 64, seed, loss_fn)
+
+    @staticmethod
+    def taylor(model: nn.Module, layers: list[str], data: Split, batches: int, batch_size: int, seed: int,
+               loss_fn: LossFn) -> dict[str, torch.Tensor]:
+        """Taylor scores over ``batches`` random batches of ``batch_size``."""
+        scores = {f: torch.zeros_like(weight_of(model, f)) for f in layers}
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(data), generator=gen).to(data.x.device)
+        was_training = model.training
+        model.eval()
+        for b in range(batches):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            if idx.numel() == 0:
+                break
+            with parametrize.cached():  # one effective-weight tensor per layer, shared with the forward pass
+                live = {f: weight_of(model, f) for f in layers}
+                loss = loss_fn(model(data.x[idx]), data.y[idx])
+            grads = torch.autograd.grad(loss, list(live.values()), allow_unused=True)
+            for (f, w), g in zip(live.items(), grads, strict=True):
+                if g is not None:
+                    scores[f] += (w.detach() * g).abs()
+        model.train(was_training)
+        return scores
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from autoprune.config.policy import Policy
 from autoprune.errors import FinetuneDiverged, PolicyError
 from autoprune.models.layers import is_transposed, prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
-from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
+from autoprune.pruning.criteria import WANDA_WINDOWS, criterion_for, importance, row_wise
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import (
     FoldedMasks,
@@ -99,7 +99,7 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
             and levels.covers(ratios)):
         levels.prune_into(model, folded, ratios)
         return
-    if policy.criterion == "sparsegpt":
+    if criterion_for(policy.criterion).updates_weights:  # SparseGPT
         _prune_sparsegpt(model, folded, ratios, policy, splits)
         return
     scores = importance(model, list(ratios), policy.criterion, splits.train, seed=seed, loss_fn=loss_fn)

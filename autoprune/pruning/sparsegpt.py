@@ -16,13 +16,40 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
-from autoprune.models.layers import RNN_TYPES, unit_module, weight_of
-from autoprune.pruning.criteria import input_sums
+from autoprune.models.layers import RNN_TYPES, is_transposed, unit_module, weight_of
+from autoprune.pruning.criteria import WANDA_WINDOWS, Criterion, input_sums, register_criterion
+from autoprune.tasks.data import Split
+from autoprune.tasks.training import LossFn
 
-__all__ = ["BLOCK", "DAMP", "input_grams", "not_linear", "prepare_unit", "prune_prepared", "sparsegpt_prune"]
+__all__ = ["BLOCK", "DAMP", "SparseGPT", "input_grams", "not_linear", "prepare_unit", "prune_prepared",
+           "sparsegpt_prune"]
 
 BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
 DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps the Cholesky factorisation stable)
+
+
+@register_criterion("sparsegpt")
+class SparseGPT(Criterion):
+    """SparseGPT: a pruner, not only a score (``updates_weights``: ``prune_step`` runs :func:`sparsegpt_prune`).
+    As a score (sensitivity scans) it is the OBS saliency w²/[H⁻¹]²_jj from the calibration inputs' Hessian."""
+
+    activations = True
+    updates_weights = True
+
+    def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
+               loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
+        """w²/[H⁻¹]²_jj of every weight (read as out × in, returned in the weight's own layout)."""
+        assert data is not None
+        grams = input_grams(model, layers, data.x[:WANDA_WINDOWS])
+        out = {}
+        for f in layers:
+            weight = weight_of(model, f)
+            transposed = is_transposed(model, f)
+            w, hinv = prepare_unit(weight.t() if transposed else weight, grams.pop(f))
+            inverse = hinv.t() @ hinv  # H⁻¹ from its upper Cholesky factor
+            score = w.pow(2) / torch.diag(inverse).pow(2)[None, :]
+            out[f] = score.t() if transposed else score
+        return out
 
 
 def not_linear(model: nn.Module, layers: list[str]) -> str | None:

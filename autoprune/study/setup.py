@@ -13,11 +13,13 @@ import torch
 
 from autoprune.config.events import ProgressSink
 from autoprune.config.sampling import SampleContext
-from autoprune.config.space import SearchSpace
+from autoprune.config.space import BUILTIN_HEURISTICS, SearchSpace
 from autoprune.models.layers import is_transposed, layer_shapes, unit_module
 from autoprune.models.workspace import PreCheck, Workspace, load_workspace
+from autoprune.pruning.criteria import criterion_for
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
+from autoprune.pruning.rules import allocation_rule, rule_allocation
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, load_or_build_sparsegpt
 from autoprune.study.sampler import make_sampler, search_distributions
@@ -89,6 +91,12 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
             for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs, levels.outliers if levels else None,
                                     alpha="alpha" in wanted).items()}
+    for name in (n for n in wanted if n not in heur and n not in BUILTIN_HEURISTICS):  # a user's AllocationRule
+        try:
+            heur[name] = functools.lru_cache(maxsize=64)(rule_allocation(allocation_rule(name), ws.model, ws.layers,
+                                                                         ws.bounds))
+        except ValueError as err:
+            raise space.field_error("anchor" if name in space.anchors else "baselines", str(err)) from None
     missing = [a for a in space.anchors if a not in heur]
     if missing:
         raise space.field_error("anchor", f"heuristic {missing[0]} is not available for this model and space "
@@ -102,10 +110,14 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
 
 
 def check_activation_criteria(space: SearchSpace, model: torch.nn.Module, layers: list[str]) -> None:
-    """Wanda and SparseGPT (and OWL, which reads Wanda's scores) weigh a layer's weights by its input activations:
-    every selected unit must be a Linear (or a Hugging Face Conv1D); another is refused in one line naming it."""
+    """Every criterion of the space is registered (or imports); those that weigh a layer's weights by its input
+    activations (Wanda, SparseGPT, RIA; and OWL, which reads Wanda's scores) need every selected unit to be a
+    Linear (or a Hugging Face Conv1D): another is refused in one line naming it."""
     owl = "owl" in {*space.baselines, *space.anchors}
-    wanted = [c for c in space.criteria if c in ("wanda", "sparsegpt")] or (["wanda"] if owl else [])
+    try:
+        wanted = [c for c in space.criteria if criterion_for(c).activations] or (["wanda"] if owl else [])
+    except ValueError as err:
+        raise space.field_error("criteria", str(err)) from None
     if not wanted:
         return
     other = [f for f in layers if not (isinstance(unit_module(model, f), torch.nn.Linear) or is_transposed(model, f))]

@@ -1,0 +1,94 @@
+"""Extension points: a user's Criterion and AllocationRule named ``package.module:Class`` in a space, through the
+CLI; registered ones by name; RIA, the built-in added as one file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune.config.policy import Policy
+from autoprune.models.layers import weight_of
+from autoprune.models.zoo import MLP
+from autoprune.pruning.criteria import CRITERIA, criterion_for, importance
+from autoprune.pruning.rules import ALLOCATION_RULES, AllocationRule, register_allocation
+from autoprune.tasks.data import Split
+from conftest import write_space
+
+EXE = str(Path(sys.executable).parent / "autoprune")
+TESTS = Path(__file__).resolve().parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([EXE, *args], capture_output=True, text=True, env=env)
+
+
+def test_a_users_criterion_and_allocation_search_export_and_apply_through_the_cli(tmp_path: Path) -> None:
+    rule = "userpkg.extensions:FirstLayerDense"
+    path = write_space(tmp_path / "s.yaml", name="ext", criteria=["userpkg.extensions:SquaredMagnitude"],
+                       baselines=[rule, "lamp"], anchor=["lamp", rule], trials=8)
+    runs = ["--runs", str(tmp_path / "runs")]
+    res = _run("search", str(path), "--no-track", *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _run("export", "--study", "ext", "--knee", "-o", str(tmp_path / "p.json"), *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    policy = Policy.load(tmp_path / "p.json")
+    assert policy.criterion == "userpkg.extensions:SquaredMagnitude"
+    res = _run("apply", str(tmp_path / "p.json"), "--space", str(path), "-o", str(tmp_path / "m.pt"), "--no-track",
+               *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = next(line for line in res.stdout.splitlines() if "test_accuracy" in line)
+    assert float(row.split("│")[-2]) == pytest.approx(policy.expected["test_accuracy"], abs=1e-4)
+    import optuna
+
+    study = optuna.load_study(study_name="ext", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "optuna.journal"))))
+    rule_trials = [t for t in study.trials if t.user_attrs.get("baseline") == rule]
+    assert len(rule_trials) == 2  # at both targets, as its own anchor with zero offsets
+    for t in rule_trials:
+        ratios = Policy.model_validate_json(t.user_attrs["eval"]["policy"]).sparsity
+        others = [r for f, r in ratios.items() if f != "features.0"]
+        assert t.params["anchor"] == rule and ratios["features.0"] < 0.1 < t.params["target"] <= min(others)
+
+
+def test_a_criterion_or_rule_that_does_not_import_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    path = write_space(tmp_path / "s.yaml", criteria=["userpkg.nothere:Score"])
+    res = _run("search", str(path), "--no-track", "--runs", str(tmp_path / "runs"))
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "field 'criteria'" in lines[0] and "nothere" in lines[0]
+    path = write_space(tmp_path / "t.yaml", baselines=["userpkg.extensions:SquaredMagnitude"])
+    res = _run("search", str(path), "--no-track", "--runs", str(tmp_path / "runs"))
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and "field 'baselines'" in lines[-1] and "not an AllocationRule" in lines[-1]
+
+
+def test_registered_rules_and_criteria_are_found_by_name() -> None:
+    @register_allocation("test_half")
+    class Half(AllocationRule):
+        def ratios(self, model: torch.nn.Module, layers: list[str], target: float) -> dict[str, float]:
+            return dict.fromkeys(layers, 0.5)
+
+    try:
+        assert ALLOCATION_RULES["test_half"] is Half and Half.name == "test_half"
+    finally:
+        del ALLOCATION_RULES["test_half"]
+    assert criterion_for("ria").row_wise and criterion_for("ria").activations  # (loads the built-in modules)
+    assert {"magnitude", "taylor", "random", "wanda", "sparsegpt", "ria"} <= set(CRITERIA)
+    with pytest.raises(ValueError, match="unknown criterion 'nope'"):
+        criterion_for("nope")
+
+
+def test_ria_is_relative_importance_times_activation_norm() -> None:
+    torch.manual_seed(0)
+    model = MLP(6, 3, (4,))
+    x = torch.randn(40, 6)
+    w = weight_of(model, "net.1").detach().abs()
+    norms = x[:32].pow(2).sum(0).sqrt()  # the first 32 calibration examples, as Wanda
+    expected = (w / w.sum(1, keepdim=True) + w / w.sum(0, keepdim=True)) * norms.sqrt()[None, :]
+    got = importance(model, ["net.1"], "ria", Split(x, torch.zeros(40, dtype=torch.long)))["net.1"]
+    torch.testing.assert_close(got, expected)
