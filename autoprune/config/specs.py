@@ -192,6 +192,9 @@ class LadderSpec(Strict):
     steps: list[int] | None = None
     keep: float = Field(default=0.34, gt=0.0, le=1.0)  # fraction of each rung promoted (per target)
     min_peers: int = Field(default=4, ge=1)  # below this many scores at a rung and target, everyone climbs
+    # warm start across targets: each size's best production candidate is also tried at the other sizes (as it is,
+    # and with zero offsets: its anchor's own allocation under its recipe); see autoprune.study.transfer
+    transfer: bool = False
     # what ranks candidates at each rung below the last (one name for all, or one per rung): the rung's validation
     # metric, its validation or training loss, or the KL divergence of its outputs to the dense model's.
     # Default: kl_to_dense on a rung without fine-tune, train_loss after one (they predicted the production

@@ -28,6 +28,7 @@ from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.sampler import search_distributions
 from autoprune.study.setup import Prepared, SearchOptions, open_search_study, prepare
 from autoprune.study.storage import enqueue_lock, load_existing, make_storage
+from autoprune.study.transfer import enqueue_transfers
 from autoprune.study.trials import (
     FINISHED,
     dense_row,
@@ -247,6 +248,8 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         if space.ladder is not None:
             with enqueue_lock(st):  # new scores at a rung may lift a stopped candidate into its best part
                 enqueue_promotions(st, space)
+                if space.ladder.transfer and trial.state == optuna.trial.TrialState.COMPLETE:
+                    enqueue_transfers(st, space)  # a new production score may be a size's new best
         if listener is not None:
             listener.on_trial(to_record(trial))
             handed.append(trial.number)
