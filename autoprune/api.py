@@ -110,7 +110,7 @@ def load_workspace(space: SearchSpace | str | Path, *, device: str = "auto", run
 
     With ``policy``, the dense model must be the one the policy was searched on (refused otherwise).
     """
-    from autoprune.models.workspace import load_workspace as load
+    from autoprune.workspace import load_workspace as load
 
     return load(load_space(space), device, Path(runs_dir), expect_dense=policy.dense_key or None if policy else None)
 

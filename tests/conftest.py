@@ -45,7 +45,7 @@ def space_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def workspace(space_path: Path, runs_dir: Path):  # type: ignore[no-untyped-def]
     from autoprune.config.space import SearchSpace
-    from autoprune.models.workspace import load_workspace
+    from autoprune.workspace import load_workspace
 
     return load_workspace(SearchSpace.from_yaml(space_path), "cpu", runs_dir)
 

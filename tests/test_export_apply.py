@@ -15,9 +15,9 @@ from autoprune.config.policy import FineTune, Granularity, Policy
 from autoprune.config.space import SearchSpace
 from autoprune.deploy.production import apply, export_onnx, load_pruned, save_pruned
 from autoprune.errors import ConfigError, PolicyError
-from autoprune.models.workspace import load_workspace
 from autoprune.pruning.evaluate import evaluate
 from autoprune.pruning.masks import make_permanent
+from autoprune.workspace import load_workspace
 from conftest import write_space
 
 EXE = str(Path(sys.executable).parent / "autoprune")

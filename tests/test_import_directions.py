@@ -68,9 +68,9 @@ def test_production_path_does_not_import_optuna_or_mlflow() -> None:
 # The layer table (DESIGN.md): plain data → torch work (models, tasks, pruning) → orchestration (study, tracking,
 # deploy, bench, api) → CLI. A module may import its own layer or a lower one, never a higher.
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(["errors", "files", "processes", "config"], 0),
+    **dict.fromkeys(["errors", "files", "processes", "plugins", "config"], 0),
     **dict.fromkeys(["models", "tasks", "pruning"], 1),
-    **dict.fromkeys(["study", "tracking", "deploy", "bench", "api"], 2),
+    **dict.fromkeys(["workspace", "study", "tracking", "deploy", "bench", "api"], 2),
     "cli": 3,
 }
 
@@ -117,3 +117,37 @@ def test_every_public_module_declares_its_api() -> None:
     missing = [str(p.relative_to(PKG)) for p in _modules() if not p.name.startswith("_")
                and "__all__" not in p.read_text()]
     assert missing == []
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "autoprune" and len(parts) > 1 else None
+
+
+def test_packages_import_each_other_without_a_cycle() -> None:
+    """Within a layer too (models, tasks and pruning share one): the package graph, lazy imports included, has no
+    cycle (tasks may reach the torchvision / Hugging Face adapters in models; models never reaches tasks)."""
+    graph: dict[str, set[str]] = {}
+    for p in _modules():
+        mine = _top(p)
+        if mine == "__init__":
+            continue
+        for module, _ in _imports(p):
+            theirs = _package(module)
+            if theirs is not None and theirs != mine:
+                graph.setdefault(mine, set()).add(theirs)
+    seen: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        seen[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if seen.get(nxt) == 1:
+                return [*path, node, nxt]
+            if nxt not in seen and (cycle := visit(nxt, [*path, node])):
+                return cycle
+        seen[node] = 2
+        return None
+
+    cycles = [c for n in sorted(graph) if n not in seen and (c := visit(n, []))]
+    assert cycles == []
+    assert "tasks" not in graph.get("models", set())

@@ -14,7 +14,6 @@ from autoprune.config.policy import Policy
 from autoprune.config.space import SearchSpace
 from autoprune.deploy.production import apply
 from autoprune.errors import ConfigError
-from autoprune.models.workspace import load_workspace
 from autoprune.study import SearchOptions, run_search
 from autoprune.study.ladder import (
     RungScore,
@@ -29,6 +28,7 @@ from autoprune.study.ladder import (
     scores_of,
 )
 from autoprune.tasks.training import classification_metrics
+from autoprune.workspace import load_workspace
 from conftest import write_space
 
 LADDER = {"epochs": [0, 1, 2], "keep": 0.5, "min_peers": 2}

@@ -207,7 +207,7 @@ def test_search_export_apply_writes_a_folder_transformers_loads(tmp_path: Path) 
         "hf.model.layers.0.self_attn.q_proj"]
     run("apply", "p.json", "--space", "s.yaml", "--hf-folder", "hf", "--no-track", "-o", "pruned.pt")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    from autoprune.models.workspace import load_workspace
+    from autoprune.workspace import load_workspace
 
     ws = load_workspace(SearchSpace.from_yaml(tmp_path / "s.yaml"), "cpu", tmp_path / "runs")
     wrapped = build_model("hf-llama", ws.splits.input_shape, ws.splits.num_classes, ws.space.model.kwargs)

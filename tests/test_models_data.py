@@ -12,9 +12,9 @@ import torch
 from autoprune.config.space import SearchSpace
 from autoprune.errors import DataError, ModelError
 from autoprune.models.layers import architecture_fingerprint, prunable_layers
-from autoprune.models.workspace import load_workspace
 from autoprune.models.zoo import BUILTIN, build_model
 from autoprune.tasks.data import load_data
+from autoprune.workspace import load_workspace
 from conftest import write_space
 
 sys.path.insert(0, str(Path(__file__).parent))

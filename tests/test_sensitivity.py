@@ -33,10 +33,10 @@ def test_channel_sensitivity_prunes_the_searched_coupled_group(tmp_path: Path) -
     from autoprune.config.space import SearchSpace
     from autoprune.deploy.production import apply
     from autoprune.models.layers import layer_shapes, weight_of
-    from autoprune.models.workspace import load_workspace
     from autoprune.pruning.channels import groups_for
     from autoprune.pruning.criteria import importance
     from autoprune.pruning.sensitivity import prune_channel_group
+    from autoprune.workspace import load_workspace
     from conftest import write_space
 
     space = SearchSpace.from_yaml(write_space(tmp_path / "r.yaml", model={"name": "resnet20", "kwargs": {"width": 8}},

@@ -94,7 +94,7 @@ def test_relative_paths_resolve_against_the_space_file(tmp_path: Path) -> None:
 
 
 def test_a_bad_layer_pattern_is_reported_before_training(tmp_path: Path) -> None:
-    from autoprune.models.workspace import load_workspace
+    from autoprune.workspace import load_workspace
 
     space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", layers={"include": ["nope.*"]},
                                               train={"epochs": 500}))

@@ -70,8 +70,8 @@ def test_budgets_in_optimizer_steps_become_epochs_of_the_loaded_train_split(tmp_
     import math
 
     from autoprune.config.space import SearchSpace
-    from autoprune.models.workspace import load_workspace
     from autoprune.study import SearchOptions, run_search
+    from autoprune.workspace import load_workspace
 
     space = SearchSpace.from_yaml(write_space(tmp_path / "steps.yaml", name="steps", finetune={"lr_scale": [0.3]},
                                               ladder={"steps": [0, 10, 40], "keep": 1.0}, trials=3))

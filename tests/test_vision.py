@@ -14,8 +14,8 @@ def test_torchvision_model_and_fakedata_search_space(tmp_path: Path) -> None:
 
     from autoprune.config.policy import FineTune, Granularity, Policy
     from autoprune.config.space import SearchSpace
-    from autoprune.models.workspace import load_workspace
     from autoprune.pruning.evaluate import evaluate
+    from autoprune.workspace import load_workspace
     from conftest import write_space
 
     space = SearchSpace.from_yaml(write_space(
@@ -48,7 +48,7 @@ def test_an_image_folder_is_read_lazily_up_to_the_stream_budget(tmp_path: Path) 
     from PIL import Image
 
     from autoprune.config.space import SearchSpace
-    from autoprune.models.workspace import load_workspace
+    from autoprune.workspace import load_workspace
     from conftest import write_space
 
     rng = np.random.default_rng(0)

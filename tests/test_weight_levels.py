@@ -19,7 +19,6 @@ from autoprune.config.budget import level_units, project_to_budget, snap_to_leve
 from autoprune.config.policy import FineTune, Policy
 from autoprune.config.space import SearchSpace
 from autoprune.models.layers import prunable_layers, weight_of
-from autoprune.models.workspace import load_workspace
 from autoprune.models.zoo import build_model
 from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import DenseReference, evaluate, prune_and_finetune
@@ -30,6 +29,7 @@ from autoprune.study.evolution import mutate_levels
 from autoprune.study.storage import make_storage
 from autoprune.tasks.causal_lm import CausalLMTask
 from autoprune.tasks.data import Split, Splits
+from autoprune.workspace import load_workspace
 from conftest import TINY_LLAMA_SPACE
 
 pytest.importorskip("transformers")

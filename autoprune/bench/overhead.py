@@ -15,13 +15,13 @@ from autoprune.config.budget import project_to_budget
 from autoprune.config.policy import Granularity, Policy
 from autoprune.config.sampling import on_levels
 from autoprune.models.layers import weight_of
-from autoprune.models.workspace import Workspace
 from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import DenseReference
 from autoprune.pruning.masks import apply_masks, compute_mask, folded_masks
 from autoprune.study.evolution import mutate, mutate_levels
 from autoprune.study.setup import Prepared
 from autoprune.tasks.training import predict, train_epoch
+from autoprune.workspace import Workspace
 
 __all__ = ["finetune_throughput", "projection_seconds", "screening_cost", "screening_rows"]
 

@@ -26,12 +26,12 @@ from autoprune.deploy.production import (
 from autoprune.errors import AutopruneError, PolicyError
 from autoprune.files import check_writable
 from autoprune.models.hf import CausalLM, hf_tokenizer, save_hf_folder
-from autoprune.models.workspace import load_workspace
 from autoprune.pruning.criteria import criterion_for
 from autoprune.pruning.metrics import latency_device
 from autoprune.tasks import Task
 from autoprune.tasks.data import Splits
 from autoprune.tasks.training import choose_threads
+from autoprune.workspace import load_workspace
 
 __all__ = ["ROWS", "run_apply"]
 

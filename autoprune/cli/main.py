@@ -93,8 +93,8 @@ def sensitivity(
     """Per-layer accuracy-vs-ratio curves (one layer pruned at a time, no fine-tune); cached, CSV + PNG."""
     from autoprune.api import load_space
     from autoprune.cli.console import RichProgress, out, table
-    from autoprune.models.workspace import load_workspace
     from autoprune.pruning.sensitivity import load_or_scan
+    from autoprune.workspace import load_workspace
 
     sp = load_space(space)
     ws = load_workspace(sp, device, runs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import ModelError
+from autoprune.plugins import import_callable
 
 __all__ = [
     "BUILTIN",
@@ -23,7 +23,6 @@ __all__ = [
     "ResNetCifar",
     "SmallVGG",
     "build_model",
-    "import_callable",
     "load_checkpoint",
 ]
 
@@ -200,19 +199,6 @@ def _tiny_lm(seq_len: int, vocab: int, kw: dict[str, Any]) -> nn.Module:
     from autoprune.models.lm import TinyLM
 
     return TinyLM(vocab=vocab, seq_len=seq_len, **kw)
-
-
-def import_callable(ref: str, what: str) -> Callable[..., Any]:
-    """Resolve ``package.module:callable``; a clear error names the reference when it fails."""
-    mod_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except Exception as err:  # any import-time failure of user code is the user's input problem
-        raise ModelError(f"{what} '{ref}': cannot import module '{mod_name}' ({err})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ModelError(f"{what} '{ref}': module '{mod_name}' has no callable '{attr}'")
-    return fn
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,

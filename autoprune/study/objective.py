@@ -15,7 +15,6 @@ from autoprune.config.policy import Policy
 from autoprune.config.sampling import SampleContext, fixed_choices, sample
 from autoprune.config.space import SearchSpace
 from autoprune.errors import FinetuneDiverged
-from autoprune.models.workspace import Workspace
 from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.pruning.heuristics import Allocation
@@ -31,6 +30,7 @@ from autoprune.study.ladder import (
     scores_of,
 )
 from autoprune.study.liveness import REASON, WORKER, this_worker
+from autoprune.workspace import Workspace
 
 __all__ = [
     "CANDIDATE_ERRORS",

@@ -18,7 +18,6 @@ from autoprune.config.sampling import SampleContext
 from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.models.layers import weight_of
-from autoprune.models.workspace import PreCheck
 from autoprune.pruning.evaluate import evaluate
 from autoprune.study.baselines import enqueue_baselines
 from autoprune.study.identity import check_study_parts, refuse_other_parts, study_parts
@@ -40,6 +39,7 @@ from autoprune.study.trials import (
     trial_policy,
 )
 from autoprune.study.workers import spawn_workers, stop_workers, worker_shares
+from autoprune.workspace import PreCheck
 
 __all__ = ["BEST_EVERY_S", "FRONT_EVERY", "ProgressSink", "SearchResult", "finish", "run_search", "study_info",
            "summarize", "test_front"]

@@ -15,7 +15,6 @@ from autoprune.config.events import ProgressSink
 from autoprune.config.sampling import SampleContext
 from autoprune.config.space import BUILTIN_HEURISTICS, SearchSpace
 from autoprune.models.layers import is_transposed, layer_shapes, unit_module
-from autoprune.models.workspace import PreCheck, Workspace, load_workspace
 from autoprune.pruning.criteria import criterion_for
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
@@ -26,6 +25,7 @@ from autoprune.study.sampler import make_sampler, search_distributions
 from autoprune.study.storage import make_storage, metric_names, open_study
 from autoprune.tasks import task_class
 from autoprune.tasks.training import choose_threads, resolve_device
+from autoprune.workspace import PreCheck, Workspace, load_workspace
 
 __all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "open_search_study", "prepare", "study_name_for"]
 

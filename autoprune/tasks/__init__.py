@@ -25,7 +25,7 @@ def task_class(kind: str) -> type[Task]:
     if ":" not in kind:
         raise ConfigError(f"task.kind '{kind}': unknown (built-in: {', '.join(BUILTIN_TASKS)}; "
                           "or package.module:ClassName of a Task subclass)")
-    from autoprune.models.zoo import import_callable
+    from autoprune.plugins import import_callable
 
     found = import_callable(kind, "task")
     if not (isinstance(found, type) and issubclass(found, Task)):

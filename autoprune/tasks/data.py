@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from autoprune.errors import DataError, ModelError
-from autoprune.models.zoo import import_callable
+from autoprune.plugins import import_callable
 from autoprune.tasks.streams import is_stream, read_stream
 
 __all__ = ["SKLEARN_DATASETS", "Split", "Splits", "Targets", "check_features", "check_float_targets", "check_rows",
