@@ -147,7 +147,7 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
     d = space.data
     splits = load_data(d.name, d.kwargs, d.val_fraction, d.test_fraction, d.split_seed,
                        targets=task_class(space.task.kind).targets, stream=d.stream.model_dump(),
-                       model_cache=runs_dir / "models")
+                       model_cache=runs_dir / "models", tokens=d.tokens)
     task = make_task(space.task.kind, splits, space.task.options)
     space = space.with_step_budgets(len(splits.train))  # steps → epochs of this train split
     model, hit, key, layers = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense,

