@@ -190,3 +190,14 @@ def test_compute_spent_sums_each_phase_over_every_rung_of_a_trial() -> None:
     assert abs(out["mean_time_prune"] - 0.8 / 2) < 1e-9
     per_trial = out["eval_seconds"] / 2
     assert out["mean_time_finetune"] + out["mean_time_prune"] + out["mean_time_measure"] <= per_trial + 1e-9
+
+
+def test_stratified_rungs_compare_each_schedule_with_its_own() -> None:
+    scores = [RungScore(0, 1, 0.9, 0.9, "oneshot"), RungScore(1, 1, 0.9, 0.8, "oneshot"),
+              RungScore(2, 1, 0.9, 0.3, "cubic×3"), RungScore(3, 1, 0.9, 0.2, "cubic×3")]
+    assert sorted(peers(scores, 1, 0.9, stratum="cubic×3")) == [0.2, 0.3]
+    assert peers(scores, 1, 0.9) == []  # no unstratified scores
+    done = [(0, 2, 0.9, "oneshot"), (9, 2, 0.9)]
+    assert climbed(done, 1, 0.9, stratum="oneshot") == 1 and climbed(done, 1, 0.9) == 1
+    # the best cubic candidate climbs although every one-shot candidate scored higher
+    assert late_promotions(scores, {1: 1, 2: 1, 3: 1}, set(), keep=0.5, min_peers=1, done=done) == [(2, 2)]

@@ -197,6 +197,9 @@ class LadderSpec(Strict):
     # warm start across targets: each size's best production candidate is also tried at the other sizes (as it is,
     # and with zero offsets: its anchor's own allocation under its recipe); see autoprune.study.transfer
     transfer: bool = False
+    # compare like with like: a candidate competes at each rung only with candidates of its own schedule (a cubic
+    # 3-step schedule squeezed into a short rung's few epochs ranks below one-shot there, whatever it does later)
+    stratify: bool = False
     # what ranks candidates at each rung below the last (one name for all, or one per rung): the rung's validation
     # metric, its validation or training loss, or the KL divergence of its outputs to the dense model's.
     # Default: kl_to_dense on a rung without fine-tune, train_loss after one (they predicted the production

@@ -29,6 +29,7 @@ from autoprune.config.space import LadderSpec, SearchSpace
 __all__ = [
     "SAME_SIZE",
     "SIGNS",
+    "Reached",
     "RungScore",
     "climbed",
     "climbs",
@@ -59,6 +60,7 @@ class RungScore:
     rung: int
     sparsity: float
     score: float  # the rung's ranking value, higher is better (see ``rank_value``)
+    stratum: str = ""  # candidates are compared only within one stratum (ladder.stratify: their schedule)
 
 
 # sign that makes a rung record's field "higher is better" (losses and divergences are lower-better)
@@ -80,26 +82,32 @@ def scores_of(trials: Iterable[tuple[int, dict[str, Any]]], rank_by: list[str]) 
         for r, by in enumerate(rank_by):
             rec = attrs.get(rung_key(r))
             if rec is not None and not math.isnan(value := rank_value(rec, by)):
-                out.append(RungScore(number, r, float(rec["sparsity"]), value))
+                out.append(RungScore(number, r, float(rec["sparsity"]), value, str(rec.get("stratum", ""))))
     return out
 
 
-def peers(scores: list[RungScore], rung: int, sparsity: float, exclude: int | None = None) -> list[float]:
-    """Scores at ``rung`` of the other candidates of the same size."""
-    return [s.score for s in scores
-            if s.rung == rung and abs(s.sparsity - sparsity) < SAME_SIZE and s.trial != exclude]
+def peers(scores: list[RungScore], rung: int, sparsity: float, exclude: int | None = None, stratum: str = ""
+          ) -> list[float]:
+    """Scores at ``rung`` of the other candidates of the same size (and stratum)."""
+    return [s.score for s in scores if s.rung == rung and abs(s.sparsity - sparsity) < SAME_SIZE
+            and s.trial != exclude and s.stratum == stratum]
 
 
-def reached(trials: Iterable[tuple[int, dict[str, Any]]], n_rungs: int) -> list[tuple[int, int, float]]:
-    """``(trial, rung, sparsity)`` for every rung a searched trial has finished, the last rung included
+Reached = tuple[Any, ...]  # (trial, rung, sparsity[, stratum])
+
+
+def reached(trials: Iterable[tuple[int, dict[str, Any]]], n_rungs: int) -> list[Reached]:
+    """``(trial, rung, sparsity, stratum)`` for every rung a searched trial has finished, the last rung included
     (baselines always climb, outside the quota: they must not take the searched candidates' places)."""
-    return [(number, r, float(attrs[rung_key(r)]["sparsity"])) for number, attrs in trials
-            if "baseline" not in attrs for r in range(n_rungs) if rung_key(r) in attrs]
+    return [(number, r, float(attrs[rung_key(r)]["sparsity"]), str(attrs[rung_key(r)].get("stratum", "")))
+            for number, attrs in trials if "baseline" not in attrs for r in range(n_rungs) if rung_key(r) in attrs]
 
 
-def climbed(done: list[tuple[int, int, float]], rung: int, sparsity: float, exclude: int | None = None) -> int:
-    """How many other candidates of the same size already climbed from ``rung`` (finished ``rung + 1``)."""
-    return sum(1 for t, r, sp in done if r == rung + 1 and abs(sp - sparsity) < SAME_SIZE and t != exclude)
+def climbed(done: list[Reached], rung: int, sparsity: float, exclude: int | None = None, stratum: str = "") -> int:
+    """How many other candidates of the same size (and stratum) already climbed from ``rung`` (finished
+    ``rung + 1``)."""
+    return sum(1 for e in done if e[1] == rung + 1 and abs(e[2] - sparsity) < SAME_SIZE and e[0] != exclude
+               and (e[3] if len(e) > 3 else "") == stratum)
 
 
 def climbs(score: float, others: list[float], keep: float, min_peers: int, promoted: int = 0) -> bool:
@@ -118,7 +126,7 @@ def climbs(score: float, others: list[float], keep: float, min_peers: int, promo
 
 
 def late_promotions(scores: list[RungScore], stopped: dict[int, int], promoted: set[int], keep: float,
-                    min_peers: int, done: list[tuple[int, int, float]] | None = None) -> list[tuple[int, int]]:
+                    min_peers: int, done: list[Reached] | None = None) -> list[tuple[int, int]]:
     """``(trial, rung to resume at)`` for every stopped trial that now belongs to its rung's best fraction, while
     its size's quota of climbers allows. ``stopped`` maps a trial to the rung where it stopped; ``promoted``
     holds trials already re-enqueued; ``done`` is :func:`reached` (who climbed already)."""
@@ -129,10 +137,11 @@ def late_promotions(scores: list[RungScore], stopped: dict[int, int], promoted: 
         mine = by_trial.get((number, rung))
         if number in promoted or mine is None:
             continue
-        others = peers(scores, rung, mine.sparsity, exclude=number)
-        if climbs(mine.score, others, keep, min_peers, climbed(done, rung, mine.sparsity, exclude=number)):
+        others = peers(scores, rung, mine.sparsity, exclude=number, stratum=mine.stratum)
+        if climbs(mine.score, others, keep, min_peers,
+                  climbed(done, rung, mine.sparsity, exclude=number, stratum=mine.stratum)):
             out.append((number, rung + 1))
-            done.append((number, rung + 1, mine.sparsity))  # it takes one of the size's places
+            done.append((number, rung + 1, mine.sparsity, mine.stratum))  # it takes one of the size's places
     return out
 
 

@@ -153,7 +153,10 @@ class Objective:
             tokens = ladder.tokens[r] if ladder.tokens is not None and r < last else None
             ev = self.rung(policy, ladder.epochs[r], tokens, r == last)
             self.eval_seconds.append(ev.times["total"])
-            record = rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)
+            record: dict[str, Any] = {**rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)}
+            stratum = policy.schedule.label if ladder.stratify else ""
+            if stratum:
+                record["stratum"] = stratum
             if tokens is not None:
                 record["tokens"] = tokens
             if r < last:
@@ -165,8 +168,8 @@ class Objective:
             if always:
                 continue
             done = [(t.number, t.user_attrs) for t in trial.study.get_trials(deepcopy=False)]
-            others = peers(scores_of(done, rank_fields(ladder)), r, sparsity, exclude=trial.number)
-            up = climbed(reached(done, last + 1), r, sparsity, exclude=trial.number)
+            others = peers(scores_of(done, rank_fields(ladder)), r, sparsity, exclude=trial.number, stratum=stratum)
+            up = climbed(reached(done, last + 1), r, sparsity, exclude=trial.number, stratum=stratum)
             if not climbs(mine, others, ladder.keep, ladder.min_peers, up):
                 trial.set_user_attr("ladder_stop", r)
                 raise optuna.TrialPruned(f"stopped at rung {r}: {by} {abs(mine):.4f} not in the best "
