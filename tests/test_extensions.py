@@ -64,7 +64,7 @@ def test_a_criterion_or_rule_that_does_not_import_is_one_line_naming_the_field(t
     path = write_space(tmp_path / "t.yaml", baselines=["userpkg.extensions:SquaredMagnitude"])
     res = _run("search", str(path), "--no-track", "--runs", str(tmp_path / "runs"))
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 2 and "field 'baselines'" in lines[-1] and "not an AllocationRule" in lines[-1]
+    assert res.returncode == 2 and "field 'baselines'" in lines[-1] and "not a subclass of AllocationRule" in lines[-1]
 
 
 def test_registered_rules_and_criteria_are_found_by_name() -> None:

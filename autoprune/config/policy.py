@@ -27,6 +27,7 @@ __all__ = [
     "Policy",
     "Schedule",
     "check_criterion_name",
+    "check_registered_name",
 ]
 
 SCHEMA_VERSION = 1
@@ -36,15 +37,23 @@ BUILTIN_CRITERIA = ("magnitude", "taylor", "random", "wanda", "sparsegpt", "ria"
 # with @register_criterion) or ``package.module:Class`` of a user's Criterion subclass; checked against the
 # registry where torch is loaded (a search's setup, apply)
 Criterion = str
-_CRITERION_NAME = re.compile(r"^[A-Za-z_][\w]*$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_REGISTERED_NAME = re.compile(r"^[A-Za-z_]\w*$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def check_registered_name(name: str, kind: str, examples: tuple[str, ...], base: str) -> str:
+    """The spelling of an extension's name: a registered name or ``package.module:Class`` (whether it is
+    registered, or imports, is checked where torch is loaded)."""
+    if not _REGISTERED_NAME.match(name):
+        raise ValueError(f"{kind} '{name}': a registered name ({', '.join(examples)}, ...) or package.module:Class "
+                         f"of a {base} subclass")
+    return name
 
 
 def check_criterion_name(name: str) -> str:
-    """A criterion name's spelling: a registered name or ``package.module:Class`` (the registry decides later)."""
-    if not _CRITERION_NAME.match(name):
-        raise ValueError(f"criterion '{name}': a registered name ({', '.join(BUILTIN_CRITERIA)}, ...) or "
-                         "package.module:Class of a Criterion subclass")
-    return name
+    """A criterion name's spelling (see :func:`check_registered_name`)."""
+    return check_registered_name(name, "criterion", BUILTIN_CRITERIA, "Criterion")
+
+
 GranularityKind = Literal["unstructured", "channel", "nm"]
 LrDecay = Literal["constant", "cosine"]
 

@@ -5,7 +5,6 @@ constraints, early stop, sensitivity scan (plain pydantic data, no torch import;
 from __future__ import annotations
 
 import itertools
-import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -17,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from autoprune.config.policy import LrDecay
+from autoprune.config.policy import LrDecay, check_registered_name
 
 __all__ = ["BUILTIN_HEURISTICS", "AnchorName", "ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec",
            "Heuristic", "LadderSpec", "LayerSpec", "ModelSpec", "RankBy", "SamplerName", "SensitivitySpec",
@@ -31,15 +30,11 @@ BUILTIN_HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", 
 # user's AllocationRule subclass (see autoprune.pruning.heuristics); checked against the registry at setup
 Heuristic = str
 AnchorName = str  # a Heuristic, or none
-_RULE_NAME = re.compile(r"^[A-Za-z_]\w*$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def check_heuristic_name(name: str) -> str:
     """A heuristic's spelling: a registered name or ``package.module:Class`` (the registry decides at setup)."""
-    if not _RULE_NAME.match(name):
-        raise ValueError(f"heuristic '{name}': a registered name ({', '.join(BUILTIN_HEURISTICS)}, ...) or "
-                         "package.module:Class of an AllocationRule subclass")
-    return name
+    return check_registered_name(name, "heuristic", BUILTIN_HEURISTICS, "AllocationRule")
 
 
 class Strict(BaseModel):

@@ -9,16 +9,16 @@ space's ``criteria`` — like a user's ``Task``.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.models.layers import RNN_TYPES, is_transposed, unit_module, weight_of
+from autoprune.plugins import Registry
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
@@ -50,40 +50,16 @@ class Criterion(ABC):
         """A score per weight of each named unit (shaped like its weight; higher = more important)."""
 
 
-CRITERIA: dict[str, type[Criterion]] = {}
-_BUILTIN_MODULES = ("autoprune.pruning.sparsegpt", "autoprune.pruning.ria")  # criteria defined in their own module
-C = TypeVar("C", bound=type[Criterion])
-
-
-def register_criterion(name: str) -> Callable[[C], C]:
-    """Class decorator: make a :class:`Criterion` subclass available under ``name`` (in ``criteria:`` and
-    policies)."""
-    def add(cls: C) -> C:
-        if not (isinstance(cls, type) and issubclass(cls, Criterion)):
-            raise TypeError(f"register_criterion('{name}'): {cls!r} is not a Criterion subclass")
-        cls.name = name
-        CRITERIA[name] = cls
-        return cls
-    return add
+# criteria defined in their own module register themselves when it is imported
+CRITERIA: Registry[Criterion] = Registry("criterion", Criterion,
+                                         ("autoprune.pruning.sparsegpt", "autoprune.pruning.ria"))
+register_criterion = CRITERIA.register
 
 
 def criterion_for(name: str) -> Criterion:
     """The criterion registered as ``name``, or the ``package.module:Class`` a user named; a ValueError names what
     is wrong (unknown name, module that does not import, a class that is not a Criterion)."""
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    if name in CRITERIA:
-        return CRITERIA[name]()
-    if ":" not in name:
-        raise ValueError(f"unknown criterion '{name}' (registered: {', '.join(CRITERIA)}; or package.module:Class)")
-    mod_name, _, attr = name.partition(":")
-    try:
-        loaded = importlib.import_module(mod_name)
-    except Exception as err:  # any import-time failure of user code is the user's input problem
-        raise ValueError(f"criterion '{name}': cannot import module '{mod_name}' ({err})") from None
-    cls = getattr(loaded, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Criterion)):
-        raise ValueError(f"criterion '{name}': '{attr}' in {mod_name} is not a Criterion subclass")
+    cls = CRITERIA.resolve(name)
     cls.name = cls.name or name
     return cls()
 

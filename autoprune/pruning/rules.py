@@ -9,16 +9,15 @@ Name one in a space's ``baselines:`` (enqueued at every target, scored like the 
 
 from __future__ import annotations
 
-import importlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from torch import nn
 
 from autoprune.config.budget import project_to_budget
 from autoprune.models.layers import weight_of
+from autoprune.plugins import Registry
 from autoprune.pruning.heuristics import Allocation
 
 __all__ = ["ALLOCATION_RULES", "AllocationRule", "allocation_rule", "register_allocation", "rule_allocation"]
@@ -34,37 +33,13 @@ class AllocationRule(ABC):
         """A ratio in [0, 1) for each of ``layers`` (FQNs) of the dense ``model`` at global ``target``."""
 
 
-ALLOCATION_RULES: dict[str, type[AllocationRule]] = {}
-R = TypeVar("R", bound=type[AllocationRule])
-
-
-def register_allocation(name: str) -> Callable[[R], R]:
-    """Class decorator: make an :class:`AllocationRule` subclass available under ``name``."""
-    def add(cls: R) -> R:
-        if not (isinstance(cls, type) and issubclass(cls, AllocationRule)):
-            raise TypeError(f"register_allocation('{name}'): {cls!r} is not an AllocationRule subclass")
-        cls.name = name
-        ALLOCATION_RULES[name] = cls
-        return cls
-    return add
+ALLOCATION_RULES: Registry[AllocationRule] = Registry("heuristic", AllocationRule)
+register_allocation = ALLOCATION_RULES.register
 
 
 def allocation_rule(name: str) -> AllocationRule:
     """The rule registered as ``name`` or the ``package.module:Class`` named; a ValueError says what is wrong."""
-    if name in ALLOCATION_RULES:
-        return ALLOCATION_RULES[name]()
-    if ":" not in name:
-        raise ValueError(f"unknown heuristic '{name}' (registered rules: {', '.join(ALLOCATION_RULES) or 'none'}; "
-                         "or package.module:Class of an AllocationRule)")
-    mod_name, _, attr = name.partition(":")
-    try:
-        loaded = importlib.import_module(mod_name)
-    except Exception as err:  # any import-time failure of user code is the user's input problem
-        raise ValueError(f"heuristic '{name}': cannot import module '{mod_name}' ({err})") from None
-    cls = getattr(loaded, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, AllocationRule)):
-        raise ValueError(f"heuristic '{name}': '{attr}' in {mod_name} is not an AllocationRule subclass")
-    return cls()
+    return ALLOCATION_RULES.resolve(name)()
 
 
 def rule_allocation(rule: AllocationRule, model: nn.Module, layers: list[str],
