@@ -265,7 +265,7 @@ def test_bench_compares_language_model_methods_by_test_perplexity(tmp_path: Path
                           "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "test perplexity, mean ± std" in res.stdout and "wall time of each method" in res.stdout
-    assert "compute of each search" in res.stdout and "evaluations per rung" in " ".join(res.stdout.split())
+    assert "compute of each method" in res.stdout and "evaluations per rung" in " ".join(res.stdout.split())
     rows = (tmp_path / "b" / "bench-tiny_llama.csv").read_text().splitlines()
     assert rows[0].split(",")[:4] == ["method", "seed", "sparsity", "test_perplexity"]
     got = {(r.split(",")[0], r.split(",")[2]): float(r.split(",")[3]) for r in rows[1:]}

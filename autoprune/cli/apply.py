@@ -76,7 +76,7 @@ def run_apply(policy_path: Path, space: Path | None, model: str | None, data: st
     try:
         criterion_for(policy.criterion)  # registered, or the user's module:Class imports
     except ValueError as err:
-        raise PolicyError(f"{policy_path}: {err}") from None
+        raise PolicyError(f"{f'--criterion {criterion}' if criterion else policy_path}: {err}") from None
     ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
                         expect_dense=policy.dense_key or None)
     if hf_folder is not None and not isinstance(ws.model, (CausalLM, SequenceClassifier)):
