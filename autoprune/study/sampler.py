@@ -17,8 +17,18 @@ from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.study.ladder import rung_key
 
-__all__ = ["PerTargetTPE", "SpaceRecorder", "StaticSpaceTPE", "assign_target", "make_sampler", "random_candidate",
-           "search_distributions", "target_of"]
+__all__ = [
+    "STARTUP_SHARE",
+    "PerTargetTPE",
+    "SpaceRecorder",
+    "StaticSpaceTPE",
+    "assign_target",
+    "make_sampler",
+    "random_candidate",
+    "search_distributions",
+    "target_of",
+    "tpe_startup",
+]
 
 
 class SpaceRecorder:
@@ -172,13 +182,23 @@ def _rung_values(t: optuna.trial.FrozenTrial) -> dict[int, float]:
     return {r: float(t.user_attrs.get(rung_key(r), {}).get("rank", -math.inf))}
 
 
+STARTUP_SHARE = 1 / 3  # of each size's trials drawn at random before TPE models them (at least 10)
+
+
+def tpe_startup(trials: int, sizes: int) -> int:
+    """TPE's random start per size: a third of each size's share of ``trials``, at least 10. Measured on the digits
+    CNN (3 seeds, 300 trials over 5 sizes): with 10, TPE settled on the recipes the lower rungs favour and random
+    search on the same ladder beat it by 2.9 points at 98 %."""
+    return max(10, round(STARTUP_SHARE * trials / max(sizes, 1)))
+
+
 def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False,
                  targets: list[float] | None = None, ctx: SampleContext | None = None, offset: float = 2.0,
-                 group: str = "unit") -> optuna.samplers.BaseSampler:
+                 group: str = "unit", startup: int = 10) -> optuna.samplers.BaseSampler:
     """TPE (multivariate over ``search_space``, default; per target for a grid of targets), NSGA-II, random, GP,
     the RL controller or the evolutionary sampler (which needs ``ctx``, a grid of ``targets`` and the preference
     ``offset``; ``group``: the space's layers.group), seeded. The constant liar (running trials count as bad) only
-    matters with several workers.
+    matters with several workers. ``startup``: TPE's random trials (per target for a grid) before it models them.
     """
     if name == "evolution":
         from autoprune.study.evolution import EvolutionSampler
@@ -190,8 +210,9 @@ def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # `constant_liar` is flagged experimental
             if targets and "target" in search_space:
-                return PerTargetTPE(search_space, targets, seed=seed, n_startup_trials=10, constant_liar=parallel)
-            return StaticSpaceTPE(search_space, seed=seed, n_startup_trials=10, constant_liar=parallel)
+                return PerTargetTPE(search_space, targets, seed=seed, n_startup_trials=startup,
+                                    constant_liar=parallel)
+            return StaticSpaceTPE(search_space, seed=seed, n_startup_trials=startup, constant_liar=parallel)
     if name == "rl":
         from autoprune.study.controller import RLControllerSampler
 

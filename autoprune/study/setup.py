@@ -21,7 +21,7 @@ from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.rules import allocation_rule, rule_allocation
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, load_or_build_sparsegpt
-from autoprune.study.sampler import make_sampler, search_distributions
+from autoprune.study.sampler import make_sampler, search_distributions, tpe_startup
 from autoprune.study.storage import make_storage, metric_names, open_study
 from autoprune.tasks import task_class
 from autoprune.tasks.training import choose_threads, resolve_device
@@ -183,9 +183,10 @@ def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContex
     with contextlib.suppress(KeyError):
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     # seed + trials so far: a resumed study does not replay the first run's random draws
+    startup = tpe_startup(opts.n_trials or space.trials, len(space.targets.grid or [1]))
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
                            search_distributions(space, ctx), opts.workers > 1, space.targets.grid, ctx, space.offset,
-                           space.layers.group)
+                           space.layers.group, startup)
     task = task_class(space.task.kind)
     names = metric_names(space.size_metric, str(resolve_device(opts.device)), task.primary)
     return open_study(name, storage, sampler, names, task.direction)
