@@ -191,3 +191,14 @@ def test_a_latency_study_names_the_device_it_timed_on(tmp_path: Path, runs_dir: 
     assert done and all(t.values[1] > 0 for t in done)
     attrs = [t.user_attrs for t in done]
     assert all(a["eval"]["latency_device"] == "cpu" for a in attrs)
+
+
+def test_tpe_random_start_is_a_third_of_each_sizes_trials_and_at_least_ten() -> None:
+    from autoprune.study.sampler import PerTargetTPE, make_sampler, tpe_startup
+
+    assert tpe_startup(300, 5) == 20 and tpe_startup(60, 4) == 10 and tpe_startup(5, 0) == 10
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space = {"target": CategoricalDistribution([0.5, 0.9]), "pref/a": FloatDistribution(-1, 1)}
+    sampler = make_sampler("tpe", 0, space, targets=[0.5, 0.9], startup=tpe_startup(300, 2))
+    assert isinstance(sampler, PerTargetTPE) and sampler._n_startup_trials == 50
