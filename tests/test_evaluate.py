@@ -76,9 +76,9 @@ def test_size_metrics_on_known_model() -> None:
 
 
 def test_taylor_criterion_scores_and_prunes(workspace) -> None:  # type: ignore[no-untyped-def]
-    from autoprune.pruning.criteria import importance
+    from autoprune.pruning.criteria import Taylor
 
-    scores = importance(workspace.model, workspace.layers, "taylor", workspace.splits.train, batches=2)
+    scores = Taylor(batches=2).scores(workspace.model, workspace.layers, workspace.splits.train)
     for f in workspace.layers:
         w = workspace.model.get_submodule(f).weight
         assert scores[f].shape == w.shape and float(scores[f].sum()) > 0

@@ -27,7 +27,6 @@ __all__ = [
     "MethodResult",
     "affordable",
     "base_policy",
-    "ev_epochs",
     "heuristic_policy",
     "recipe_grid",
     "run_heuristic",
@@ -108,21 +107,17 @@ def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int,
         return _tuned(prep, name.removesuffix("_tuned"), levels, seed, budget_epochs)
     res = MethodResult(name, seed)
     for level in levels:
-        ev = _evaluate(prep, heuristic_policy(prep, name, level, seed))
+        policy = heuristic_policy(prep, name, level, seed)
+        ev = _evaluate(prep, policy)
         if ev is None:  # its fine-tune diverged: no model at this level
             res.test[level] = res.size[level] = math.nan
             continue
         res.test[level] = (ev.test or {})[prep.ws.task.primary]
         res.size[level] = ev.size_value(prep.ws.space.size_metric)
         res.seconds += ev.times["total"]
-        res.compute["finetune_epochs"] = res.compute.get("finetune_epochs", 0.0) + ev_epochs(prep, name, level, seed)
+        res.compute["finetune_epochs"] = res.compute.get("finetune_epochs", 0.0) + policy.finetune.epochs
     res.compute["eval_seconds"] = res.seconds
     return res
-
-
-def ev_epochs(prep: Prepared, name: str, level: float, seed: int) -> float:
-    """Fine-tune epochs one heuristic evaluation costs (its policy's production fine-tune)."""
-    return heuristic_policy(prep, name, level, seed).finetune.epochs
 
 
 def search_space_for(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int) -> SearchSpace:

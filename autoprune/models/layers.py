@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 __all__ = ["PRUNABLE_TYPES", "RNN_TYPES", "architecture_fingerprint", "is_hf_conv1d", "is_transposed",
-           "layer_shapes", "layer_weight", "prunable_layers", "rnn_weight_names", "unit_module", "unit_site",
-           "weight_of"]
+           "layer_shapes", "layer_weight", "out_by_in", "prunable_layers", "rnn_weight_names", "unit_module",
+           "unit_name", "unit_param_key", "unit_site", "weight_of"]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 RNN_TYPES: tuple[type[nn.Module], ...] = (nn.RNN, nn.LSTM, nn.GRU)
@@ -40,6 +40,26 @@ def rnn_weight_names(module: nn.Module) -> list[str]:
     return [n for n in getattr(module, "_flat_weights_names", []) if n.startswith("weight_")]
 
 
+def unit_name(module_name: str, module: nn.Module, param: str = "weight") -> str:
+    """The FQN of the unit ``param`` of ``module`` (named ``module_name``): the module's own name for a layer's
+    weight, ``<module>.<param>`` for an RNN matrix."""
+    if param == "weight" and not isinstance(module, RNN_TYPES):
+        return module_name
+    return f"{module_name}.{param}" if module_name else param
+
+
+def unit_param_key(fqn: str, module: nn.Module) -> str:
+    """The state-dict / parameter key of unit ``fqn`` held by ``module`` (a layer's ``<fqn>.weight``; an RNN matrix
+    is named by its key already)."""
+    return fqn if isinstance(module, RNN_TYPES) else f"{fqn}.weight"
+
+
+def out_by_in(tensor: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A unit's weight-shaped tensor read as (out, in) — or back: a Conv1D's (``transposed``) is ``.t()``, any other
+    unit's is itself. Its own inverse."""
+    return tensor.t() if transposed else tensor
+
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every prunable unit keyed by fully qualified name, in module order, mapped to the module that holds it (an
     RNN's units map to the RNN module)."""
@@ -49,7 +69,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
             out[name] = m
         elif isinstance(m, RNN_TYPES):
             for p in rnn_weight_names(m):
-                out[f"{name}.{p}" if name else p] = m
+                out[unit_name(name, m, p)] = m
     return out
 
 

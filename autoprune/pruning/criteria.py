@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autoprune.models.layers import RNN_TYPES, is_transposed, unit_module, weight_of
+from autoprune.models.layers import RNN_TYPES, is_transposed, out_by_in, unit_module, weight_of
 from autoprune.plugins import Registry
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
 __all__ = ["CRITERIA", "WANDA_WINDOWS", "Criterion", "Magnitude", "RandomScores", "Taylor", "Wanda",
-           "criterion_for", "importance", "input_norms", "input_sums", "per_input", "register_criterion", "row_wise"]
+           "activation_problem", "criterion_for", "importance", "input_norms", "input_sums", "register_criterion",
+           "row_wise"]
 
 WANDA_WINDOWS = 32  # calibration examples (token windows) whose activations Wanda reads: the first of the train split
 
@@ -69,21 +70,30 @@ def row_wise(criterion: str) -> bool:
     return criterion_for(criterion).row_wise
 
 
-def importance(model: nn.Module, layers: list[str], criterion: str, data: Split | None = None,
-               batches: int = 4, batch_size: int = 64, seed: int = 0,
+def activation_problem(model: nn.Module, layers: list[str], criterion: str) -> str | None:
+    """Why ``criterion``, which reads each unit's input activations, cannot score ``layers`` (the first unit that is
+    not a Linear or a Hugging Face Conv1D), or None when it can."""
+    for f in layers:
+        module = unit_module(model, f)
+        if isinstance(module, RNN_TYPES):
+            return (f"{criterion} reads each layer's input features; {f} is a recurrent matrix (use magnitude or "
+                    "taylor for recurrent units)")
+        if not (isinstance(module, nn.Linear) or is_transposed(model, f)):
+            return (f"{criterion} scores Linear layers only; {f} is {type(module).__name__} (exclude it in "
+                    "layers.exclude, or use magnitude or taylor)")
+    return None
+
+
+def importance(model: nn.Module, layers: list[str], criterion: str, data: Split | None = None, seed: int = 0,
                loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
     """Score every weight of each named layer with the named criterion (higher = more important); shapes match the
     weights. ``loss_fn``: the task's loss, whose gradients the Taylor criterion uses."""
     crit = criterion_for(criterion)
     if crit.needs_data and data is None:
         raise ValueError(f"the {criterion} criterion needs training data")
-    if crit.activations:
-        unsupported = [f for f in layers if isinstance(unit_module(model, f), RNN_TYPES)]
-        if unsupported:
-            raise ValueError(f"{criterion} reads each layer's input features; {unsupported[0]} is a recurrent "
-                             "matrix (use magnitude or taylor for recurrent units)")
-    if isinstance(crit, Taylor):
-        return crit.taylor(model, layers, data, batches, batch_size, seed, loss_fn)  # type: ignore[arg-type]
+    problem = activation_problem(model, layers, criterion) if crit.activations else None
+    if problem:
+        raise ValueError(problem)
     return crit.scores(model, layers, data, seed=seed, loss_fn=loss_fn)
 
 
@@ -116,11 +126,6 @@ class RandomScores(Criterion):
         return out
 
 
-def per_input(norms: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """An input-feature vector broadcast over a weight: (1, in) for (out, in), (in, 1) for a Conv1D's (in, out)."""
-    return norms[:, None] if transposed else norms[None, :]
-
-
 @register_criterion("wanda")
 class Wanda(Criterion):
     """|W_ij|·‖X_j‖₂ over the first calibration windows of the train split, compared within each output row."""
@@ -135,8 +140,9 @@ class Wanda(Criterion):
         norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
         out = {}
         for f in layers:
-            w = weight_of(model, f)
-            out[f] = w.detach().abs() * per_input(norms[f].to(w.dtype), is_transposed(model, f))
+            transposed = is_transposed(model, f)
+            w = out_by_in(weight_of(model, f).detach(), transposed).abs()
+            out[f] = out_by_in(w * norms[f].to(w.dtype)[None, :], transposed)
         return out
 
 
@@ -144,23 +150,20 @@ class Wanda(Criterion):
 class Taylor(Criterion):
     """Σ over a few batches of |w · ∂L/∂w| (Molchanov et al. 2019), gradients w.r.t. the effective weight."""
 
+    def __init__(self, batches: int = 4, batch_size: int = 64) -> None:
+        self.batches, self.batch_size = batches, batch_size
+
     def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
                loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
-        """Taylor scores over 4 batches of 64."""
+        """Taylor scores over ``batches`` random batches of ``batch_size`` training examples."""
         assert data is not None
-        return self.taylor(model, layers, data, 4, 64, seed, loss_fn)
-
-    @staticmethod
-    def taylor(model: nn.Module, layers: list[str], data: Split, batches: int, batch_size: int, seed: int,
-               loss_fn: LossFn) -> dict[str, torch.Tensor]:
-        """Taylor scores over ``batches`` random batches of ``batch_size``."""
         scores = {f: torch.zeros_like(weight_of(model, f)) for f in layers}
         gen = torch.Generator().manual_seed(seed)
         perm = torch.randperm(len(data), generator=gen).to(data.x.device)
         was_training = model.training
         model.eval()
-        for b in range(batches):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
+        for b in range(self.batches):
+            idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
             if idx.numel() == 0:
                 break
             with parametrize.cached():  # one effective-weight tensor per layer, shared with the forward pass

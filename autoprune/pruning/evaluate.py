@@ -14,9 +14,9 @@ from torch.nn.utils import parametrize
 
 from autoprune.config.policy import Policy
 from autoprune.errors import FinetuneDiverged, PolicyError
-from autoprune.models.layers import is_transposed, prunable_layers, weight_of
+from autoprune.models.layers import is_transposed, out_by_in, prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
-from autoprune.pruning.criteria import WANDA_WINDOWS, criterion_for, importance, row_wise
+from autoprune.pruning.criteria import WANDA_WINDOWS, activation_problem, criterion_for, importance, row_wise
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import (
     FoldedMasks,
@@ -28,7 +28,7 @@ from autoprune.pruning.masks import (
 )
 from autoprune.pruning.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.pruning.schedules import ratios_per_step
-from autoprune.pruning.sparsegpt import input_grams, not_linear, sparsegpt_prune
+from autoprune.pruning.sparsegpt import input_grams, sparsegpt_prune
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.tasks.data import Splits
 from autoprune.tasks.training import Distill, LossFn, predict, recalibrate_bn, seed_everything, train_epoch
@@ -117,19 +117,16 @@ def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, fl
                      splits: Splits) -> None:
     """SparseGPT: each Linear's mask and its remaining weights' update from the dense inputs' Hessian (the first
     calibration windows of the train split, as Wanda's)."""
-    problem = not_linear(model, list(ratios))
+    problem = activation_problem(model, list(ratios), "sparsegpt")
     if problem:
         raise PolicyError(problem)
     grams = input_grams(model, list(ratios), splits.train.x[:WANDA_WINDOWS])
     with torch.no_grad():
         for fqn, ratio in ratios.items():
             weight, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
-            updated, keep = sparsegpt_prune(weight.t() if transposed else weight, grams.pop(fqn), ratio,
-                                            policy.granularity)
-            if transposed:
-                updated, keep = updated.t(), keep.t()
-            weight.copy_(updated)
-            folded.masks[fqn].copy_(keep)
+            updated, keep = sparsegpt_prune(out_by_in(weight, transposed), grams.pop(fqn), ratio, policy.granularity)
+            weight.copy_(out_by_in(updated, transposed))
+            folded.masks[fqn].copy_(out_by_in(keep, transposed))
     folded.reapply()
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from autoprune.config.policy import Criterion
 from autoprune.config.sampling import unit_group
-from autoprune.models.layers import is_transposed, weight_of
+from autoprune.models.layers import is_transposed, out_by_in, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
 from autoprune.pruning.masks import FoldedMasks, row_mask, row_order
 from autoprune.tasks.data import Split
@@ -69,7 +69,7 @@ class LevelDatabase(LevelStore):
             raise ValueError(f"the level database needs a row-wise criterion (wanda), not {criterion}")
         scores = importance(model, layers, criterion, data)
         transposed = [f for f in layers if is_transposed(model, f)]  # rows are outputs: order a Conv1D's .t()
-        orders = {f: row_order(s.t() if f in transposed else s) for f, s in scores.items()}
+        orders = {f: row_order(out_by_in(s, f in transposed)) for f, s in scores.items()}
         blocks: dict[str, list[torch.Tensor]] = {}
         for f, s in scores.items():
             blocks.setdefault(unit_group(f, "block"), []).append(s.flatten().double())
@@ -86,7 +86,9 @@ class LevelDatabase(LevelStore):
 
     def _mask(self, fqn: str, ratio: float) -> torch.Tensor:
         mask = row_mask(self.orders[fqn], ratio)
-        return mask.t().contiguous() if fqn in self.transposed else mask.view(self.shapes[fqn])
+        if fqn in self.transposed:
+            return out_by_in(mask, True).contiguous()
+        return mask.view(self.shapes[fqn])
 
     def covers(self, ratios: dict[str, float]) -> bool:
         """Every ratio of a stored unit (an order gives every level)."""

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.config.policy import Granularity
-from autoprune.models.layers import RNN_TYPES, unit_site, weight_of
+from autoprune.models.layers import out_by_in, unit_name, unit_site, weight_of
 
 __all__ = ["FoldedMasks", "Mask", "apply_masks", "compute_mask", "current_masks", "folded_masks", "layer_sparsity",
            "make_permanent", "oriented_mask", "row_mask", "row_order"]
@@ -59,9 +59,7 @@ def oriented_mask(score: torch.Tensor, ratio: float, granularity: Granularity, p
                   transposed: bool) -> torch.Tensor:
     """:func:`compute_mask` for a weight stored (out, in), or (in, out) when ``transposed`` (Hugging Face Conv1D):
     rows, N:M groups and channels are always read along the output / input dimensions of a Linear."""
-    if not transposed:
-        return compute_mask(score, ratio, granularity, per_row)
-    return compute_mask(score.t(), ratio, granularity, per_row).t().contiguous()
+    return out_by_in(compute_mask(out_by_in(score, transposed), ratio, granularity, per_row), transposed).contiguous()
 
 
 def row_order(score: torch.Tensor) -> torch.Tensor:
@@ -118,9 +116,7 @@ def _masked_sites(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Mask]
             mask = _mask_param(module, param)
             if mask is None:
                 continue
-            fqn = name if param == "weight" and not isinstance(module, RNN_TYPES) else (
-                f"{name}.{param}" if name else param)
-            yield fqn, module, param, mask
+            yield unit_name(name, module, param), module, param, mask
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:

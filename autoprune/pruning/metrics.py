@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
-from autoprune.models.layers import RNN_TYPES, is_hf_conv1d, layer_weight, prunable_layers, rnn_weight_names
+from autoprune.models.layers import (
+    RNN_TYPES,
+    is_hf_conv1d,
+    layer_weight,
+    prunable_layers,
+    rnn_weight_names,
+    unit_param_key,
+)
 
 __all__ = ["FLOAT_BYTES", "INDEX_BYTES", "count_macs", "effective_parameters", "kept_count", "latency_device",
            "latency_ms", "layer_bytes", "relative_to", "size_metrics"]
@@ -63,7 +70,7 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
     layers = prunable_layers(model)
     prunable_total = prunable_zero = 0
     compressed = dense_bytes = 0
-    weight_keys = {_param_key(f, m) for f, m in layers.items()}
+    weight_keys = {unit_param_key(f, m) for f, m in layers.items()}
     for key, p in params.items():
         b = layer_bytes(p, granularity) if key in weight_keys else {"dense": p.numel() * FLOAT_BYTES}
         dense_bytes += b["dense"]
@@ -84,11 +91,6 @@ def size_metrics(model: nn.Module, granularity: Granularity, input_shape: tuple[
         "macs": float(macs_sparse),
         "size_flops": macs_sparse / max(macs_dense, 1),
     }
-
-
-def _param_key(fqn: str, module: nn.Module) -> str:
-    """The parameter key of unit ``fqn`` (a layer's ``<fqn>.weight``; an RNN matrix is named by its key already)."""
-    return fqn if isinstance(module, RNN_TYPES) else f"{fqn}.weight"
 
 
 def relative_to(size: dict[str, float], dense: dict[str, float]) -> dict[str, float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoprune.models.layers import is_transposed, weight_of
+from autoprune.models.layers import is_transposed, out_by_in, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, Criterion, input_norms, register_criterion
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
@@ -37,10 +37,8 @@ class RIA(Criterion):
         norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
         out = {}
         for f in layers:
-            weight = weight_of(model, f).detach()
             transposed = is_transposed(model, f)
-            w = (weight.t() if transposed else weight).abs()  # (out, in)
+            w = out_by_in(weight_of(model, f).detach(), transposed).abs()
             relative = w / w.sum(1, keepdim=True).clamp_min(1e-12) + w / w.sum(0, keepdim=True).clamp_min(1e-12)
-            score = relative * norms[f].to(w.dtype).pow(RIA_POWER)[None, :]
-            out[f] = score.t() if transposed else score
+            out[f] = out_by_in(relative * norms[f].to(w.dtype).pow(RIA_POWER)[None, :], transposed)
         return out

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
-from autoprune.models.layers import RNN_TYPES, is_transposed, unit_module, weight_of
+from autoprune.models.layers import is_transposed, out_by_in, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, Criterion, input_sums, register_criterion
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["BLOCK", "DAMP", "SparseGPT", "input_grams", "not_linear", "prepare_unit", "prune_prepared",
+__all__ = ["BLOCK", "DAMP", "SparseGPT", "input_grams", "prepare_unit", "prune_prepared",
            "sparsegpt_prune"]
 
 BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
@@ -43,23 +43,11 @@ class SparseGPT(Criterion):
         grams = input_grams(model, layers, data.x[:WANDA_WINDOWS])
         out = {}
         for f in layers:
-            weight = weight_of(model, f)
             transposed = is_transposed(model, f)
-            w, hinv = prepare_unit(weight.t() if transposed else weight, grams.pop(f))
+            w, hinv = prepare_unit(out_by_in(weight_of(model, f), transposed), grams.pop(f))
             inverse = hinv.t() @ hinv  # H⁻¹ from its upper Cholesky factor
-            score = w.pow(2) / torch.diag(inverse).pow(2)[None, :]
-            out[f] = score.t() if transposed else score
+            out[f] = out_by_in(w.pow(2) / torch.diag(inverse).pow(2)[None, :], transposed)
         return out
-
-
-def not_linear(model: nn.Module, layers: list[str]) -> str | None:
-    """Why SparseGPT cannot prune ``layers`` (the first whose weight is not 2-D), or None when it can."""
-    recurrent = [f for f in layers if isinstance(unit_module(model, f), RNN_TYPES)]
-    if recurrent:
-        return (f"criterion sparsegpt prunes Linear layers from their inputs; {recurrent[0]} is a recurrent matrix "
-                "(use magnitude or taylor for recurrent units)")
-    flat = [f for f in layers if weight_of(model, f).dim() != 2]
-    return f"criterion sparsegpt prunes Linear layers (2-D weights); {flat[0]} is not one" if flat else None
 
 
 def input_grams(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Criterion
-from autoprune.models.layers import is_transposed, weight_of
-from autoprune.pruning.criteria import WANDA_WINDOWS
+from autoprune.models.layers import is_transposed, out_by_in, weight_of
+from autoprune.pruning.criteria import WANDA_WINDOWS, activation_problem
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import FoldedMasks
-from autoprune.pruning.sparsegpt import BLOCK, DAMP, input_grams, not_linear, prepare_unit, prune_prepared
+from autoprune.pruning.sparsegpt import BLOCK, DAMP, input_grams, prepare_unit, prune_prepared
 from autoprune.tasks.data import Split
 
 __all__ = ["LEVEL_STEP", "LEVEL_TOP", "SparseGPTLevels", "level_grid", "load_or_build_sparsegpt"]
@@ -112,12 +112,11 @@ def build_units(db: SparseGPTLevels, model: nn.Module, calibration: torch.Tensor
     grams = input_grams(model, todo, calibration)
     for fqn in todo:
         dense, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
-        w, hinv = prepare_unit(dense.t() if transposed else dense, grams.pop(fqn))
+        w, hinv = prepare_unit(out_by_in(dense, transposed), grams.pop(fqn))
         tmp = db.folder / f"{fqn}.tmp.npy"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(db.levels), *dense.shape))
         for k, ratio in enumerate(db.levels):
-            pruned = prune_prepared(w, hinv, ratio)[0]
-            out[k] = (pruned.t() if transposed else pruned).numpy()
+            out[k] = out_by_in(prune_prepared(w, hinv, ratio)[0], transposed).numpy()
         out.flush()
         del out
         os.replace(tmp, db.folder / _file_name(fqn))  # complete, or absent: a killed build redoes this unit
@@ -131,7 +130,7 @@ def load_or_build_sparsegpt(folder: Path, dense_key: str, model: nn.Module, laye
     """The database of this dense model, layers, calibration data and levels under ``folder``: opened, completed
     where a build was interrupted, or built (the first calibration windows of the train split, as Wanda's)."""
     levels = levels or level_grid()
-    problem = not_linear(model, layers)
+    problem = activation_problem(model, layers, "sparsegpt")
     if problem:
         raise ValueError(problem)
     calibration = data.x[:WANDA_WINDOWS]

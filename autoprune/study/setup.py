@@ -14,8 +14,8 @@ import torch
 from autoprune.config.events import ProgressSink
 from autoprune.config.sampling import SampleContext
 from autoprune.config.space import BUILTIN_HEURISTICS, SearchSpace
-from autoprune.models.layers import is_transposed, layer_shapes, unit_module
-from autoprune.pruning.criteria import criterion_for
+from autoprune.models.layers import layer_shapes
+from autoprune.pruning.criteria import activation_problem, criterion_for
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.rules import allocation_rule, rule_allocation
@@ -88,15 +88,14 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     sparsegpt = sparsegpt_database(ws, progress)
     if sparsegpt is not None:
         stores["sparsegpt"] = sparsegpt
-    heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v)
-            for k, v in allocations(ws.model, ws.layers, ws.bounds, prefs, levels.outliers if levels else None,
-                                    alpha="alpha" in wanted).items()}
-    for name in (n for n in wanted if n not in heur and n not in BUILTIN_HEURISTICS):  # a user's AllocationRule
+    found = allocations(ws.model, ws.layers, ws.bounds, prefs, levels.outliers if levels else None,
+                        alpha="alpha" in wanted)
+    for name in (n for n in wanted if n not in found and n not in BUILTIN_HEURISTICS):  # a user's AllocationRule
         try:
-            heur[name] = functools.lru_cache(maxsize=64)(rule_allocation(allocation_rule(name), ws.model, ws.layers,
-                                                                         ws.bounds))
+            found[name] = rule_allocation(allocation_rule(name), ws.model, ws.layers, ws.bounds)
         except ValueError as err:
             raise space.field_error("anchor" if name in space.anchors else "baselines", str(err)) from None
+    heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v) for k, v in found.items()}
     missing = [a for a in space.anchors if a not in heur]
     if missing:
         raise space.field_error("anchor", f"heuristic {missing[0]} is not available for this model and space "
@@ -120,11 +119,9 @@ def check_activation_criteria(space: SearchSpace, model: torch.nn.Module, layers
         raise space.field_error("criteria", str(err)) from None
     if not wanted:
         return
-    other = [f for f in layers if not (isinstance(unit_module(model, f), torch.nn.Linear) or is_transposed(model, f))]
-    if other:
-        kind = type(unit_module(model, other[0])).__name__
-        raise space.field_error("criteria", f"{wanted[0]} scores Linear layers only; {other[0]} is {kind} "
-                                "(exclude it in layers.exclude, or use magnitude or taylor)")
+    problem = activation_problem(model, layers, wanted[0])
+    if problem:
+        raise space.field_error("criteria", problem)
 
 
 def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:

@@ -17,13 +17,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config.space import SearchSpace
+from autoprune.study.sampler import target_of
 
 __all__ = ["enqueue_transfers", "transfer_params"]
-
-
-def _target(t: FrozenTrial) -> float | None:
-    value = t.params.get("target", t.user_attrs.get("target"))
-    return None if value is None else float(value)
 
 
 def transfer_params(params: dict[str, Any], target: float, zero: bool) -> dict[str, Any]:
@@ -48,7 +44,7 @@ def enqueue_transfers(study: optuna.Study, space: SearchSpace) -> int:
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
     best: dict[float, FrozenTrial] = {}
     for t in trials:
-        target = _target(t)
+        target = target_of(t)
         if t.state != TrialState.COMPLETE or not t.values or target is None or not t.params:
             continue
         if target not in best or sign * t.values[0] > sign * best[target].values[0]:
@@ -60,7 +56,7 @@ def enqueue_transfers(study: optuna.Study, space: SearchSpace) -> int:
         if "baseline" in source.user_attrs:  # the declared recipe: nothing to carry over
             continue
         for target in grid:
-            if target == _target(source):
+            if target == target_of(source):
                 continue
             for zero in (False, True):
                 params = transfer_params(source.params, target, zero)
