@@ -22,9 +22,9 @@ from autoprune.plugins import Registry
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["CRITERIA", "WANDA_WINDOWS", "Criterion", "Magnitude", "RandomScores", "Taylor", "Wanda",
-           "activation_problem", "criterion_for", "importance", "input_norms", "input_sums", "register_criterion",
-           "row_wise"]
+__all__ = ["CRITERIA", "WANDA_WINDOWS", "ActivationCriterion", "Criterion", "Magnitude", "RandomScores", "Taylor",
+           "Wanda", "activation_problem", "criterion_for", "importance", "input_norms", "input_sums",
+           "register_criterion", "row_wise"]
 
 WANDA_WINDOWS = 32  # calibration examples (token windows) whose activations Wanda reads: the first of the train split
 
@@ -126,24 +126,38 @@ class RandomScores(Criterion):
         return out
 
 
-@register_criterion("wanda")
-class Wanda(Criterion):
-    """|W_ij|·‖X_j‖₂ over the first calibration windows of the train split, compared within each output row."""
+class ActivationCriterion(Criterion):
+    """A score from each unit's weight magnitudes |W| (read as out × in) and the norms ‖X_j‖₂ of its input features
+    over the first calibration windows of the train split, compared within each output row. Subclasses say how the
+    two combine (:meth:`weigh`)."""
 
     row_wise = True
     activations = True
 
+    @abstractmethod
+    def weigh(self, magnitudes: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """Scores (out, in) from |W| (out, in) and the input norms (in,)."""
+
     def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
                loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
-        """Weight magnitudes times their input feature's norm."""
+        """:meth:`weigh` of every unit, returned in the weight's own layout."""
         assert data is not None
         norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
         out = {}
         for f in layers:
             transposed = is_transposed(model, f)
             w = out_by_in(weight_of(model, f).detach(), transposed).abs()
-            out[f] = out_by_in(w * norms[f].to(w.dtype)[None, :], transposed)
+            out[f] = out_by_in(self.weigh(w, norms[f].to(w.dtype)), transposed)
         return out
+
+
+@register_criterion("wanda")
+class Wanda(ActivationCriterion):
+    """|W_ij|·‖X_j‖₂ (Sun et al. 2024)."""
+
+    def weigh(self, magnitudes: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """Weight magnitudes times their input feature's norm."""
+        return magnitudes * norms[None, :]
 
 
 @register_criterion("taylor")

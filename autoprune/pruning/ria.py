@@ -11,12 +11,8 @@ pruned away, which Wanda's per-row comparison can do. One file: registering it h
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from autoprune.models.layers import is_transposed, out_by_in, weight_of
-from autoprune.pruning.criteria import WANDA_WINDOWS, Criterion, input_norms, register_criterion
-from autoprune.tasks.data import Split
-from autoprune.tasks.training import LossFn
+from autoprune.pruning.criteria import ActivationCriterion, register_criterion
 
 __all__ = ["RIA", "RIA_POWER"]
 
@@ -24,21 +20,11 @@ RIA_POWER = 0.5  # the exponent a of the activation norm (the paper's default)
 
 
 @register_criterion("ria")
-class RIA(Criterion):
+class RIA(ActivationCriterion):
     """Relative importance × activation norm^a, compared within each output row."""
 
-    row_wise = True
-    activations = True
-
-    def scores(self, model: nn.Module, layers: list[str], data: Split | None, *, seed: int = 0,
-               loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
-        """RIA of every weight (computed on the out × in view, returned in the weight's own layout)."""
-        assert data is not None
-        norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
-        out = {}
-        for f in layers:
-            transposed = is_transposed(model, f)
-            w = out_by_in(weight_of(model, f).detach(), transposed).abs()
-            relative = w / w.sum(1, keepdim=True).clamp_min(1e-12) + w / w.sum(0, keepdim=True).clamp_min(1e-12)
-            out[f] = out_by_in(relative * norms[f].to(w.dtype).pow(RIA_POWER)[None, :], transposed)
-        return out
+    def weigh(self, magnitudes: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """(|W_ij| / Σ_k |W_ik| + |W_ij| / Σ_k |W_kj|) · ‖X_j‖₂^a."""
+        w = magnitudes
+        relative = w / w.sum(1, keepdim=True).clamp_min(1e-12) + w / w.sum(0, keepdim=True).clamp_min(1e-12)
+        return relative * norms.pow(RIA_POWER)[None, :]
