@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
-from autoprune.config.space import SamplerName, SearchSpace
+from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.files import check_runs_folder, check_writable, write_atomic
 
@@ -22,9 +21,14 @@ def load_space(space: SearchSpace | str | Path) -> SearchSpace:
 
 def check_sampler(name: str | None) -> None:
     """Refuse an unknown ``--sampler`` before anything loads."""
-    known = typing.get_args(SamplerName)
-    if name is not None and name not in known:
-        raise ConfigError(f"--sampler '{name}': unknown (known: {', '.join(known)})")
+    if name is None:
+        return
+    from autoprune.study.samplers import sampler_factory
+
+    try:
+        sampler_factory(name)
+    except ValueError as err:
+        raise ConfigError(f"--sampler: {err}") from None
 
 
 def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, timeout: float | None = None,

@@ -92,3 +92,49 @@ def test_ria_is_relative_importance_times_activation_norm() -> None:
     expected = (w / w.sum(1, keepdim=True) + w / w.sum(0, keepdim=True)) * norms.sqrt()[None, :]
     got = importance(model, ["net.1"], "ria", Split(x, torch.zeros(40, dtype=torch.long)))["net.1"]
     torch.testing.assert_close(got, expected)
+
+
+def test_a_users_sampler_with_its_options_runs_a_search_through_the_cli(tmp_path: Path) -> None:
+    path = write_space(tmp_path / "s.yaml", name="smp", sampler="userpkg.extensions:LowCorner",
+                       sampler_options={"pick": 1}, finetune={"lr_scale": [1.0, 3.0]}, trials=4, baselines=[])
+    runs = ["--runs", str(tmp_path / "runs")]
+    res = _run("search", str(path), "--no-track", *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import optuna
+
+    study = optuna.load_study(study_name="smp", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "optuna.journal"))))
+    assert len(study.trials) == 4
+    for t in study.trials:  # every draw is the user's: floats at their lower bound, categorical choice 1
+        prefs = [v for k, v in t.params.items() if k.startswith("pref/")]
+        assert prefs and all(v == -2.0 for v in prefs) and t.params["ft_lr_scale"] == 3.0
+    bad = write_space(tmp_path / "b.yaml", name="smp2", sampler="userpkg.extensions:LowCorner",
+                      sampler_options={"pik": 1})
+    res = _run("search", str(bad), "--no-track", *runs)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "field 'sampler_options'" in lines[0] and "pik" in lines[0]
+    res = _run("search", str(path), "--no-track", "--sampler", "userpkg.extensions:Nope", *runs)
+    assert res.returncode == 2 and "Nope" in res.stderr
+
+
+def test_builtin_samplers_are_registered_and_evolution_takes_its_options() -> None:
+    from autoprune.study.evolution import EvolutionSampler
+    from autoprune.study.samplers import SAMPLERS, sampler_factory
+
+    factory, opts = sampler_factory("evolution", {"population": 1, "max_moves": 5})
+    assert {"tpe", "nsga2", "random", "gp", "rl", "evolution"} <= set(SAMPLERS)
+    assert (opts.population, opts.max_moves, opts.redraw) == (1, 5, 0.1)
+    with pytest.raises(ValueError, match=r"sampler_options.population"):
+        sampler_factory("evolution", {"population": 0})
+    with pytest.raises(ValueError, match=r"sampler_options.size"):
+        sampler_factory("tpe", {"size": 3})
+    from optuna.distributions import FloatDistribution
+
+    from autoprune.config.sampling import SampleContext
+    from autoprune.study.samplers import make_sampler
+
+    ctx = SampleContext(model="m", fingerprint="f", sizes={"a": 10}, bounds={"a": (0.0, 0.9)})
+    built = make_sampler("evolution", 0, {"pref/a": FloatDistribution(-1, 1)}, targets=[0.5], ctx=ctx,
+                         options={"population": 1, "max_moves": 5})
+    assert factory.name == "evolution" and isinstance(built, EvolutionSampler)
+    assert (built._population, built._max_moves) == (1, 5)

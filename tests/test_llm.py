@@ -171,6 +171,26 @@ def test_evolution_improves_is_deterministic_and_rebuilds_its_state_on_resume(tm
     assert [t.params for t in resumed.trials] == [t.params for t in one.trials]
 
 
+def test_evolution_with_a_population_of_one_always_mutates_the_best_trial() -> None:
+    space = SearchSpace.model_validate({"name": "e", "model": {"name": "mlp"}, "data": {"name": "digits"},
+                                        "targets": {"grid": [0.5]}, "offset": 1.0, "sampler": "evolution"})
+    sizes = {"a": 400, "b": 1000, "c": 2500}
+    ctx = SampleContext(model="m", fingerprint="f", sizes=sizes, bounds=dict.fromkeys(sizes, (0.0, 0.99)))
+    dists = search_distributions(space, ctx)
+    children = {}
+    for population in (1, 8):
+        sampler = EvolutionSampler(dists, ctx, [0.5], space.offset, seed=0, population=population, max_moves=1)
+        study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+        best = {"target": 0.5, "pref/a": 0.9, "pref/b": -0.9, "pref/c": 0.0}  # far from the anchor (all 0)
+        study.enqueue_trial(best)
+        for score in (1.0, 0.0):  # the best, then a child
+            study.optimize(lambda t, v=score: (v, float(sample(space, t, ctx).sparsity["a"])), n_trials=1)
+        children[population] = study.trials[1].params
+    # one move away from the best trial with a population of one; from the anchor while a population of 8 fills
+    assert children[1]["pref/a"] - children[1]["pref/b"] > 1.0
+    assert abs(children[8]["pref/a"] - children[8]["pref/b"]) < 1.0
+
+
 def test_only_the_hf_adapter_imports_transformers() -> None:
     pkg = ROOT / "autoprune"
     importers = []

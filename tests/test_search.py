@@ -194,7 +194,8 @@ def test_a_latency_study_names_the_device_it_timed_on(tmp_path: Path, runs_dir: 
 
 
 def test_tpe_random_start_is_a_third_of_each_sizes_trials_and_at_least_ten() -> None:
-    from autoprune.study.sampler import PerTargetTPE, make_sampler, tpe_startup
+    from autoprune.study.sampler import PerTargetTPE, tpe_startup
+    from autoprune.study.samplers import make_sampler
 
     assert tpe_startup(300, 5) == 20 and tpe_startup(60, 4) == 10 and tpe_startup(5, 0) == 10
     from optuna.distributions import CategoricalDistribution, FloatDistribution

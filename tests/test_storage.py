@@ -14,7 +14,8 @@ from optuna.storages import JournalStorage
 
 from autoprune.config.space import SearchSpace
 from autoprune.study import SearchOptions, run_search
-from autoprune.study.sampler import StaticSpaceTPE, make_sampler, search_distributions
+from autoprune.study.sampler import StaticSpaceTPE, search_distributions
+from autoprune.study.samplers import make_sampler
 from autoprune.study.setup import prepare
 from autoprune.study.storage import TrialDurableJournal, make_storage
 

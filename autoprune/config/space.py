@@ -40,6 +40,7 @@ from autoprune.config.specs import (
     TaskSpec,
     TrainSpec,
     check_heuristic_name,
+    check_sampler_name,
 )
 from autoprune.config.yamlfile import line_of, load_yaml_with_lines
 from autoprune.errors import ConfigError
@@ -73,6 +74,7 @@ class SearchSpace(Strict):
     baselines: list[Heuristic] = Field(
         default_factory=lambda: list[Heuristic](["uniform", "global", "lamp", "erk", "sensitivity"]))
     sampler: SamplerName = "tpe"
+    sampler_options: dict[str, Any] = Field(default_factory=dict)  # checked by the sampler's factory at setup
     trials: int = Field(default=60, ge=1)
     seed: int = 0
     constraints: ConstraintSpec = ConstraintSpec()
@@ -89,6 +91,11 @@ class SearchSpace(Strict):
     @classmethod
     def _check_baselines(cls, v: list[str]) -> list[str]:
         return [check_heuristic_name(h) for h in v]
+
+    @field_validator("sampler")
+    @classmethod
+    def _check_sampler(cls, v: str) -> str:
+        return check_sampler_name(v)
 
     @field_validator("anchor")
     @classmethod

@@ -20,16 +20,25 @@ from autoprune.config.policy import LrDecay, check_registered_name
 
 __all__ = ["BUILTIN_HEURISTICS", "AnchorName", "ConstraintSpec", "DataSpec", "EarlyStopSpec", "FineTuneSpec",
            "Heuristic", "LadderSpec", "LayerSpec", "ModelSpec", "RankBy", "SamplerName", "SensitivitySpec",
-           "SizeMetric", "StreamSpec", "Strict", "TargetSpec", "TaskSpec", "TrainSpec", "check_heuristic_name"]
+           "SizeMetric", "StreamSpec", "Strict", "TargetSpec", "TaskSpec", "TrainSpec", "check_heuristic_name",
+           "check_sampler_name"]
 
 SizeMetric = Literal["nonzeros", "bytes", "flops", "latency"]
 RankBy = Literal["metric", "val_loss", "train_loss", "kl_to_dense"]
-SamplerName = Literal["tpe", "nsga2", "random", "gp", "rl", "evolution"]
+BUILTIN_SAMPLERS = ("tpe", "nsga2", "random", "gp", "rl", "evolution")
+# a sampler: a built-in name, one registered with @register_sampler, or package.module:Class of a user's
+# SamplerFactory subclass (see autoprune.study.samplers); checked against the registry at setup
+SamplerName = str
 BUILTIN_HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha")
 # a heuristic allocation: a built-in name, one registered with @register_allocation, or package.module:Class of a
 # user's AllocationRule subclass (see autoprune.pruning.heuristics); checked against the registry at setup
 Heuristic = str
 AnchorName = str  # a Heuristic, or none
+
+
+def check_sampler_name(name: str) -> str:
+    """A sampler's spelling: a registered name or ``package.module:Class`` (the registry decides at setup)."""
+    return check_registered_name(name, "sampler", BUILTIN_SAMPLERS, "SamplerFactory")
 
 
 def check_heuristic_name(name: str) -> str:

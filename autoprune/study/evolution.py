@@ -175,6 +175,8 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         if len(pool) >= 2:
             best = min(rng.choice(len(pool), size=2, replace=False))  # the better of two: the pool is sorted best first
             parent = pool[int(best)].params
+        elif pool and self._population == 1:  # population 1: always the best so far (EvoPress's (1 + λ) search)
+            parent = pool[0].params
         moves = int(rng.integers(1, self._max_moves + 1))
         if self._group != "unit":
             offsets = {k: float(parent.get(k, 0.0)) for k in search_space if k.startswith("pref/")}

@@ -1,11 +1,11 @@
-"""Optuna samplers: multivariate TPE over the search space known up front (default), NSGA-II, random, GP, and the
-reinforcement-learning controller (``rl``, in controller.py)."""
+"""TPE over the search space known up front, per target for a grid of targets (the default sampler), and what
+every sampler shares: the searched distributions, target assignment, random candidates. Samplers are built by
+the factories of :mod:`autoprune.study.samplers`."""
 
 from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +14,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from autoprune.config.sampling import SampleContext, sample
 from autoprune.config.space import SearchSpace
-from autoprune.errors import ConfigError
 from autoprune.study.ladder import rung_key
 
 __all__ = [
@@ -23,7 +22,6 @@ __all__ = [
     "SpaceRecorder",
     "StaticSpaceTPE",
     "assign_target",
-    "make_sampler",
     "random_candidate",
     "search_distributions",
     "target_of",
@@ -190,37 +188,3 @@ def tpe_startup(trials: int, sizes: int) -> int:
     CNN (3 seeds, 300 trials over 5 sizes): with 10, TPE settled on the recipes the lower rungs favour and random
     search on the same ladder beat it by 2.9 points at 98 %."""
     return max(10, round(STARTUP_SHARE * trials / max(sizes, 1)))
-
-
-def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False,
-                 targets: list[float] | None = None, ctx: SampleContext | None = None, offset: float = 2.0,
-                 group: str = "unit", startup: int = 10) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate over ``search_space``, default; per target for a grid of targets), NSGA-II, random, GP,
-    the RL controller or the evolutionary sampler (which needs ``ctx``, a grid of ``targets`` and the preference
-    ``offset``; ``group``: the space's layers.group), seeded. The constant liar (running trials count as bad) only
-    matters with several workers. ``startup``: TPE's random trials (per target for a grid) before it models them.
-    """
-    if name == "evolution":
-        from autoprune.study.evolution import EvolutionSampler
-
-        if ctx is None or not targets:
-            raise ConfigError("sampler evolution needs a grid of targets (targets.grid) and projected preferences")
-        return EvolutionSampler(search_space, ctx, targets, offset, seed=seed, group=group)
-    if name == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # `constant_liar` is flagged experimental
-            if targets and "target" in search_space:
-                return PerTargetTPE(search_space, targets, seed=seed, n_startup_trials=startup,
-                                    constant_liar=parallel)
-            return StaticSpaceTPE(search_space, seed=seed, n_startup_trials=startup, constant_liar=parallel)
-    if name == "rl":
-        from autoprune.study.controller import RLControllerSampler
-
-        return RLControllerSampler(search_space, seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"unknown sampler '{name}' (tpe, nsga2, random, gp, rl, evolution)")

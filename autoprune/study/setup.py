@@ -21,13 +21,15 @@ from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.rules import allocation_rule, rule_allocation
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, load_or_build_sparsegpt
-from autoprune.study.sampler import make_sampler, search_distributions, tpe_startup
+from autoprune.study.sampler import search_distributions, tpe_startup
+from autoprune.study.samplers import make_sampler, sampler_factory
 from autoprune.study.storage import make_storage, metric_names, open_study
 from autoprune.tasks import task_class
 from autoprune.tasks.training import choose_threads, resolve_device
 from autoprune.workspace import PreCheck, Workspace, load_workspace
 
-__all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "open_search_study", "prepare", "study_name_for"]
+__all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "check_sampler", "open_search_study", "prepare",
+           "study_name_for"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     on the untrained model first."""
     def checks(sp: SearchSpace, model: torch.nn.Module, layers: list[str]) -> None:  # before any training
         check_activation_criteria(sp, model, layers)
+        check_sampler(sp)
         if precheck is not None:
             precheck(sp, model, layers)
 
@@ -122,6 +125,16 @@ def check_activation_criteria(space: SearchSpace, model: torch.nn.Module, layers
     problem = activation_problem(model, layers, wanted[0])
     if problem:
         raise space.field_error("criteria", problem)
+
+
+def check_sampler(space: SearchSpace) -> None:
+    """The space's sampler is registered (or imports) and takes its ``sampler_options``; else one line naming the
+    field."""
+    try:
+        sampler_factory(space.sampler, space.sampler_options)
+    except ValueError as err:
+        field = "sampler_options" if str(err).startswith("sampler_options") else "sampler"
+        raise space.field_error(field, str(err)) from None
 
 
 def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:
@@ -183,7 +196,8 @@ def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContex
     startup = tpe_startup(opts.n_trials or space.trials, len(space.targets.grid or [1]))
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
                            search_distributions(space, ctx), opts.workers > 1, space.targets.grid, ctx, space.offset,
-                           space.layers.group, startup)
+                           space.layers.group, startup,
+                           space.sampler_options if (opts.sampler or space.sampler) == space.sampler else None)
     task = task_class(space.task.kind)
     names = metric_names(space.size_metric, str(resolve_device(opts.device)), task.primary)
     return open_study(name, storage, sampler, names, task.direction)

@@ -1,13 +1,18 @@
-"""A user's own criterion and allocation rule, referenced from a space as ``userpkg.extensions:...`` in tests."""
+"""A user's own criterion, allocation rule and sampler, referenced from a space as ``userpkg.extensions:...``."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import optuna
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from autoprune.models.layers import weight_of
 from autoprune.pruning.criteria import Criterion
 from autoprune.pruning.rules import AllocationRule
+from autoprune.study.samplers import SamplerFactory, SamplerRequest
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
@@ -29,3 +34,28 @@ class FirstLayerDense(AllocationRule):
     def ratios(self, model: nn.Module, layers: list[str], target: float) -> dict[str, float]:
         """0 for the first unit, ``target`` elsewhere."""
         return {f: 0.0 if i == 0 else target for i, f in enumerate(layers)}
+
+
+class LowCornerOptions(BaseModel):
+    """The one option of :class:`LowCorner`: which categorical choice it always takes."""
+
+    model_config = ConfigDict(extra="forbid")
+    pick: int = 0
+
+
+class LowCorner(SamplerFactory):
+    """A sampler that always proposes every float at its lower bound and categorical choice ``pick``."""
+
+    options = LowCornerOptions
+
+    def create(self, request: SamplerRequest, options: Any) -> optuna.samplers.BaseSampler:
+        """A RandomSampler whose every draw is the corner."""
+        pick = options.pick
+
+        class Corner(optuna.samplers.RandomSampler):
+            def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+                if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                    return dist.choices[min(pick, len(dist.choices) - 1)]
+                return dist.low
+
+        return Corner(seed=request.seed)
