@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Policy", "SearchSpace", "apply", "export", "load_pruned", "load_workspace", "search"]
+__all__ = ["Policy", "SearchSpace", "apply", "apply_policy", "export", "load_pruned", "load_workspace", "search"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:
         from autoprune.config.space import SearchSpace
 
         return SearchSpace
-    if name in ("search", "export", "load_workspace"):
+    if name in ("search", "export", "load_workspace", "apply_policy"):
         from autoprune import api
 
         return getattr(api, name)

@@ -11,7 +11,7 @@ from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.files import check_runs_folder, check_writable, write_atomic
 
-__all__ = ["check_sampler", "export", "load_space", "load_workspace", "search", "sync"]
+__all__ = ["apply_policy", "check_sampler", "export", "load_space", "load_workspace", "search", "sync"]
 
 
 def load_space(space: SearchSpace | str | Path) -> SearchSpace:
@@ -106,6 +106,25 @@ def export(study: str, out: str | Path, *, trial: int | None = None, max_size: f
                   "exported_policy)" if run_id else f"MLflow: nothing logged (no run of study '{study}')",
                   file=sys.stderr)
     return policy
+
+
+def apply_policy(policy: str | Path, *, progress: Any = None, **options: Any) -> Any:
+    """Apply an exported policy as ``autoprune apply`` does: prune, fine-tune, make permanent, shrink, save and
+    export; returns :class:`~autoprune.deploy.apply.Applied` (the pruned model, the before/after rows, the files
+    written). ``options`` are :class:`~autoprune.deploy.apply.ApplyOptions` fields (``space``, ``out``, ``onnx``,
+    ``criterion``, ``finetune_epochs``, ``track`` ...; paths may be strings)."""
+    import dataclasses
+
+    from autoprune.deploy.apply import ApplyOptions
+    from autoprune.deploy.apply import apply_policy as run
+
+    paths = {f.name for f in dataclasses.fields(ApplyOptions) if "Path" in str(f.type)}
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ApplyOptions)})
+    if unknown:
+        raise ConfigError(f"apply_policy: unknown option '{unknown[0]}' (see autoprune.deploy.apply.ApplyOptions)")
+    fields: dict[str, Any] = {k: Path(v) if k in paths and isinstance(v, str) else v for k, v in options.items()}
+    opts = ApplyOptions(**fields)
+    return run(Path(policy), opts, progress)
 
 
 def load_workspace(space: SearchSpace | str | Path, *, device: str = "auto", runs_dir: str | Path = "runs",

@@ -39,7 +39,7 @@ def test_readme_api_snippet_runs_and_search_can_be_called_again(space_path: Path
     assert lines[0].startswith("{") and "sparsity" in lines[0]  # a front row
     accuracy, size = (float(x) for x in lines[-1].split())
     assert 0.5 < accuracy <= 1.0 and 0.0 < size < 1.0
-    assert (tmp_path / "policy.json").exists()
+    assert (tmp_path / "policy.json").exists() and (tmp_path / "pruned.pt").stat().st_size > 0  # apply_policy's
     study = load_existing("digits_small", make_storage(None, tmp_path / "runs"))
     assert sum(t.state.is_finished() for t in study.trials) == 8  # 6, then 2 more from the second call
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]

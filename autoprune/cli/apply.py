@@ -1,190 +1,21 @@
-"""The ``autoprune apply`` command body: load model + data, apply the policy, save, report."""
+"""The ``autoprune apply`` command body: run the apply workflow with a progress bar, print what it produced."""
 
 from __future__ import annotations
 
-import importlib.util
-import math
 from pathlib import Path
-from typing import Any
-
-import torch
-from pydantic import ValidationError
-from torch import nn
 
 from autoprune.cli.console import RichProgress, out, table
-from autoprune.config.policy import Policy
-from autoprune.config.space import DataSpec, ModelSpec, SearchSpace, TaskSpec
-from autoprune.deploy.int8 import save_int8
-from autoprune.deploy.production import (
-    apply,
-    export_onnx,
-    export_torchscript,
-    quantize_int8,
-    save_pruned,
-    with_input_scaling,
-)
-from autoprune.errors import AutopruneError, PolicyError
-from autoprune.files import check_writable
-from autoprune.models.hf import CausalLM, SequenceClassifier, hf_tokenizer, save_hf_folder
-from autoprune.pruning.criteria import criterion_for
-from autoprune.pruning.metrics import latency_device
-from autoprune.tasks import Task
-from autoprune.tasks.data import Splits
-from autoprune.tasks.training import choose_threads
-from autoprune.workspace import load_workspace
+from autoprune.deploy.apply import ApplyOptions, apply_policy
 
-__all__ = ["ROWS", "run_apply"]
-
-# size_nonzeros: nonzero parameters as a fraction of the dense model's (the search's size objective)
-ROWS = ("params", "nonzeros", "size_nonzeros", "bytes_dense", "bytes_sparse", "macs", "latency_ms", "file_bytes")
-# (the task's test metrics come first: accuracy, precision, recall, f1, loss for classification)
+__all__ = ["run_apply"]
 
 
-def _space(space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
-           policy: Policy) -> SearchSpace:
-    """The space to apply on: the file, or one made of --model/--data and the policy's own task."""
-    if space is not None:
-        sp = SearchSpace.from_yaml(space)
-        if sp.task.kind != policy.task:
-            raise AutopruneError(f"apply: the policy was searched with task '{policy.task}' but {space} has task "
-                                 f"'{sp.task.kind}': use the search's space file")
-        return sp
-    if model is None or data is None:
-        raise AutopruneError("apply: give --space SPACE.yaml, or both --model and --data")
-    return SearchSpace(name="apply", model=ModelSpec(name=model, checkpoint=checkpoint), data=DataSpec(name=data),
-                       task=TaskSpec(kind=policy.task, options=policy.task_options))
-
-
-def run_apply(policy_path: Path, space: Path | None, model: str | None, data: str | None, checkpoint: str | None,
-              finetune_epochs: float | None, out_path: Path, onnx: Path | None, torchscript: Path | None,
-              quantize: str | None, device: str, runs: Path, threads: int | None = None, track: bool = True,
-              register: str | None = None, tracking_uri: str | None = None, hf_folder: Path | None = None,
-              criterion: str | None = None) -> None:
-    """Apply a policy file (pruned with ``criterion`` instead of its own when given), print the before/after table,
-    say which files were written, and log the model to the study's MLflow parent run (registered under
-    ``register`` with the alias ``pruned`` when given)."""
-    if quantize not in (None, "int8"):
-        raise AutopruneError(f"--quantize '{quantize}': only int8 is supported")
-    for path, what in ((out_path, "-o"), (onnx, "--onnx"), (torchscript, "--torchscript"), (hf_folder, "--hf-folder")):
-        if path is not None:
-            check_writable(path, what)  # before the fine-tune, not after it
-    if onnx is not None:
-        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise AutopruneError(f"--onnx needs {', '.join(missing)}: pip install 'autoprune[onnx]'")
-    policy = with_criterion(Policy.load(policy_path), criterion)
-    try:
-        criterion_for(policy.criterion)  # registered, or the user's module:Class imports
-    except ValueError as err:
-        raise PolicyError(f"{f'--criterion {criterion}' if criterion else policy_path}: {err}") from None
-    ws = load_workspace(_space(space, model, data, checkpoint, policy), device, runs,
-                        expect_dense=policy.dense_key or None)
-    if hf_folder is not None and not isinstance(ws.model, (CausalLM, SequenceClassifier)):
-        raise AutopruneError(f"--hf-folder: {policy.model} is not a Hugging Face model")
-    choose_threads(ws.model, 1, threads)
-    epochs = policy.finetune.epochs if finetune_epochs is None else finetune_epochs
-    bar = RichProgress()
-    bar.start(max(1, math.ceil(epochs)), f"prune ({policy.criterion}) and fine-tune ({epochs:g} epochs)")
-    try:
-        res = apply(ws.model, policy, ws.splits, finetune_epochs=finetune_epochs, progress=bar.advance,
-                    task=ws.task)
-    finally:
-        bar.stop()
-    dense_file = out_path.with_name(f".{out_path.stem}.dense.tmp")
-    res.before["file_bytes"] = float(save_pruned(ws.model, policy, dense_file, compress=False))
-    dense_file.unlink()
-    res.after["file_bytes"] = float(save_pruned(res.model, policy, out_path, scaling=ws.splits.scaling))
-    deployable = with_input_scaling(res.model, ws.splits.scaling)  # exports take the user's raw inputs
-    label = {"latency_ms": f"latency_ms ({latency_device(res.model)}, batch 32)"}
-    keys = [k for k in res.before if k.startswith("test_")] + [k for k in ROWS if not k.startswith("test_")]
-    rows = [{"metric": label.get(k, k), "dense": res.before.get(k, float("nan")),
-             "pruned": res.after.get(k, float("nan"))} for k in keys]
-    if quantize == "int8":
-        rows += _int8_rows(res.model, ws.task, ws.splits, out_path, policy)
-    if onnx is not None:
-        export_onnx(deployable, ws.splits.input_shape, onnx, ws.splits.input_dtype)
-    if torchscript is not None:
-        export_torchscript(deployable, ws.splits.input_shape, torchscript, ws.splits.input_dtype)
-    if hf_folder is not None:
-        save_hf_folder(res.model, hf_folder, _tokenizer_of(ws.space, runs))
-    out.print(table(f"{policy_path.name} applied ({res.channels_removed} channels removed)", rows))
-    if hf_folder is not None:
-        out.print(f"wrote {hf_folder}/: Hugging Face folder (safetensors, pruned weights as zeros); load with "
-                  f"transformers.AutoModelForCausalLM.from_pretrained('{hf_folder}')", soft_wrap=True)
-    for line in written_files(out_path, onnx, torchscript, quantize == "int8"):
+def run_apply(policy_path: Path, opts: ApplyOptions) -> None:
+    """Apply a policy file (see :func:`~autoprune.deploy.apply.apply_policy`), print the before/after table, say
+    which files were written and what MLflow got."""
+    applied = apply_policy(policy_path, opts, RichProgress())
+    out.print(table(applied.title, applied.rows))
+    for line in applied.written:
         out.print(line, soft_wrap=True)  # one line each, however long (logs are grepped)
-    if track or register:
-        example = torch.zeros((1, *ws.splits.input_shape), dtype=ws.splits.input_dtype).numpy()
-        logged = _log_to_mlflow(policy, res, deployable, example, runs, register, tracking_uri)
-        out.print(logged, soft_wrap=True)
-
-
-def with_criterion(policy: Policy, criterion: str | None) -> Policy:
-    """``policy`` pruned with ``criterion`` instead (validated: one line naming the option), or unchanged."""
-    if criterion is None:
-        return policy
-    try:
-        return Policy.model_validate({**policy.model_dump(), "criterion": criterion})
-    except ValidationError as err:
-        raise PolicyError(f"--criterion {criterion}: {err.errors()[0]['msg']}") from None
-
-
-def _tokenizer_of(space: SearchSpace, runs: Path) -> Any:
-    """The tokenizer the data were cut with (saved beside a Hugging Face folder), or None for byte tokens."""
-    name = space.data.kwargs.get("tokenizer")
-    return hf_tokenizer(str(name), runs / "models") if name else None
-
-
-def written_files(out_path: Path, onnx: Path | None, torchscript: Path | None, int8: bool) -> list[str]:
-    """One line per file written, with its size and what it stores."""
-    lines = [f"wrote {out_path} ({out_path.stat().st_size:,} bytes): the pruned weights, zeros compressed, "
-             "pickle-free; load with autoprune.load_pruned(path, model)"]
-    for path, kind in ((onnx, "ONNX"), (torchscript, "TorchScript")):
-        if path is not None:
-            lines.append(f"wrote {path} ({path.stat().st_size:,} bytes): {kind} with dense tensors (pruned weights "
-                         "stored as zeros), taking raw inputs")
-    if int8:
-        sparse = out_path.with_name(out_path.stem + ".int8.pt")
-        lines.append(f"wrote {sparse} ({sparse.stat().st_size:,} bytes): dynamic int8 Linear layers, zeros "
-                     "compressed, pickle-free; load with autoprune.deploy.int8.load_int8(path, model)")
-        int8_path = out_path.with_name(out_path.stem + ".int8.ts")
-        lines.append(f"wrote {int8_path} ({int8_path.stat().st_size:,} bytes): TorchScript, dynamic int8 Linear "
-                     "layers (dense int8 tensors, zeros included)")
-    return lines
-
-
-def _log_to_mlflow(policy: Policy, res: Any, deployable: nn.Module, example: Any, runs: Path, register: str | None,
-                   tracking_uri: str | None) -> str:
-    """Log the applied model to its study's MLflow parent run; one line saying what was logged (or why not)."""
-    study = policy.provenance.get("study")
-    if not study:
-        return "MLflow: nothing logged (the policy names no study)"
-    from autoprune.tracking.records import log_applied_model
-
-    try:
-        info = log_applied_model(tracking_uri, runs, study, deployable.cpu(), policy.to_json(), res.before, res.after,
-                                 example, register)
-    except Exception as err:  # the files are written; MLflow is a convenience here
-        return f"MLflow: could not log the model ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-    if not info:
-        return f"MLflow: nothing logged (no run of study '{study}' in {tracking_uri or runs})"
-    line = f"MLflow: logged the pruned model {info['model_uri']} on run {info['run_id']} of study '{study}'"
-    if "registered" in info:
-        line += f"; registered as {info['registered']} version {info['version']}, alias @{info['alias']}"
-    return line
-
-
-def _int8_rows(model: nn.Module, task: Task, splits: Splits, out_path: Path,
-               policy: Policy) -> list[dict[str, object]]:
-    """Quantize (dynamic int8, CPU); save it sparse and pickle-free (``.int8.pt``, zeros compressed) and as
-    TorchScript (``.int8.ts``, dense int8 tensors); report the primary test metric and both sizes."""
-    q = quantize_int8(model)
-    score = task.metrics(q, splits.to(torch.device("cpu")).test)[task.primary]
-    int8_path = out_path.with_name(out_path.stem + ".int8.ts")  # TorchScript: quantized modules load pickle-free
-    export_torchscript(with_input_scaling(q, splits.scaling), splits.input_shape, int8_path, splits.input_dtype)
-    sparse = save_int8(q, policy, out_path.with_name(out_path.stem + ".int8.pt"), splits.scaling)
-    nan = float("nan")
-    return [{"metric": f"test_{task.primary} (int8)", "dense": nan, "pruned": score},
-            {"metric": "file_bytes (int8, sparse .int8.pt)", "dense": nan, "pruned": float(sparse)},
-            {"metric": "file_bytes (int8, TorchScript .int8.ts)", "dense": nan,
-             "pruned": float(int8_path.stat().st_size)}]
+    if applied.logged:
+        out.print(applied.logged, soft_wrap=True)

@@ -186,10 +186,13 @@ def apply_cmd(
 ) -> None:
     """Prune the real model with a policy: fine-tune, make permanent, shrink, save; before/after table."""
     from autoprune.cli.apply import run_apply
+    from autoprune.deploy.apply import ApplyOptions
 
-    run_apply(policy, space, model, data, checkpoint, finetune_epochs, out, onnx, torchscript, quantize, device, runs,
-              threads, track=not no_track, register=register, tracking_uri=tracking_uri, hf_folder=hf_folder,
-              criterion=criterion)
+    run_apply(policy, ApplyOptions(space=space, model=model, data=data, checkpoint=checkpoint,
+                                   finetune_epochs=finetune_epochs, out=out, onnx=onnx, torchscript=torchscript,
+                                   quantize=quantize, hf_folder=hf_folder, criterion=criterion, device=device,
+                                   runs=runs, threads=threads, track=not no_track, register=register,
+                                   tracking_uri=tracking_uri))
 
 
 @app.command()
