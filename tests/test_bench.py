@@ -42,7 +42,7 @@ def test_bench_latency_measures_a_real_shrink() -> None:
 
 def test_correlation_rows_rank_proxies_against_the_production_score() -> None:
     from autoprune.bench.fidelity import correlation_rows
-    from autoprune.study.ladder import rung_key
+    from autoprune.study.attrs import rung_key
 
     attrs = []
     for i in range(6):  # rung-0 KL falls as the final score rises (a perfect proxy); rung-0 accuracy is reversed

@@ -15,6 +15,7 @@ from autoprune.config.space import SearchSpace
 from autoprune.deploy.production import apply
 from autoprune.errors import ConfigError
 from autoprune.study import SearchOptions, run_search
+from autoprune.study.attrs import rung_key
 from autoprune.study.ladder import (
     RungScore,
     climbed,
@@ -24,7 +25,6 @@ from autoprune.study.ladder import (
     rank_fields,
     rank_value,
     reached,
-    rung_key,
     scores_of,
 )
 from autoprune.tasks.training import classification_metrics
@@ -176,7 +176,8 @@ def test_resume_continues_the_ladder_without_rerunning_rungs(tmp_path: Path, run
 
 
 def test_compute_spent_sums_each_phase_over_every_rung_of_a_trial() -> None:
-    from autoprune.study.ladder import compute_spent, rung_key
+    from autoprune.study.attrs import rung_key
+    from autoprune.study.ladder import compute_spent
 
     def rec(epochs: float, prune: float, finetune: float) -> dict[str, float]:
         return {"epochs": epochs, "time_s": prune + finetune + 0.1, "prune_s": prune, "finetune_s": finetune,

@@ -128,7 +128,8 @@ def test_kill_9_mid_trial_then_rerun_reruns_the_killed_trials(where: str, worker
     import time
     import uuid
 
-    from autoprune.study.liveness import REASON, RETRY_OF, WORKER, is_gone
+    from autoprune.study.attrs import REASON, RETRY_OF, WORKER
+    from autoprune.study.liveness import is_gone
     from autoprune.study.storage import load_existing
     from conftest import write_space
 

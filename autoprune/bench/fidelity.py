@@ -14,7 +14,8 @@ from typing import Any
 from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.study import SearchOptions, baseline_targets, run_search, study_user_attrs
-from autoprune.study.ladder import rank_value, rung_key
+from autoprune.study.attrs import rung_key
+from autoprune.study.ladder import rank_value
 
 __all__ = ["PROXIES", "correlation_rows", "fitness_correlation", "proxy_values", "rank_correlation"]
 

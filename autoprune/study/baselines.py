@@ -10,6 +10,7 @@ import optuna
 from autoprune.config.sampling import SampleContext, fixed_choices, unit_group
 from autoprune.config.space import SearchSpace
 from autoprune.pruning.heuristics import Allocation
+from autoprune.study.attrs import BASELINE, TARGET, VIA_PARAMS
 
 __all__ = ["baseline_params", "baseline_targets", "enqueue_baselines"]
 
@@ -57,13 +58,13 @@ def enqueue_baselines(study: optuna.Study, space: SearchSpace, ctx: SampleContex
     """Enqueue each heuristic at each baseline target once per study (a resumed study adds none)."""
     if space.granularity.kind == "nm":
         return 0  # N:M fixes each layer's ratio; allocation heuristics do not apply
-    seen = {(t.user_attrs.get("baseline"), t.user_attrs.get("target")) for t in study.get_trials(deepcopy=False)}
+    seen = {(t.user_attrs.get(BASELINE), t.user_attrs.get(TARGET)) for t in study.get_trials(deepcopy=False)}
     added = 0
     for target in baseline_targets(space):
         for name in space.baselines:
             if name not in heuristics or (name, target) in seen:
                 continue
             params, via_params = baseline_params(space, ctx, heuristics[name](target), target, name)
-            study.enqueue_trial(params, user_attrs={"baseline": name, "target": target, "via_params": via_params})
+            study.enqueue_trial(params, user_attrs={BASELINE: name, TARGET: target, VIA_PARAMS: via_params})
             added += 1
     return added

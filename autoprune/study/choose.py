@@ -11,6 +11,7 @@ import optuna
 
 from autoprune.config.policy import Policy
 from autoprune.errors import ConfigError
+from autoprune.study.attrs import BASELINE, DENSE_VAL, EVAL, test_metrics_key
 from autoprune.study.trials import front_trials, metric_sign, policy_json, primary_metric, trial_policy
 
 __all__ = ["choose_trial", "knee", "policy_from_trial"]
@@ -80,17 +81,17 @@ def _version(pkg: str) -> str:
 def policy_from_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> Policy:
     """The trial's policy with expected metrics and provenance filled in."""
     pol = trial_policy(t)
-    ev = t.user_attrs.get("eval", {})
+    ev = t.user_attrs.get(EVAL, {})
     primary = primary_metric(study)
     expected = {f"val_{primary}": float(t.values[0]), "size": float(t.values[1]),
                 "sparsity": float(ev.get("sparsity", float("nan")))}
-    test = study.user_attrs.get(f"test/{t.number}")
+    test = study.user_attrs.get(test_metrics_key(t.number))
     if test and primary in test:
         expected[f"test_{primary}"] = float(test[primary])
-    dense = study.user_attrs.get("dense_val") or {}
+    dense = study.user_attrs.get(DENSE_VAL) or {}
     if primary in dense:
         expected[f"dense_val_{primary}"] = float(dense[primary])  # what the pruned model is measured against
-    provenance = {"study": study.study_name, "trial": str(t.number), "baseline": str(t.user_attrs.get("baseline", "")),
+    provenance = {"study": study.study_name, "trial": str(t.number), "baseline": str(t.user_attrs.get(BASELINE, "")),
                   "data": str(study.user_attrs.get("data", "")),
                   "checkpoint_sha256": pol.dense_key.removeprefix("sha256:") if pol.dense_key.startswith("sha256:")
                   else "",

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config.budget import level_units, project_to_budget
 from autoprune.config.sampling import SampleContext, on_levels
-from autoprune.study.ladder import rung_key
+from autoprune.study.attrs import LADDER_STOP, rung_key
 from autoprune.study.sampler import assign_target
 
 __all__ = ["EvolutionSampler", "mutate", "mutate_levels", "mutate_offsets", "preferences"]
@@ -146,8 +146,8 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         """(rung reached, higher-is-better score there) of a finished trial, None when it has no score."""
         if t.state == TrialState.COMPLETE and t.values is not None:
             return (math.inf, sign * t.values[0])
-        if t.state == TrialState.PRUNED and "ladder_stop" in t.user_attrs:
-            r = int(t.user_attrs["ladder_stop"])
+        if t.state == TrialState.PRUNED and LADDER_STOP in t.user_attrs:
+            r = int(t.user_attrs[LADDER_STOP])
             rank = t.user_attrs.get(rung_key(r), {}).get("rank")
             return None if rank is None else (float(r), float(rank))
         return None

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 
 from autoprune.config.space import LadderSpec, SearchSpace
+from autoprune.study.attrs import BASELINE, LADDER_STOP, PROMOTED_FROM, START_RUNG, TARGET, VIA_PARAMS, rung_key
 
 __all__ = [
     "SAME_SIZE",
@@ -40,16 +41,10 @@ __all__ = [
     "rank_fields",
     "rank_value",
     "reached",
-    "rung_key",
     "scores_of",
 ]
 
 SAME_SIZE = 5e-3  # candidates whose global sparsities differ by less than this are compared with each other
-
-
-def rung_key(rung: int) -> str:
-    """The user-attr name of a rung's measurements."""
-    return f"rung/{rung}"
 
 
 @dataclass(frozen=True)
@@ -100,7 +95,7 @@ def reached(trials: Iterable[tuple[int, dict[str, Any]]], n_rungs: int) -> list[
     """``(trial, rung, sparsity, stratum)`` for every rung a searched trial has finished, the last rung included
     (baselines always climb, outside the quota: they must not take the searched candidates' places)."""
     return [(number, r, float(attrs[rung_key(r)]["sparsity"]), str(attrs[rung_key(r)].get("stratum", "")))
-            for number, attrs in trials if "baseline" not in attrs for r in range(n_rungs) if rung_key(r) in attrs]
+            for number, attrs in trials if BASELINE not in attrs for r in range(n_rungs) if rung_key(r) in attrs]
 
 
 def climbed(done: list[Reached], rung: int, sparsity: float, exclude: int | None = None, stratum: str = "") -> int:
@@ -156,16 +151,16 @@ def enqueue_promotions(study: optuna.Study, space: SearchSpace) -> int:
         return 0
     trials = study.get_trials(deepcopy=False)
     scores = scores_of(((t.number, t.user_attrs) for t in trials), rank_fields(space.ladder))
-    stopped = {t.number: int(t.user_attrs["ladder_stop"]) for t in trials
-               if t.state == optuna.trial.TrialState.PRUNED and "ladder_stop" in t.user_attrs}
-    promoted = {int(t.user_attrs["promoted_from"]) for t in trials if "promoted_from" in t.user_attrs}
+    stopped = {t.number: int(t.user_attrs[LADDER_STOP]) for t in trials
+               if t.state == optuna.trial.TrialState.PRUNED and LADDER_STOP in t.user_attrs}
+    promoted = {int(t.user_attrs[PROMOTED_FROM]) for t in trials if PROMOTED_FROM in t.user_attrs}
     by_number = {t.number: t for t in trials}
     done = reached(((t.number, t.user_attrs) for t in trials), len(space.ladder.epochs))
     todo = late_promotions(scores, stopped, promoted, space.ladder.keep, space.ladder.min_peers, done)
     for number, rung in todo:
         t = by_number[number]
-        keep_attrs = {k: v for k, v in t.user_attrs.items() if k in ("baseline", "target", "via_params")}
-        study.enqueue_trial(dict(t.params), user_attrs={**keep_attrs, "promoted_from": number, "start_rung": rung})
+        keep_attrs = {k: v for k, v in t.user_attrs.items() if k in (BASELINE, TARGET, VIA_PARAMS)}
+        study.enqueue_trial(dict(t.params), user_attrs={**keep_attrs, PROMOTED_FROM: number, START_RUNG: rung})
     return len(todo)
 
 

@@ -18,12 +18,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["CARRIED", "REASON", "RETRY_OF", "WORKER", "is_gone", "recover", "this_worker"]
+from autoprune.study.attrs import CARRIED, REASON, RETRY_OF, WORKER
 
-WORKER = "worker"  # user attr: the process running the trial
-REASON = "fail_reason"  # user attr: why a trial failed
-RETRY_OF = "retry_of"  # user attr of a re-enqueued trial: the number of the trial it re-runs
-CARRIED = ("baseline", "target", "via_params", "promoted_from", "start_rung")  # attrs a re-run keeps
+__all__ = ["is_gone", "recover", "this_worker"]
 
 
 def _start_time(pid: int) -> str | None:

@@ -19,6 +19,18 @@ from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import CandidateStopped, DenseReference, EpochCallback, Evaluation, evaluate
 from autoprune.pruning.heuristics import Allocation
 from autoprune.pruning.levels import LevelStore
+from autoprune.study.attrs import (
+    BASELINE,
+    EVAL,
+    LADDER_STOP,
+    REASON,
+    START_RUNG,
+    STOPPED,
+    SUMMARY,
+    WORKER,
+    RungRecord,
+    rung_key,
+)
 from autoprune.study.ladder import (
     climbed,
     climbs,
@@ -26,10 +38,9 @@ from autoprune.study.ladder import (
     rank_fields,
     rank_value,
     reached,
-    rung_key,
     scores_of,
 )
-from autoprune.study.liveness import REASON, WORKER, this_worker
+from autoprune.study.liveness import this_worker
 from autoprune.workspace import Workspace
 
 __all__ = [
@@ -88,7 +99,7 @@ class Objective:
 
     def policy_for(self, trial: optuna.Trial, attrs: dict[str, Any]) -> Policy:
         """Sample the trial's policy; enqueued baselines without preference params use their heuristic."""
-        baseline = attrs.get("baseline")
+        baseline = attrs.get(BASELINE)
         if baseline and not attrs.get("via_params", False):
             # such a baseline carries no params (see baselines.baseline_params): its target is a user attr
             fixed = optuna.trial.FixedTrial({**fixed_choices(self.space), "target": attrs["target"]})
@@ -111,8 +122,8 @@ class Objective:
         done = [] if baseline else trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if len(done) >= rule.min_trials:  # baselines always run to the end
             # like with like: compare first-epoch accuracy with the peers' first-epoch accuracy
-            peers = [t.user_attrs["eval"].get("epoch1_val_accuracy", 0.0) for t in done
-                     if t.user_attrs.get("eval", {}).get("sparsity", 0.0) >= sparsity - 1e-3]
+            peers = [t.user_attrs[EVAL].get("epoch1_val_accuracy", 0.0) for t in done
+                     if t.user_attrs.get(EVAL, {}).get("sparsity", 0.0) >= sparsity - 1e-3]
             best = max(peers, default=None)
 
         def rule_fn(epoch: int, acc: float, size: float) -> bool:
@@ -148,12 +159,12 @@ class Objective:
         ladder = self.space.ladder
         assert ladder is not None
         last = len(ladder.epochs) - 1
-        always = "baseline" in attrs
-        for r in range(int(attrs.get("start_rung", 0)), last + 1):
+        always = BASELINE in attrs
+        for r in range(int(attrs.get(START_RUNG, 0)), last + 1):
             tokens = ladder.tokens[r] if ladder.tokens is not None and r < last else None
             ev = self.rung(policy, ladder.epochs[r], tokens, r == last)
             self.eval_seconds.append(ev.times["total"])
-            record: dict[str, Any] = {**rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)}
+            record = rung_record(ev, sparsity, ladder.epochs[r], self.ws.task.sign)
             stratum = policy.schedule.label if ladder.stratify else ""
             if stratum:
                 record["stratum"] = stratum
@@ -161,7 +172,7 @@ class Objective:
                 record["tokens"] = tokens
             if r < last:
                 by = ladder.rank_field(r)
-                record["rank"] = mine = rank_value(record, by)  # what the ladder (and TPE) rank this rung by
+                record["rank"] = mine = rank_value(dict(record), by)  # what the ladder (and TPE) rank this rung by
             trial.set_user_attr(rung_key(r), record)
             if r == last:
                 return ev
@@ -171,7 +182,7 @@ class Objective:
             others = peers(scores_of(done, rank_fields(ladder)), r, sparsity, exclude=trial.number, stratum=stratum)
             up = climbed(reached(done, last + 1), r, sparsity, exclude=trial.number, stratum=stratum)
             if not climbs(mine, others, ladder.keep, ladder.min_peers, up):
-                trial.set_user_attr("ladder_stop", r)
+                trial.set_user_attr(LADDER_STOP, r)
                 raise optuna.TrialPruned(f"stopped at rung {r}: {by} {abs(mine):.4f} not in the best "
                                          f"{ladder.keep:.0%} at this size")
         raise AssertionError("unreachable: the last rung returns")
@@ -181,13 +192,13 @@ class Objective:
         """No ladder: one short fine-tune per candidate, with the epoch-1 early-stop rule."""
         try:
             ev = evaluate(self.ws.model, policy, self.ws.splits,
-                          on_epoch=self.early_stop(trial, sparsity, "baseline" in attrs),
+                          on_epoch=self.early_stop(trial, sparsity, BASELINE in attrs),
                           measure_latency=self.space.size_metric == "latency", task=self.ws.task,
                           levels=self.stores.get(policy.criterion))
         except CandidateStopped as stop:
             self.stopped.append(stop.saved_s)
             self.eval_seconds.append(stop.elapsed_s)
-            trial.set_user_attr("stopped", {"epoch": stop.epoch, "val_accuracy": stop.accuracy,
+            trial.set_user_attr(STOPPED, {"epoch": stop.epoch, "val_accuracy": stop.accuracy,
                                             "elapsed_s": stop.elapsed_s, "saved_s": stop.saved_s,
                                             "sparsity": sparsity})
             raise optuna.TrialPruned(str(stop)) from None
@@ -204,8 +215,8 @@ class Objective:
             measured["policy_sparsity"] = sparsity
         if trial.number in self.epoch1:
             measured["epoch1_val_accuracy"] = self.epoch1.pop(trial.number)
-        trial.set_user_attr("eval", {**measured, "policy": policy.to_json()})  # one journal write for both
-        trial.set_user_attr("summary", policy_summary(policy, ev))  # one line, for optuna-dashboard's trial table
+        trial.set_user_attr(EVAL, {**measured, "policy": policy.to_json()})  # one journal write for both
+        trial.set_user_attr(SUMMARY, policy_summary(policy, ev))  # one line, for optuna-dashboard's trial table
         c = self.space.constraints
         if c.max_size is not None:
             trial.set_constraint("max_size", size - c.max_size)
@@ -225,13 +236,13 @@ def policy_summary(policy: Policy, ev: Evaluation) -> str:
 PHASES = ("prune", "finetune", "measure")  # the parts of an evaluation timed on each rung
 
 
-def rung_record(ev: Evaluation, sparsity: float, epochs: float, sign: float = 1.0) -> dict[str, float]:
+def rung_record(ev: Evaluation, sparsity: float, epochs: float, sign: float = 1.0) -> RungRecord:
     """What a rung stores: its score (the task's primary val metric; ``sign`` −1 when lower is better) and the
     proxies whose rank correlation we measure."""
-    rec = {"sparsity": sparsity, "epochs": epochs, "score": ev.score, "sign": sign,
-           "val_loss": ev.val.get("loss", math.nan),
-           "train_loss": ev.epoch_losses[-1] if ev.epoch_losses else math.nan, "time_s": ev.times["total"],
-           **{f"{phase}_s": ev.times.get(phase, 0.0) for phase in PHASES}}
+    rec = RungRecord(sparsity=sparsity, epochs=epochs, score=ev.score, sign=sign, val_loss=ev.val.get("loss", math.nan),
+                     train_loss=ev.epoch_losses[-1] if ev.epoch_losses else math.nan, time_s=ev.times["total"],
+                     prune_s=ev.times.get("prune", 0.0), finetune_s=ev.times.get("finetune", 0.0),
+                     measure_s=ev.times.get("measure", 0.0))
     if "kl_to_dense" in ev.val:
         rec["kl_to_dense"] = ev.val["kl_to_dense"]
     return rec

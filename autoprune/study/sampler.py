@@ -14,7 +14,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from autoprune.config.sampling import SampleContext, sample
 from autoprune.config.space import SearchSpace
-from autoprune.study.ladder import rung_key
+from autoprune.study.attrs import LADDER_STOP, TARGET, rung_key
 
 __all__ = [
     "STARTUP_SHARE",
@@ -89,7 +89,7 @@ class StaticSpaceTPE(optuna.samplers.TPESampler):
 
 def target_of(t: optuna.trial.FrozenTrial) -> float | None:
     """A trial's target size: its ``target`` param, or an enqueued baseline's user attr (None without one)."""
-    value = t.params.get("target", t.user_attrs.get("target"))
+    value = t.params.get("target", t.user_attrs.get(TARGET))
     return None if value is None else float(value)
 
 
@@ -174,9 +174,9 @@ class _TargetView:
 
 def _rung_values(t: optuna.trial.FrozenTrial) -> dict[int, float]:
     """A stopped trial's ranking value at the rung where it stopped (its step), for TPE's pruned-trial order."""
-    if "ladder_stop" not in t.user_attrs:
+    if LADDER_STOP not in t.user_attrs:
         return {}
-    r = int(t.user_attrs["ladder_stop"])
+    r = int(t.user_attrs[LADDER_STOP])
     return {r: float(t.user_attrs.get(rung_key(r), {}).get("rank", -math.inf))}
 
 

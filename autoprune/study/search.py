@@ -19,6 +19,7 @@ from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.models.layers import weight_of
 from autoprune.pruning.evaluate import evaluate
+from autoprune.study.attrs import DENSE_PARAMS, DENSE_TEST, DENSE_VAL, test_metrics_key
 from autoprune.study.baselines import enqueue_baselines
 from autoprune.study.identity import check_study_parts, refuse_other_parts, study_parts
 from autoprune.study.ladder import compute_spent, enqueue_promotions
@@ -80,11 +81,11 @@ def test_front(study: optuna.Study, prep: Prepared, progress: ProgressSink | Non
     """Re-evaluate every Pareto trial on the held-out test split (stored as study user attrs ``test/<n>``)."""
     out: dict[int, dict[str, float]] = {}
     front = front_trials(study)
-    todo = [t for t in front if f"test/{t.number}" not in study.user_attrs]
+    todo = [t for t in front if test_metrics_key(t.number) not in study.user_attrs]
     if progress is not None and todo:
         progress.start(len(todo), "front re-scored on test")
     for t in front:
-        key = f"test/{t.number}"
+        key = test_metrics_key(t.number)
         cached = study.user_attrs.get(key)
         if cached is None:
             if progress is not None:
@@ -224,12 +225,12 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     info = study_info(prep, study, opts)
     if "space_yaml" not in study.user_attrs:
         study.set_user_attr("space_yaml", info.space_yaml)
-        study.set_user_attr("dense_val", prep.ws.dense_val)
-        study.set_user_attr("dense_test", prep.ws.dense_test)
+        study.set_user_attr(DENSE_VAL, prep.ws.dense_val)
+        study.set_user_attr(DENSE_TEST, prep.ws.dense_test)
         study.set_user_attr("sampler", info.sampler)
         study.set_user_attr("size_metric", info.size_metric)
         study.set_user_attr("data", space.data.name)
-        study.set_user_attr("dense_params", sum(p.numel() for p in prep.ws.model.parameters()))
+        study.set_user_attr(DENSE_PARAMS, sum(p.numel() for p in prep.ws.model.parameters()))
     if listener is not None:
         listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials

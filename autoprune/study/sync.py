@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 
 from autoprune.config.events import StudyInfo, TrialRecord
+from autoprune.study.attrs import DENSE_TEST, DENSE_VAL
 from autoprune.study.trials import front_trials, to_record
 
 __all__ = ["records_and_info"]
@@ -21,6 +22,6 @@ def records_and_info(study: optuna.Study, storage: str) -> tuple[list[TrialRecor
     info = StudyInfo(study_name=study.study_name, storage=storage, space_yaml=str(attrs.get("space_yaml", "")),
                      space_name=study.study_name, sampler=str(attrs.get("sampler", "")),
                      size_metric=str(attrs.get("size_metric", "nonzeros")),
-                     dense_val=dict(attrs.get("dense_val", {})), dense_test=dict(attrs.get("dense_test", {})))
+                     dense_val=dict(attrs.get(DENSE_VAL, {})), dense_test=dict(attrs.get(DENSE_TEST, {})))
     summary = {"trials": len(records), "complete": sum(r.state == "COMPLETE" for r in records)}
     return records, info, summary

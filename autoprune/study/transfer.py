@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config.space import SearchSpace
+from autoprune.study.attrs import BASELINE, TARGET, TRANSFER_OF
 from autoprune.study.sampler import target_of
 
 __all__ = ["enqueue_transfers", "transfer_params"]
@@ -53,7 +54,7 @@ def enqueue_transfers(study: optuna.Study, space: SearchSpace) -> int:
         _key(t.system_attrs["fixed_params"]) for t in trials if "fixed_params" in t.system_attrs}
     added = 0
     for source in best.values():
-        if "baseline" in source.user_attrs:  # the declared recipe: nothing to carry over
+        if BASELINE in source.user_attrs:  # the declared recipe: nothing to carry over
             continue
         for target in grid:
             if target == target_of(source):
@@ -62,7 +63,7 @@ def enqueue_transfers(study: optuna.Study, space: SearchSpace) -> int:
                 params = transfer_params(source.params, target, zero)
                 if _key(params) in existing:
                     continue
-                study.enqueue_trial(params, user_attrs={"transfer_of": source.number, "target": target})
+                study.enqueue_trial(params, user_attrs={TRANSFER_OF: source.number, TARGET: target})
                 existing.add(_key(params))
                 added += 1
     return added

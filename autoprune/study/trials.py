@@ -12,6 +12,19 @@ from autoprune.config.events import TrialRecord
 from autoprune.config.pareto import SIZE_TOLERANCE, nondominated
 from autoprune.config.policy import Policy
 from autoprune.errors import ConfigError
+from autoprune.study.attrs import (
+    BASELINE,
+    DENSE_PARAMS,
+    DENSE_TEST,
+    DENSE_VAL,
+    EVAL,
+    POLICY_OLD,
+    REASON,
+    STOPPED,
+    rung_of,
+    rungs_of,
+    test_metrics_key,
+)
 from autoprune.study.storage import load_existing, make_storage
 
 __all__ = [
@@ -32,7 +45,7 @@ __all__ = [
 
 def policy_json(t: optuna.trial.FrozenTrial) -> str | None:
     """The trial's policy JSON: inside its ``eval`` user attr (one journal write per trial, not two)."""
-    return (t.user_attrs.get("eval") or {}).get("policy") or t.user_attrs.get("policy")  # "policy": older studies
+    return (t.user_attrs.get(EVAL) or {}).get("policy") or t.user_attrs.get(POLICY_OLD)
 
 
 def trial_policy(t: optuna.trial.FrozenTrial) -> Policy:
@@ -46,10 +59,10 @@ def trial_policy(t: optuna.trial.FrozenTrial) -> Policy:
 def policy_sparsity(t: optuna.trial.FrozenTrial) -> float:
     """The sparsity the trial's policy asked for over the searched layers (what targets are stated in); the
     measured ``sparsity`` also counts prunable layers the space excluded (e.g. an LM head)."""
-    rung = t.user_attrs.get("rung/0")
+    rung = rung_of(t.user_attrs, 0)
     if rung is not None:
         return float(rung["sparsity"])
-    measured = t.user_attrs.get("eval") or {}
+    measured = t.user_attrs.get(EVAL) or {}
     return float(measured.get("policy_sparsity", measured.get("sparsity", 0.0)))
 
 
@@ -57,25 +70,25 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
               ) -> TrialRecord:
     """Plain-data view of a finished trial."""
     values = (float(t.values[0]), float(t.values[1])) if t.values else None
-    metrics = {k: v for k, v in (t.user_attrs.get("eval") or {}).items() if k != "policy"}
-    rungs = {k: v for k, v in t.user_attrs.items() if k.startswith("rung/")}
-    for key, rec in rungs.items():  # every rung's measurements, e.g. rung1_val_loss (the ladder's record)
-        metrics.update({f"rung{key[5:]}_{k}": v for k, v in rec.items() if k != "sparsity"})
+    metrics = {k: v for k, v in (t.user_attrs.get(EVAL) or {}).items() if k != "policy"}
+    rungs = rungs_of(t.user_attrs)
+    for r, rec in rungs.items():  # every rung's measurements, e.g. rung1_val_loss (the ladder's record)
+        metrics.update({f"rung{r}_{k}": v for k, v in rec.items() if k != "sparsity"})
     if rungs:
-        metrics["rung"] = max(int(k[5:]) for k in rungs)  # the highest rung this trial reached
+        metrics["rung"] = max(rungs)  # the highest rung this trial reached
         metrics["target_sparsity"] = next(iter(rungs.values()))["sparsity"]  # the policy's weighted sparsity
         metrics.setdefault("sparsity", next(iter(rungs.values()))["sparsity"])
     elif "policy_sparsity" in metrics:  # no ladder: the policy's weighted sparsity was stored with the evaluation
         metrics["target_sparsity"] = metrics["policy_sparsity"]
-    if "fail_reason" in t.user_attrs:
-        metrics["fail_reason"] = t.user_attrs["fail_reason"]
-    if not rungs and not metrics and "stopped" in t.user_attrs:
-        stopped = t.user_attrs["stopped"]
+    if REASON in t.user_attrs:
+        metrics["fail_reason"] = t.user_attrs[REASON]
+    if not rungs and not metrics and STOPPED in t.user_attrs:
+        stopped = t.user_attrs[STOPPED]
         metrics = {"sparsity": stopped.get("sparsity"), "stopped_epoch": stopped.get("epoch"),
                    "val_accuracy": stopped.get("val_accuracy"), "early_stop_saved_s": stopped.get("saved_s")}
     start, end = t.datetime_start, t.datetime_complete
     return TrialRecord(number=t.number, state=t.state.name, params=dict(t.params), values=values, metrics=metrics,
-                       policy_json=policy_json(t), baseline=t.user_attrs.get("baseline"), pareto=pareto, test=test,
+                       policy_json=policy_json(t), baseline=t.user_attrs.get(BASELINE), pareto=pareto, test=test,
                        start_ms=int(start.timestamp() * 1000) if start else None,
                        end_ms=int(end.timestamp() * 1000) if end else None)
 
@@ -133,11 +146,11 @@ def front_table(study_name: str, storage: str | None, runs_dir: Path) -> list[di
     study = load_existing(study_name, make_storage(storage, runs_dir))
     primary = primary_metric(study)
     rows = []
-    if "dense_val" in study.user_attrs:
-        rows.append(dense_row(study.user_attrs["dense_val"], study.user_attrs.get("dense_test", {}),
-                              int(study.user_attrs.get("dense_params", 0)), primary))
+    if DENSE_VAL in study.user_attrs:
+        rows.append(dense_row(study.user_attrs[DENSE_VAL], study.user_attrs.get(DENSE_TEST, {}),
+                              int(study.user_attrs.get(DENSE_PARAMS, 0)), primary))
     for t in front_trials(study):
-        rows.append(front_row(to_record(t, True, study.user_attrs.get(f"test/{t.number}")), primary))
+        rows.append(front_row(to_record(t, True, study.user_attrs.get(test_metrics_key(t.number))), primary))
     return sorted(rows, key=lambda r: r["sparsity"])  # (stable: the dense row, at sparsity 0, stays first)
 
 
