@@ -125,6 +125,9 @@ class TargetSpec(Strict):
 
     grid: list[float] | None = Field(default_factory=lambda: [0.9, 0.95, 0.97])
     range: tuple[float, float] | None = None
+    # how a grid's trials are shared: equal (each size the same number), or moving (after each size's random start,
+    # the next trial goes to the size whose best production score improved most recently: where the front moves)
+    budget: Literal["equal", "moving"] = "equal"
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
@@ -134,6 +137,8 @@ class TargetSpec(Strict):
         for v in values:
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"target sparsity {v} outside [0, 1)")
+        if self.budget == "moving" and not self.grid:
+            raise ValueError("budget moving shares the trials of a grid of targets: give 'grid'")
         return self
 
 

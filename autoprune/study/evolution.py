@@ -130,13 +130,14 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, search_space: dict[str, BaseDistribution], ctx: SampleContext, targets: list[float],
                  offset: float, seed: int = 0, population: int = 8, max_moves: int = 3, step: float = 0.05,
-                 redraw: float = 0.1, group: str = "unit") -> None:
+                 redraw: float = 0.1, group: str = "unit", budget: str = "equal", floor: int = 0) -> None:
         self._space = {k: d for k, d in search_space.items() if k != "target" and not d.single()}
         self._ctx, self._targets, self._offset = ctx, list(targets), offset
         self._seed, self._population, self._max_moves, self._step, self._redraw = (
             seed, population, max_moves, step, redraw)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._group = group  # layers.group: unit moves sparsity between units; block/type move preferences
+        self._budget, self._floor = budget, floor  # targets.budget (see sampler.assign_target)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         """The space's params (the target is assigned, not sampled)."""
@@ -168,7 +169,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         """A mutated child of a tournament winner at this trial's target (or of the anchor, early on)."""
         if not search_space:
             return {}
-        target = assign_target(study, trial, self._targets)
+        target = assign_target(study, trial, self._targets, self._budget, self._floor)
         rng = np.random.default_rng([self._seed, trial.number])
         pool = self.parents(study, target)
         parent: dict[str, Any] = {}
@@ -216,5 +217,5 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
                            param_distribution: BaseDistribution) -> Any:
         """The target is assigned (fewest trials first); anything else is drawn at random."""
         if param_name == "target":
-            return assign_target(study, trial, self._targets)
+            return assign_target(study, trial, self._targets, self._budget, self._floor)
         return self._random.sample_independent(study, trial, param_name, param_distribution)

@@ -24,6 +24,7 @@ __all__ = [
     "assign_target",
     "random_candidate",
     "search_distributions",
+    "stagnation",
     "target_of",
     "tpe_startup",
 ]
@@ -93,19 +94,38 @@ def target_of(t: optuna.trial.FrozenTrial) -> float | None:
     return None if value is None else float(value)
 
 
-def assign_target(study: optuna.Study, trial: optuna.trial.FrozenTrial, targets: list[float]) -> float:
+def assign_target(study: optuna.Study, trial: optuna.trial.FrozenTrial, targets: list[float],
+                  budget: str = "equal", floor: int = 0) -> float:
     """The target of a grid search's trial: the one it was enqueued with, else the size with the fewest earlier
-    trials (the first of those). Only earlier trials count, so every size gets an equal share and a resumed or
-    parallel search assigns each trial number the same size."""
+    trials (the first of those). Only earlier trials count, so a resumed or parallel search assigns each trial
+    number the same size. ``budget`` ``moving``: once every size has ``floor`` trials (its random start), the size
+    whose best production score was set by the fewest of its later trials (see :func:`stagnation`) instead."""
     fixed = trial.system_attrs.get("fixed_params", {})
     if "target" in fixed:
         return float(fixed["target"])
+    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
     counts = dict.fromkeys(targets, 0)
-    for t in study.get_trials(deepcopy=False):
+    for t in earlier:
         tgt = target_of(t)
-        if tgt in counts and t.number < trial.number:
+        if tgt in counts:
             counts[tgt] += 1
+    if budget == "moving" and all(c >= floor for c in counts.values()):
+        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        stale = stagnation(earlier, targets, sign)
+        return min(targets, key=lambda g: (stale[g], counts[g]))
     return min(targets, key=lambda g: counts[g])
+
+
+def stagnation(trials: list[optuna.trial.FrozenTrial], targets: list[float], sign: float) -> dict[float, int]:
+    """For each target, how many of its trials came after the one that set its best production score (the last
+    rung's validation metric; ``sign`` −1 when lower is better): 0 where the front just moved, large where it
+    stalled. A target without a production score counts all its trials."""
+    best: dict[float, tuple[float, int]] = {g: (-math.inf, -1) for g in targets}
+    for t in trials:
+        g = target_of(t)
+        if g in best and t.state == optuna.trial.TrialState.COMPLETE and t.values and sign * t.values[0] > best[g][0]:
+            best[g] = (sign * t.values[0], t.number)
+    return {g: sum(1 for t in trials if target_of(t) == g and t.number > best[g][1]) for g in targets}
 
 
 class PerTargetTPE(StaticSpaceTPE):
@@ -120,14 +140,16 @@ class PerTargetTPE(StaticSpaceTPE):
     intermediate value is its rung's ranking value, so a higher rung reached counts as better.
     """
 
-    def __init__(self, search_space: dict[str, BaseDistribution], targets: list[float], **kwargs: Any) -> None:
+    def __init__(self, search_space: dict[str, BaseDistribution], targets: list[float], budget: str = "equal",
+                 **kwargs: Any) -> None:
         super().__init__({k: d for k, d in search_space.items() if k != "target"}, **kwargs)
-        self._targets = list(targets)
+        self._targets, self._budget = list(targets), budget
+        self._floor = int(kwargs.get("n_startup_trials", 10))  # each size's random start comes first
         self._assigned: dict[int, float] = {}
 
     def _assign(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> float:
         if trial.number not in self._assigned:
-            self._assigned[trial.number] = assign_target(study, trial, self._targets)
+            self._assigned[trial.number] = assign_target(study, trial, self._targets, self._budget, self._floor)
         return self._assigned[trial.number]
 
     def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,

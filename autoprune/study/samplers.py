@@ -42,6 +42,7 @@ class SamplerRequest:
     offset: float = 2.0  # preference offsets lie in [-offset, offset]
     group: str = "unit"  # layers.group
     startup: int = 10  # random trials (per target for a grid) before a model-based sampler models them
+    budget: str = "equal"  # targets.budget: how a grid's trials are shared (see sampler.assign_target)
 
 
 class SamplerFactory(ABC):
@@ -73,8 +74,8 @@ def sampler_factory(name: str, options: dict[str, Any] | None = None) -> tuple[S
 
 def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False,
                  targets: list[float] | None = None, ctx: SampleContext | None = None, offset: float = 2.0,
-                 group: str = "unit", startup: int = 10, options: dict[str, Any] | None = None
-                 ) -> optuna.samplers.BaseSampler:
+                 group: str = "unit", startup: int = 10, options: dict[str, Any] | None = None,
+                 budget: str = "equal") -> optuna.samplers.BaseSampler:
     """The sampler ``name`` (a registered factory or ``package.module:Class``) for a search, seeded; a wrong name
     or option is a ConfigError."""
     try:
@@ -82,7 +83,7 @@ def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution]
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return factory.create(SamplerRequest(seed, search_space, parallel, list(targets or []), ctx, offset, group,
-                                         startup), opts)
+                                         startup, budget), opts)
 
 
 @register_sampler("tpe")
@@ -94,7 +95,7 @@ class TPEFactory(SamplerFactory):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # `constant_liar` is flagged experimental
             if request.targets and "target" in request.search_space:
-                return PerTargetTPE(request.search_space, request.targets, seed=request.seed,
+                return PerTargetTPE(request.search_space, request.targets, request.budget, seed=request.seed,
                                     n_startup_trials=request.startup, constant_liar=request.parallel)
             return StaticSpaceTPE(request.search_space, seed=request.seed, n_startup_trials=request.startup,
                                   constant_liar=request.parallel)
@@ -172,4 +173,5 @@ class EvolutionFactory(SamplerFactory):
             raise ConfigError("sampler evolution needs a grid of targets (targets.grid) and projected preferences")
         return EvolutionSampler(request.search_space, request.ctx, request.targets, request.offset,
                                 seed=request.seed, group=request.group, population=options.population,
-                                max_moves=options.max_moves, redraw=options.redraw)
+                                max_moves=options.max_moves, redraw=options.redraw, budget=request.budget,
+                                floor=request.startup)

@@ -197,7 +197,8 @@ def open_search_study(space: SearchSpace, opts: SearchOptions, ctx: SampleContex
     sampler = make_sampler(opts.sampler or space.sampler, seed + existing + 7919 * offset,
                            search_distributions(space, ctx), opts.workers > 1, space.targets.grid, ctx, space.offset,
                            space.layers.group, startup,
-                           space.sampler_options if (opts.sampler or space.sampler) == space.sampler else None)
+                           space.sampler_options if (opts.sampler or space.sampler) == space.sampler else None,
+                           space.targets.budget)
     task = task_class(space.task.kind)
     names = metric_names(space.size_metric, str(resolve_device(opts.device)), task.primary)
     return open_study(name, storage, sampler, names, task.direction)
