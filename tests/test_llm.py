@@ -250,6 +250,18 @@ def test_search_export_apply_writes_a_folder_transformers_loads(tmp_path: Path) 
     res = subprocess.run([AUTOPRUNE, "apply", "p.json", "--space", "s.yaml", "--criterion", "obs", "--no-track"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 2 and "--criterion obs" in res.stdout + res.stderr
+    # sequential calibration: the first block as with dense inputs, every later block calibrated on pruned inputs
+    run("apply", "p.json", "--space", "s.yaml", "--criterion", "sparsegpt", "--calibration", "sequential",
+        "--hf-folder", "hf-seq", "--no-track", "-o", "seq.pt")
+    seq = build_model("hf-llama", ws.splits.input_shape, ws.splits.num_classes, ws.space.model.kwargs)
+    seq.hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf-seq").eval()
+    differ = {f.split(".")[3] for f, r in policy.sparsity.items() if r > 0.05
+              and not torch.equal(weight_of(seq, f), weight_of(sgpt, f))}
+    assert "0" not in differ and differ  # block 0 equal; later blocks differ
+    res = subprocess.run([AUTOPRUNE, "apply", "p.json", "--space", "s.yaml", "--calibration", "sideways",
+                          "--no-track"], cwd=tmp_path, capture_output=True, text=True)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "--calibration sideways" in lines[0]
 
 
 def test_one_preference_per_block_ties_the_units_of_a_block_and_evolution_moves_blocks() -> None:
@@ -460,7 +472,7 @@ def test_bench_prunes_the_heuristics_with_sparsegpt_when_asked(tmp_path: Path) -
     got = {}
     for criterion in ("wanda", "sparsegpt"):
         res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--seeds", "1", "--sparsities", "0.7",
-                              "--methods", "uniform,owl", "--criterion", criterion, "--out", criterion,
+                              "--methods", "uniform,owl,uniform_seq", "--criterion", criterion, "--out", criterion,
                               "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"'criterion': '{criterion}'" in " ".join(res.stdout.split()) or criterion in res.stdout
@@ -470,7 +482,9 @@ def test_bench_prunes_the_heuristics_with_sparsegpt_when_asked(tmp_path: Path) -
         assert len(ratios) == 1 and ratios[0] > 0  # printed beside the plain forward it is measured against
         rows = (tmp_path / criterion / "bench-tiny_llama.csv").read_text().splitlines()[1:]
         got[criterion] = {r.split(",")[0]: float(r.split(",")[3]) for r in rows}
-    assert set(got["wanda"]) == set(got["sparsegpt"]) == {"uniform", "owl"}
+    assert set(got["wanda"]) == set(got["sparsegpt"]) == {"uniform", "owl", "uniform_seq"}
+    assert got["wanda"]["uniform_seq"] == got["wanda"]["uniform"]  # sequential calibration is SparseGPT's alone
+    assert got["sparsegpt"]["uniform_seq"] != got["sparsegpt"]["uniform"]
     assert all(1.0 < v < 300.0 for c in got.values() for v in c.values())
     assert got["wanda"] != got["sparsegpt"]  # the heuristics really were pruned another way
     res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--methods", "uniform", "--criterion", "obs"],

@@ -192,3 +192,24 @@ def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp
     policy = Policy.model_validate_json(best.user_attrs["eval"]["policy"])
     again = evaluate(ws.model, policy, ws.splits, task=ws.task)  # pruned directly on a copy
     assert again.score == best.values[0]
+
+
+def test_sequential_calibration_feeds_each_block_the_already_pruned_blocks_outputs() -> None:
+    from autoprune.pruning.criteria import WANDA_WINDOWS
+    from autoprune.pruning.sparsegpt import calibration_groups, prune_model
+
+    model, layers, splits, task = _tiny()
+    blocks = calibration_groups(model, layers, sequential=True)
+    assert len(blocks) >= 2 and [f for b in blocks for f in b] == sorted(layers, key=layers.index)
+    dense = _policy("sparsegpt", dict.fromkeys(layers, 0.5))
+    one_pass = _direct(model, dense, splits, task)
+    sequential = _direct(model, dense.model_copy(update={"calibration": "sequential"}), splits, task)
+    same = [f for f in layers if torch.equal(weight_of(one_pass, f), weight_of(sequential, f))]
+    assert same == blocks[0]  # the first block sees the dense inputs either way; every later one differs
+    ref = copy.deepcopy(model)  # by hand: block 0 pruned, then block 1 calibrated on that model
+    x = splits.train.x[:WANDA_WINDOWS]
+    prune_model(ref, dict.fromkeys(blocks[0], 0.5), x)
+    prune_model(ref, dict.fromkeys(blocks[1], 0.5), x)
+    assert all(torch.equal(weight_of(ref, f), weight_of(sequential, f)) for f in blocks[0] + blocks[1])
+    for f in layers:  # exact per-unit sparsity either way
+        assert int((weight_of(sequential, f) == 0).sum()) == round(0.5 * weight_of(sequential, f).numel())

@@ -23,6 +23,7 @@ __all__ = [
     "HEURISTICS",
     "SAMPLER_OF",
     "SEARCHES",
+    "SEQUENTIAL",
     "TUNED",
     "MethodResult",
     "affordable",
@@ -37,8 +38,10 @@ __all__ = [
 # <heuristic>_tuned: the heuristic's allocation with its recipe chosen on validation from the space's recipe grid,
 # cut to the search's own compute when a search runs in the same benchmark (see run_heuristic)
 TUNED = ("lamp_tuned", "erk_tuned", "global_tuned")
+# <heuristic>_seq: pruned with SparseGPT's sequential calibration (each block's inputs from the pruned blocks)
+SEQUENTIAL = ("uniform_seq", "owl_seq", "alpha_seq")
 HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha", "random", "agp_uniform",
-              "lamp_cubic3", *TUNED)
+              "lamp_cubic3", *TUNED, *SEQUENTIAL)
 # autoprune: the space's own sampler; _rl, _tpe, _evo: the same design with the RL controller, TPE or evolution;
 # random_search: the same design, ladder and baselines with candidates drawn at random (a control)
 SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl", "autoprune_tpe", "autoprune_evo", "random_search")
@@ -46,7 +49,7 @@ SAMPLER_OF = {"autoprune_rl": "rl", "autoprune_tpe": "tpe", "autoprune_evo": "ev
 # owl and alpha run where the space lists them (a language model's: OWL needs Wanda's activations)
 DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES
                         if m not in ("tpe_naive", "autoprune_tpe", "autoprune_evo", "owl", "alpha", "random_search",
-                                     "erk_tuned", "global_tuned"))
+                                     "erk_tuned", "global_tuned", *SEQUENTIAL))
 
 
 @dataclass
@@ -65,8 +68,10 @@ class MethodResult:
 def heuristic_policy(prep: Prepared, name: str, level: float, seed: int) -> Policy:
     """The policy of a named heuristic at ``level``, with the space's default recipe at its production epochs
     (random = random preferences; AGP = uniform, cubic 3 steps; lamp_cubic3 = LAMP, cubic 3 steps: iterative
-    against one-shot pruning at an equal total fine-tune budget)."""
+    against one-shot pruning at an equal total fine-tune budget; <h>_seq = h calibrated sequentially)."""
     base = base_policy(prep)
+    if name in SEQUENTIAL:
+        base, name = base.model_copy(update={"calibration": "sequential"}), name.removesuffix("_seq")
     if name == "random":
         rng = np.random.default_rng(seed)
         prefs = {f: float(rng.normal(0.0, 1.0)) for f in prep.ws.layers}

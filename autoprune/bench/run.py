@@ -15,6 +15,7 @@ from autoprune.bench.methods import (
     DEFAULT_METHODS,
     HEURISTICS,
     SEARCHES,
+    SEQUENTIAL,
     TUNED,
     MethodResult,
     run_heuristic,
@@ -85,7 +86,8 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
         budget = tuned_budget(searched, len(levels))
         for name in HEURISTICS:
             if name in methods and (name in prep.heuristics or name in ("random", "agp_uniform", "lamp_cubic3")
-                                    or (name in TUNED and name.removesuffix("_tuned") in prep.heuristics)):
+                                    or (name in TUNED and name.removesuffix("_tuned") in prep.heuristics)
+                                    or (name in SEQUENTIAL and name.removesuffix("_seq") in prep.heuristics)):
                 results.append(run_heuristic(prep, name, levels, seed, budget))
         log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
         if seed == 0 and prep.stores and sp.ladder is not None and sp.ladder.tokens:

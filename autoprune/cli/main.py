@@ -175,6 +175,10 @@ def apply_cmd(
     criterion: Annotated[str | None, typer.Option(help="Prune with this criterion instead of the policy's, at the "
                                                   "policy's ratios (e.g. sparsegpt for ratios searched with Wanda's "
                                                   "level database).")] = None,
+    calibration: Annotated[str | None, typer.Option(help="SparseGPT's calibration inputs: dense (every layer sees "
+                                                    "the dense model's, the search's database) or sequential (each "
+                                                    "block sees the already-pruned blocks' outputs, the paper's).")
+                           ] = None,
     no_track: Annotated[bool, typer.Option("--no-track", metavar="", help="Do not log the model to MLflow (by "
                                            "default it goes to the study's parent run).")] = False,
     register: Annotated[str | None, typer.Option(help="Also register the model in MLflow's registry under this "
@@ -190,7 +194,8 @@ def apply_cmd(
 
     run_apply(policy, ApplyOptions(space=space, model=model, data=data, checkpoint=checkpoint,
                                    finetune_epochs=finetune_epochs, out=out, onnx=onnx, torchscript=torchscript,
-                                   quantize=quantize, hf_folder=hf_folder, criterion=criterion, device=device,
+                                   quantize=quantize, hf_folder=hf_folder, criterion=criterion,
+                                   calibration=calibration, device=device,
                                    runs=runs, threads=threads, track=not no_track, register=register,
                                    tracking_uri=tracking_uri))
 

@@ -119,6 +119,9 @@ class Policy(BaseModel):
     task_options: dict[str, Any] = Field(default_factory=dict)
     shapes: dict[str, list[int]] = Field(default_factory=dict)  # every prunable layer's weight shape, by FQN
     criterion: Criterion = "magnitude"
+    # SparseGPT's calibration inputs: the dense model's for every unit (what its level database stores), or block
+    # by block the already-pruned model's (the paper's; one calibration pass per block)
+    calibration: Literal["dense", "sequential"] = "dense"
     granularity: Granularity = Granularity()
     schedule: Schedule = Schedule()
     finetune: FineTune = FineTune()

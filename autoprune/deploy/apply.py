@@ -74,6 +74,7 @@ class ApplyOptions:
     quantize: str | None = None  # "int8"
     hf_folder: Path | None = None
     criterion: str | None = None
+    calibration: str | None = None  # SparseGPT's inputs: dense or sequential (None: the policy's own)
     device: str = "auto"
     runs: Path = Path("runs")
     threads: int | None = None
@@ -115,7 +116,7 @@ def apply_policy(policy_path: Path, opts: ApplyOptions = ApplyOptions(), progres
     permanent, shrink, save ``opts.out`` (and the exports asked for), measure before/after on the test split, and
     log the model to the study's MLflow parent run when ``opts.track`` (or ``opts.register``)."""
     _check_outputs(opts)
-    policy = with_criterion(Policy.load(policy_path), opts.criterion)
+    policy = with_criterion(Policy.load(policy_path), opts.criterion, opts.calibration)
     try:
         criterion_for(policy.criterion)  # registered, or the user's module:Class imports
     except ValueError as err:
@@ -176,14 +177,16 @@ def _save_and_measure(ws: Any, policy: Policy, res: Any, opts: ApplyOptions) -> 
     return rows, deployable
 
 
-def with_criterion(policy: Policy, criterion: str | None) -> Policy:
-    """``policy`` pruned with ``criterion`` instead (validated: one line naming the option), or unchanged."""
-    if criterion is None:
-        return policy
-    try:
-        return Policy.model_validate({**policy.model_dump(), "criterion": criterion})
-    except ValidationError as err:
-        raise PolicyError(f"--criterion {criterion}: {err.errors()[0]['msg']}") from None
+def with_criterion(policy: Policy, criterion: str | None, calibration: str | None = None) -> Policy:
+    """``policy`` pruned with ``criterion`` and/or SparseGPT's ``calibration`` instead (validated: one line naming
+    the option), or unchanged."""
+    for flag, key, value in (("--criterion", "criterion", criterion), ("--calibration", "calibration", calibration)):
+        if value is not None:
+            try:
+                policy = Policy.model_validate({**policy.model_dump(), key: value})
+            except ValidationError as err:
+                raise PolicyError(f"{flag} {value}: {err.errors()[0]['msg']}") from None
+    return policy
 
 
 def _tokenizer_of(space: SearchSpace, runs: Path) -> Any:

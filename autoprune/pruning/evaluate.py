@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from autoprune.config.policy import Policy
 from autoprune.errors import FinetuneDiverged, PolicyError
-from autoprune.models.layers import is_transposed, out_by_in, prunable_layers, weight_of
+from autoprune.models.layers import is_transposed, prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
 from autoprune.pruning.criteria import WANDA_WINDOWS, activation_problem, criterion_for, importance, row_wise
 from autoprune.pruning.levels import LevelStore
@@ -28,7 +28,7 @@ from autoprune.pruning.masks import (
 )
 from autoprune.pruning.metrics import latency_device, latency_ms, relative_to, size_metrics
 from autoprune.pruning.schedules import ratios_per_step
-from autoprune.pruning.sparsegpt import input_grams, sparsegpt_prune
+from autoprune.pruning.sparsegpt import prune_model
 from autoprune.tasks import ClassificationTask, Task
 from autoprune.tasks.data import Splits
 from autoprune.tasks.training import Distill, LossFn, predict, recalibrate_bn, seed_everything, train_epoch
@@ -96,7 +96,7 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
     """Tighten the live masks to ``ratios`` using the policy's criterion and granularity. ``levels``: the dense
     model's level database, used when it holds this criterion's orders (the model must still be dense)."""
     if (levels is not None and levels.criterion == policy.criterion and policy.granularity.kind == "unstructured"
-            and levels.covers(ratios)):
+            and policy.calibration == "dense" and levels.covers(ratios)):  # (a database stores dense calibration)
         levels.prune_into(model, folded, ratios)
         return
     if criterion_for(policy.criterion).updates_weights:  # SparseGPT
@@ -115,18 +115,17 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
 
 def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], policy: Policy,
                      splits: Splits) -> None:
-    """SparseGPT: each Linear's mask and its remaining weights' update from the dense inputs' Hessian (the first
-    calibration windows of the train split, as Wanda's)."""
+    """SparseGPT: each Linear's mask and its remaining weights' update from its inputs' Hessian on the first
+    calibration windows of the train split (as Wanda's): the dense model's, or block by block the pruned model's
+    (``policy.calibration``)."""
     problem = activation_problem(model, list(ratios), "sparsegpt")
     if problem:
         raise PolicyError(problem)
-    grams = input_grams(model, list(ratios), splits.train.x[:WANDA_WINDOWS])
+    keep = prune_model(model, ratios, splits.train.x[:WANDA_WINDOWS], policy.granularity,
+                       sequential=policy.calibration == "sequential")
     with torch.no_grad():
-        for fqn, ratio in ratios.items():
-            weight, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
-            updated, keep = sparsegpt_prune(out_by_in(weight, transposed), grams.pop(fqn), ratio, policy.granularity)
-            weight.copy_(out_by_in(updated, transposed))
-            folded.masks[fqn].copy_(out_by_in(keep, transposed))
+        for fqn, kept in keep.items():
+            folded.masks[fqn].copy_(kept)
     folded.reapply()
 
 

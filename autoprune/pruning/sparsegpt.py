@@ -6,8 +6,9 @@ Written here (~100 lines, following the paper's Algorithm 1 and its reference co
 because no maintained library applies it to any PyTorch Linear on a CPU: the reference code is research scripts
 tied to its model loaders, and llm-compressor's modifier needs its own model pipeline. Two simplifications, both
 stated where a user reads them: every layer's inputs are the *dense* model's (one calibration pass for all
-layers; the paper feeds each block the already-pruned blocks' outputs), and each block of 128 columns prunes an
-exact share of the layer's target, so every layer's sparsity is exact (the paper thresholds each block).
+layers; the paper feeds each block the already-pruned blocks' outputs: ``calibration: sequential`` in a policy does
+that, one calibration pass per decoder block), and each block of 128 columns prunes an exact share of the layer's
+target, so every layer's sparsity is exact (the paper thresholds each block).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import torch
 from torch import nn
 
 from autoprune.config.policy import Granularity
+from autoprune.config.sampling import unit_group
 from autoprune.models.layers import is_transposed, out_by_in, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, Criterion, input_sums, register_criterion
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["BLOCK", "DAMP", "SparseGPT", "input_grams", "prepare_unit", "prune_prepared",
-           "sparsegpt_prune"]
+__all__ = ["BLOCK", "DAMP", "SparseGPT", "calibration_groups", "input_grams", "prepare_unit", "prune_model",
+           "prune_prepared", "sparsegpt_prune"]
 
 BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
 DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps the Cholesky factorisation stable)
@@ -55,6 +57,37 @@ def input_grams(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch
     """H = 2·XᵀX / n of each Linear's inputs X (n tokens × in_features) over every token of ``inputs``."""
     sums, rows = input_sums(model, layers, inputs, lambda x: x.float().T @ x.float(), batch_size)
     return {f: (2.0 * sums[f] / max(rows[f], 1)).float() for f in layers}
+
+
+def calibration_groups(model: nn.Module, units: list[str], sequential: bool) -> list[list[str]]:
+    """The units pruned together from one calibration pass, in the model's order: all of them (dense inputs), or
+    one decoder block after another (sequential; a unit outside a numbered block is its own group)."""
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    ordered = sorted(units, key=lambda f: order.get(f, order.get(f.rpartition(".")[0], len(order))))
+    if not sequential:
+        return [ordered]
+    groups: dict[str, list[str]] = {}
+    for f in ordered:
+        groups.setdefault(unit_group(f, "block"), []).append(f)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, ratios: dict[str, float], inputs: torch.Tensor,
+                granularity: Granularity | None = None, sequential: bool = False) -> dict[str, torch.Tensor]:
+    """SparseGPT on every unit of ``ratios``, in place: each unit's weights pruned and updated; returns each unit's
+    keep mask (in its weight's layout). ``sequential``: block by block, each block's Hessians from the calibration
+    ``inputs`` run through the model whose earlier blocks are already pruned (the paper's procedure); else every
+    unit's from the dense model (one pass)."""
+    keep: dict[str, torch.Tensor] = {}
+    for group in calibration_groups(model, list(ratios), sequential):
+        grams = input_grams(model, group, inputs)
+        for fqn in group:
+            weight, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
+            updated, kept = sparsegpt_prune(out_by_in(weight, transposed), grams.pop(fqn), ratios[fqn], granularity)
+            weight.copy_(out_by_in(updated, transposed))
+            keep[fqn] = out_by_in(kept, transposed)
+    return keep
 
 
 def _inverse_factor(gram: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
