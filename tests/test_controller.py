@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from autoprune.study.controller import RLControllerSampler
@@ -21,15 +22,20 @@ def synthetic(trial: optuna.Trial) -> tuple[float, float]:
     return 1.0 - 0.1 * gap - (0.2 if target == 0.95 else 0.0), 1.0 - float(target)
 
 
-def _run(seed: int, n: int) -> tuple[optuna.Study, RLControllerSampler]:
+def _run(seed: int, n: int, minimize: bool = False) -> tuple[optuna.Study, RLControllerSampler]:
     sampler = RLControllerSampler(SPACE, seed=seed)
+    if minimize:  # the same problem as an error to minimize (an MSE, a perplexity): 100 × (2 − accuracy)
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        study.optimize(lambda t: (100.0 * (2.0 - synthetic(t)[0]), synthetic(t)[1]), n_trials=n)
+        return study, sampler
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     study.optimize(synthetic, n_trials=n)
     return study, sampler
 
 
-def test_controller_moves_toward_the_best_preferences() -> None:
-    study, sampler = _run(seed=0, n=200)
+@pytest.mark.parametrize("minimize", [False, True])
+def test_controller_moves_toward_the_best_preferences(minimize: bool) -> None:
+    study, sampler = _run(seed=0, n=200, minimize=minimize)
     for name, best in BEST.items():
         dist = SPACE[name]
         assert isinstance(dist, FloatDistribution)

@@ -107,8 +107,8 @@ def sensitivity(
     finally:
         bar.stop()
     rows = [{"layer": f, "weights": ws.sizes[f], "tolerated@2pt": curves.tolerated_ratio(f),
-             **{f"{r:g}": a for r, a in zip(curves.ratios, accs, strict=True)}} for f, accs in curves.accuracy.items()]
-    out.print(table(f"Validation accuracy with one layer pruned (dense {curves.dense_accuracy:.4f})", rows))
+             **{f"{r:g}": a for r, a in zip(curves.ratios, accs, strict=True)}} for f, accs in curves.scores.items()]
+    out.print(table(f"Validation {curves.metric} with one layer pruned (dense {curves.dense_score:.4f})", rows))
     out.print(f"{'cached: ' if hit else ''}{path.with_suffix('.csv')}\n{path.with_suffix('.png')}")
 
 

@@ -1,4 +1,4 @@
-"""Plain 2-D Pareto helpers for (accuracy ↑, size ↓) points."""
+"""Plain 2-D Pareto helpers for (primary metric ↑, size ↓) points (a minimized metric enters negated)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-layer sensitivity: validation accuracy when only one layer is pruned, at a grid of ratios.
+"""Per-layer sensitivity: the task's primary validation metric when only one layer is pruned, at a grid of ratios.
 
 No fine-tuning (that is what makes it fast); BatchNorm statistics are recalibrated on a few training
 batches after each prune. Results are cached on disk keyed by weights + data + criterion + grid, and
@@ -33,22 +33,31 @@ __all__ = ["SensitivityCurves", "cache_key", "load_or_scan", "plot", "prune_chan
 
 @dataclass(frozen=True)
 class SensitivityCurves:
-    """Accuracy of the model with one layer pruned: ``accuracy[fqn][i]`` at ``ratios[i]``."""
+    """The task's primary validation metric (``metric``, signed so that higher is better) with one layer pruned:
+    ``scores[fqn][i]`` at ``ratios[i]``; ``dense_score`` with none."""
 
     ratios: list[float]
-    accuracy: dict[str, list[float]]
-    dense_accuracy: float
+    scores: dict[str, list[float]]
+    dense_score: float
     criterion: str
     granularity: str
+    metric: str = "accuracy"
+
+    @classmethod
+    def from_json(cls, text: str) -> SensitivityCurves:
+        """Read a cached scan (one written before the fields were named for any metric, too)."""
+        data = json.loads(text)
+        renamed = {"accuracy": "scores", "dense_accuracy": "dense_score"}
+        return cls(**{renamed.get(k, k): v for k, v in data.items()})
 
     def tolerated_ratio(self, fqn: str, max_drop: float = 0.02) -> float:
-        """Largest grid ratio whose accuracy stays within ``max_drop`` of dense (0 if none)."""
-        ok = [r for r, a in zip(self.ratios, self.accuracy[fqn], strict=True) if a >= self.dense_accuracy - max_drop]
+        """Largest grid ratio whose score stays within ``max_drop`` of dense (0 if none)."""
+        ok = [r for r, a in zip(self.ratios, self.scores[fqn], strict=True) if a >= self.dense_score - max_drop]
         return max(ok, default=0.0)
 
     def preferences(self, max_drop: float = 0.02) -> dict[str, float]:
         """Log-density preferences for the budget projection: robust layers get pruned more."""
-        return {f: math.log(max(1.0 - self.tolerated_ratio(f, max_drop), 0.01)) for f in self.accuracy}
+        return {f: math.log(max(1.0 - self.tolerated_ratio(f, max_drop), 0.01)) for f in self.scores}
 
     def to_json(self) -> str:
         """Serialise for the cache."""
@@ -92,23 +101,23 @@ def scan(model: nn.Module, splits: Splits, layers: list[str], ratios: list[float
     def measure(m: nn.Module) -> float:
         return task.sign * task.score(task.metrics(m, splits.val))
 
-    dense_acc = measure(model)
-    scores = importance(model, layers, criterion, splits.train, seed=seed, loss_fn=task.loss)
-    acc: dict[str, list[float]] = {}
+    dense = measure(model)
+    importances = importance(model, layers, criterion, splits.train, seed=seed, loss_fn=task.loss)
+    got: dict[str, list[float]] = {}
     for fqn in layers:
-        acc[fqn] = []
+        got[fqn] = []
         for r in ratios:
             m = copy.deepcopy(model)
             if granularity.kind == "channel":
-                prune_channel_group(m, fqn, r, layers, scores, splits.input_shape)
+                prune_channel_group(m, fqn, r, layers, importances, splits.input_shape)
             else:
-                apply_masks(m, {fqn: oriented_mask(scores[fqn], r, granularity, False, is_transposed(m, fqn))})
+                apply_masks(m, {fqn: oriented_mask(importances[fqn], r, granularity, False, is_transposed(m, fqn))})
                 make_permanent(m)
             recalibrate_bn(m, splits.train, bn_batches, 64, seed)
-            acc[fqn].append(measure(m))
+            got[fqn].append(measure(m))
             if advance is not None:
                 advance()
-    return SensitivityCurves(list(ratios), acc, dense_acc, criterion, granularity.label)
+    return SensitivityCurves(list(ratios), got, dense, criterion, granularity.label, task.primary)
 
 
 def load_or_scan(cache_dir: Path, model: nn.Module, splits: Splits, layers: list[str], ratios: list[float],
@@ -121,7 +130,7 @@ def load_or_scan(cache_dir: Path, model: nn.Module, splits: Splits, layers: list
         key = hashlib.sha256(f"{key}:{task.kind}:{task.primary}".encode()).hexdigest()[:16]
     path = cache_dir / f"sensitivity-{key}.json"
     if path.exists():
-        return SensitivityCurves(**json.loads(path.read_text())), path, True
+        return SensitivityCurves.from_json(path.read_text()), path, True
     curves = scan(model, splits, layers, ratios, criterion, granularity, bn_batches, advance=advance, task=task)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(curves.to_json())
@@ -134,28 +143,28 @@ def write_csv(curves: SensitivityCurves, path: Path) -> None:
     """One row per (layer, ratio)."""
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["layer", "ratio", "val_accuracy", "dense_accuracy"])
-        for fqn, accs in curves.accuracy.items():
-            for r, a in zip(curves.ratios, accs, strict=True):
-                w.writerow([fqn, r, f"{a:.6f}", f"{curves.dense_accuracy:.6f}"])
+        w.writerow(["layer", "ratio", f"val_{curves.metric}", f"dense_{curves.metric}"])
+        for fqn, values in curves.scores.items():
+            for r, a in zip(curves.ratios, values, strict=True):
+                w.writerow([fqn, r, f"{a:.6f}", f"{curves.dense_score:.6f}"])
 
 
 def plot(curves: SensitivityCurves, path: Path) -> None:
-    """Matplotlib PNG: one accuracy-vs-ratio curve per layer, dense accuracy dashed."""
+    """Matplotlib PNG: one score-vs-ratio curve per layer, the dense model's dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for fqn, accs in curves.accuracy.items():
-        ax.plot(curves.ratios, accs, marker="o", ms=3, label=fqn)
-    ax.axhline(curves.dense_accuracy, ls="--", c="grey", lw=1, label="dense")
+    for fqn, values in curves.scores.items():
+        ax.plot(curves.ratios, values, marker="o", ms=3, label=fqn)
+    ax.axhline(curves.dense_score, ls="--", c="grey", lw=1, label="dense")
     ax.set_xlabel("ratio of this layer pruned (others dense)")
-    ax.set_ylabel("validation accuracy (no fine-tune)")
+    ax.set_ylabel(f"validation {curves.metric} (no fine-tune; higher is better)")
     ax.set_title(f"Layer sensitivity · {curves.criterion} · {curves.granularity}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(curves.accuracy) > 8 else 1, loc="lower left")
+    ax.legend(fontsize=7, ncol=2 if len(curves.scores) > 8 else 1, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

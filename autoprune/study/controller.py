@@ -2,13 +2,13 @@
 
 AMC-style, with a policy simple enough to read: every float parameter gets a Gaussian over its range scaled to
 [0, 1] (mean, log-std), every categorical one a softmax. Each finished trial is an episode whose reward is its
-validation accuracy minus the mean accuracy of earlier trials of the same size (the same global target, or a
-size within 2 % when there is no target param), so the size objective is respected by comparing like with
-like; one policy-gradient step per trial moves the means toward better-than-usual actions and shrinks or
-widens the spread. Preferences start at the centre of their box, i.e. at the anchor heuristic's allocation.
-The state is a pure function of the study's finished trials (replayed in trial order), so a resumed study or
-a second worker rebuilds the same controller; the draws are seeded per trial number. Early-stopped and failed
-trials carry no reward and are skipped.
+validation primary metric (in the task's direction: accuracy, or minus the MSE / perplexity) minus the mean of
+earlier trials of the same size (the same global target, or a size within 2 % when there is no target param), so
+the size objective is respected by comparing like with like; one policy-gradient step per trial moves the means
+toward better-than-usual actions and shrinks or widens the spread. Preferences start at the centre of their box,
+i.e. at the anchor heuristic's allocation. The state is a pure function of the study's finished trials (replayed
+in trial order), so a resumed study or a second worker rebuilds the same controller; the draws are seeded per
+trial number. Early-stopped and failed trials carry no reward and are skipped.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class RLControllerSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         """Learn from the trials finished since the last call, then draw this trial's params from the policy."""
-        self.learn(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        self.learn(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), sign)
         rng = np.random.default_rng([self._seed, trial.number])
         out: dict[str, Any] = {}
         for name, dist in search_space.items():
@@ -86,22 +87,25 @@ class RLControllerSampler(optuna.samplers.BaseSampler):
         """Params outside the known space are drawn at random."""
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
-    def learn(self, trials: Sequence[FrozenTrial]) -> int:
-        """One REINFORCE step per new finished trial that carries every param, in trial order; returns how many."""
+    def learn(self, trials: Sequence[FrozenTrial], sign: float = 1.0) -> int:
+        """One REINFORCE step per new finished trial that carries every param, in trial order; returns how many.
+        ``sign``: −1 when the study minimizes its primary metric (a lower MSE or perplexity is rewarded)."""
         new = sorted((t for t in trials if t.number not in self.state.seen and t.values is not None
                       and self._space.keys() <= t.params.keys()), key=lambda t: t.number)
         for t in new:
             self.state.seen.add(t.number)
-            advantage = self._advantage(t.values[0], _size_class(t.params, t.values[1]))
+            advantage = self._advantage(t.values[0], _size_class(t.params, t.values[1]), sign)
             if advantage != 0.0:
                 self._step(t.params, advantage)
         return len(new)
 
-    def _advantage(self, accuracy: float, bucket: tuple[str, int]) -> float:
-        """Accuracy minus the running mean of equally sized trials (0 for the first of its size), clipped."""
-        mean, count = self.state.baseline.get(bucket, (accuracy, 0))
-        self.state.baseline[bucket] = (mean + (accuracy - mean) / (count + 1), count + 1)
-        return float(np.clip((accuracy - mean) / 0.05, -3.0, 3.0)) if count else 0.0  # 5 points = one unit
+    def _advantage(self, value: float, bucket: tuple[str, int], sign: float = 1.0) -> float:
+        """The metric minus the running mean of equally sized trials, in the task's direction (0 for the first of
+        its size), clipped; one unit is 5 points of a maximized metric (accuracy), or 5 % of a minimized one."""
+        mean, count = self.state.baseline.get(bucket, (value, 0))
+        self.state.baseline[bucket] = (mean + (value - mean) / (count + 1), count + 1)
+        unit = 0.05 if sign > 0 else 0.05 * max(abs(mean), 1e-12)
+        return float(np.clip(sign * (value - mean) / unit, -3.0, 3.0)) if count else 0.0
 
     def _step(self, params: dict[str, Any], advantage: float) -> None:
         s, lr = self.state, self._lr * advantage
