@@ -138,3 +138,34 @@ def test_builtin_samplers_are_registered_and_evolution_takes_its_options() -> No
                          options={"population": 1, "max_moves": 5})
     assert factory.name == "evolution" and isinstance(built, EvolutionSampler)
     assert (built._population, built._max_moves) == (1, 5)
+
+
+def test_a_users_schedule_prunes_in_its_own_steps_through_search_export_and_apply(tmp_path: Path) -> None:
+    from autoprune.config.policy import Schedule
+    from autoprune.pruning.schedules import SCHEDULES, ratios_per_step
+
+    kind = "userpkg.extensions:HalfThenAll"
+    steps = ratios_per_step({"a": 0.8}, Schedule(kind=kind, steps=3))
+    assert steps == [{"a": 0.4}, {"a": 0.4}, {"a": 0.8}]
+    assert ratios_per_step({"a": 0.8}, Schedule(kind="linear", steps=4)) == [
+        {"a": pytest.approx(0.2)}, {"a": pytest.approx(0.4)}, {"a": pytest.approx(0.6)}, {"a": 0.8}]
+    assert {"oneshot", "iterative", "linear"} <= set(SCHEDULES) and Schedule(kind=kind, steps=3).label == "HalfThenAll×3"
+    path = write_space(tmp_path / "s.yaml", name="sch", schedules=[{"kind": kind, "steps": 2}], trials=3,
+                       finetune={"epochs": [2], "lr_scale": [0.3]}, baselines=["lamp"])
+    runs = ["--runs", str(tmp_path / "runs")]
+    res = _run("search", str(path), "--no-track", *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _run("export", "--study", "sch", "--knee", "-o", str(tmp_path / "p.json"), *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    policy = Policy.load(tmp_path / "p.json")
+    assert policy.schedule.kind == kind and policy.schedule.steps == 2
+    res = _run("apply", str(tmp_path / "p.json"), "--space", str(path), "-o", str(tmp_path / "m.pt"), "--no-track",
+               *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = next(line for line in res.stdout.splitlines() if "test_accuracy" in line)
+    assert float(row.split("│")[-2]) == pytest.approx(policy.expected["test_accuracy"], abs=1e-4)
+    bad = write_space(tmp_path / "b.yaml", name="sch2", schedules=[{"kind": "userpkg.extensions:Backwards",
+                                                                    "steps": 3}])
+    res = _run("search", str(bad), "--no-track", *runs)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "field 'schedules'" in lines[0] and "non-decreasing" in lines[0]

@@ -18,6 +18,7 @@ from autoprune.files import write_atomic
 
 __all__ = [
     "BUILTIN_CRITERIA",
+    "BUILTIN_SCHEDULES",
     "SCHEMA_VERSION",
     "Criterion",
     "FineTune",
@@ -78,17 +79,29 @@ class Granularity(BaseModel):
         return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
 
 
+BUILTIN_SCHEDULES = ("oneshot", "iterative", "linear")
+
+
 class Schedule(BaseModel):
-    """How the final ratios are reached: at once, or in ``steps`` cubic (Zhu & Gupta) increments."""
+    """How the final ratios are reached: at once (``oneshot``), in ``steps`` cubic increments (``iterative``, Zhu
+    & Gupta), in equal ones (``linear``), or by a user's ``PruningSchedule`` (registered name or
+    ``package.module:Class``; see autoprune.pruning.schedules)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: Literal["oneshot", "iterative"] = "oneshot"
+    kind: str = "oneshot"
     steps: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, v: str) -> str:
+        return check_registered_name(v, "schedule", BUILTIN_SCHEDULES, "PruningSchedule")
 
     @property
     def label(self) -> str:
-        """Short human label, e.g. ``oneshot`` or ``cubic×3``."""
-        return "oneshot" if self.kind == "oneshot" else f"cubic×{self.steps}"
+        """Short human label, e.g. ``oneshot``, ``cubic×3`` or ``linear×4``."""
+        if self.kind == "oneshot":
+            return "oneshot"
+        return f"{'cubic' if self.kind == 'iterative' else self.kind.rpartition(':')[2]}×{self.steps}"
 
 
 class FineTune(BaseModel):

@@ -30,6 +30,7 @@ from autoprune.files import check_writable
 from autoprune.models.hf import CausalLM, SequenceClassifier, hf_tokenizer, save_hf_folder
 from autoprune.pruning.criteria import criterion_for
 from autoprune.pruning.metrics import latency_device
+from autoprune.pruning.schedules import ratios_per_step
 from autoprune.tasks import Task
 from autoprune.tasks.data import Splits
 from autoprune.tasks.training import choose_threads
@@ -121,6 +122,10 @@ def apply_policy(policy_path: Path, opts: ApplyOptions = ApplyOptions(), progres
         criterion_for(policy.criterion)  # registered, or the user's module:Class imports
     except ValueError as err:
         raise PolicyError(f"{f'--criterion {opts.criterion}' if opts.criterion else policy_path}: {err}") from None
+    try:
+        ratios_per_step({}, policy.schedule)  # the schedule too: before the model loads, not after
+    except ValueError as err:
+        raise PolicyError(f"{policy_path}: {err}") from None
     ws = load_workspace(_space(opts.space, opts.model, opts.data, opts.checkpoint, policy), opts.device, opts.runs,
                         expect_dense=policy.dense_key or None)
     if opts.hf_folder is not None and not isinstance(ws.model, (CausalLM, SequenceClassifier)):

@@ -19,6 +19,7 @@ from autoprune.pruning.criteria import activation_problem, criterion_for
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.rules import allocation_rule, rule_allocation
+from autoprune.pruning.schedules import ratios_per_step
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, load_or_build_sparsegpt
 from autoprune.study.sampler import search_distributions, tpe_startup
@@ -28,8 +29,8 @@ from autoprune.tasks import task_class
 from autoprune.tasks.training import choose_threads, resolve_device
 from autoprune.workspace import PreCheck, Workspace, load_workspace
 
-__all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "check_sampler", "open_search_study", "prepare",
-           "study_name_for"]
+__all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "check_sampler", "check_schedules",
+           "open_search_study", "prepare", "study_name_for"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
     def checks(sp: SearchSpace, model: torch.nn.Module, layers: list[str]) -> None:  # before any training
         check_activation_criteria(sp, model, layers)
         check_sampler(sp)
+        check_schedules(sp)
         if precheck is not None:
             precheck(sp, model, layers)
 
@@ -135,6 +137,16 @@ def check_sampler(space: SearchSpace) -> None:
     except ValueError as err:
         field = "sampler_options" if str(err).startswith("sampler_options") else "sampler"
         raise space.field_error(field, str(err)) from None
+
+
+def check_schedules(space: SearchSpace) -> None:
+    """Every schedule of the space is registered (or imports) and gives valid step fractions; else one line
+    naming the field."""
+    for schedule in space.schedules:
+        try:
+            ratios_per_step({"unit": 0.5}, schedule)
+        except ValueError as err:
+            raise space.field_error("schedules", str(err)) from None
 
 
 def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:

@@ -1,4 +1,4 @@
-"""A user's own criterion, allocation rule and sampler, referenced from a space as ``userpkg.extensions:...``."""
+"""A user's own criterion, allocation rule, schedule and sampler, named ``userpkg.extensions:...`` in a space."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 from autoprune.models.layers import weight_of
 from autoprune.pruning.criteria import Criterion
 from autoprune.pruning.rules import AllocationRule
+from autoprune.pruning.schedules import PruningSchedule
 from autoprune.study.samplers import SamplerFactory, SamplerRequest
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
@@ -59,3 +60,19 @@ class LowCorner(SamplerFactory):
                 return dist.low
 
         return Corner(seed=request.seed)
+
+
+class HalfThenAll(PruningSchedule):
+    """Half the final sparsity at the first step, the rest at the last (any number of steps in between hold)."""
+
+    def fractions(self, steps: int) -> list[float]:
+        """0.5 until the last step, then 1."""
+        return [0.5] * (steps - 1) + [1.0]
+
+
+class Backwards(PruningSchedule):
+    """Not a schedule: it would un-prune."""
+
+    def fractions(self, steps: int) -> list[float]:
+        """Decreasing fractions."""
+        return [1.0, 0.5, 1.0]
