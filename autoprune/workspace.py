@@ -78,7 +78,8 @@ class Workspace:
 
 
 def _cache_key(space: SearchSpace, splits: Splits, arch: str, seed: int) -> str:
-    parts = {"model": space.model.model_dump(), "train": space.train.model_dump(), "data": splits.fingerprint,
+    model = space.model.model_dump(exclude={"adapter"} if space.model.adapter is None else set())  # (earlier keys kept)
+    parts = {"model": model, "train": space.train.model_dump(), "data": splits.fingerprint,
              "arch": arch, "seed": seed, "v": 1}
     if space.task != TaskSpec():  # (classification keeps the keys of models cached before tasks existed)
         parts["task"] = space.task.model_dump()
@@ -98,7 +99,7 @@ def dense_model(space: SearchSpace, splits: Splits, runs_dir: Path, device: torc
     """
     torch.manual_seed(seed)  # deterministic initial weights
     model = build_model(space.model.name, splits.input_shape, splits.num_classes, space.model.kwargs,
-                        space.model.checkpoint, cache_dir=runs_dir / "models")
+                        space.model.checkpoint, cache_dir=runs_dir / "models", adapter=space.model.adapter)
     pretrained = getattr(model, "source", "random") != "random"  # a pretrained language model: no training
     if space.model.checkpoint:
         key = "sha256:" + hashlib.sha256(Path(space.model.checkpoint).read_bytes()).hexdigest()[:16]
@@ -147,7 +148,7 @@ def load_workspace(space: SearchSpace, device: str = "auto", runs_dir: Path = DE
     d = space.data
     splits = load_data(d.name, d.kwargs, d.val_fraction, d.test_fraction, d.split_seed,
                        targets=task_class(space.task.kind).targets, stream=d.stream.model_dump(),
-                       model_cache=runs_dir / "models", tokens=d.tokens)
+                       model_cache=runs_dir / "models", tokens=d.tokens, source=d.source)
     task = make_task(space.task.kind, splits, space.task.options)
     space = space.with_step_budgets(len(splits.train))  # steps → epochs of this train split
     model, hit, key, layers = dense_model(space, splits, runs_dir, dev, seed=space.seed, expect_key=expect_dense,

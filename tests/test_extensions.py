@@ -149,7 +149,8 @@ def test_a_users_schedule_prunes_in_its_own_steps_through_search_export_and_appl
     assert steps == [{"a": 0.4}, {"a": 0.4}, {"a": 0.8}]
     assert ratios_per_step({"a": 0.8}, Schedule(kind="linear", steps=4)) == [
         {"a": pytest.approx(0.2)}, {"a": pytest.approx(0.4)}, {"a": pytest.approx(0.6)}, {"a": 0.8}]
-    assert {"oneshot", "iterative", "linear"} <= set(SCHEDULES) and Schedule(kind=kind, steps=3).label == "HalfThenAll×3"
+    assert {"oneshot", "iterative", "linear"} <= set(SCHEDULES)
+    assert Schedule(kind=kind, steps=3).label == "HalfThenAll×3"
     path = write_space(tmp_path / "s.yaml", name="sch", schedules=[{"kind": kind, "steps": 2}], trials=3,
                        finetune={"epochs": [2], "lr_scale": [0.3]}, baselines=["lamp"])
     runs = ["--runs", str(tmp_path / "runs")]
@@ -169,3 +170,27 @@ def test_a_users_schedule_prunes_in_its_own_steps_through_search_export_and_appl
     res = _run("search", str(bad), "--no-track", *runs)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "field 'schedules'" in lines[0] and "non-decreasing" in lines[0]
+
+
+def test_a_users_model_adapter_and_data_source_feed_a_search_through_the_cli(tmp_path: Path) -> None:
+    from autoprune.models.adapters import MODEL_ADAPTERS, adapter_for
+    from autoprune.tasks.sources import DATA_SOURCES, source_for
+
+    assert {"huggingface", "torchvision", "callable", "zoo"} <= set(MODEL_ADAPTERS) and adapter_for("mlp").name == "zoo"
+    assert {"sklearn", "torchvision", "file", "callable"} <= set(DATA_SOURCES) and source_for("wine").name == "sklearn"
+    path = write_space(tmp_path / "s.yaml", name="ad", trials=2, baselines=["lamp"],
+                       model={"name": "tiny:12", "adapter": "userpkg.extensions:TinyNets"},
+                       data={"name": "mirrored digits", "source": "userpkg.extensions:MirroredDigits"})
+    runs = ["--runs", str(tmp_path / "runs")]
+    res = _run("search", str(path), "--no-track", *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import optuna
+
+    study = optuna.load_study(study_name="ad", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "optuna.journal"))))
+    policy = Policy.model_validate_json(study.best_trials[0].user_attrs["eval"]["policy"])
+    assert policy.shapes == {"net.1": [12, 64], "net.3": [10, 12]}  # the adapter's net on the source's 8×8 images
+    bad = write_space(tmp_path / "b.yaml", name="ad2", model={"name": "tiny:12", "adapter": "userpkg.extensions:Nope"})
+    res = _run("search", str(bad), "--no-track", *runs)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "Nope" in lines[0]

@@ -53,11 +53,19 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    """Which network: a built-in name (``digits_cnn``) or ``package.module:callable``."""
+    """Which network: a built-in name (``digits_cnn``) or ``package.module:callable``; or any name a user's model
+    adapter builds (``adapter``: its registered name or ``package.module:Class``)."""
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None  # state_dict loaded with torch.load(weights_only=True)
+    adapter: str | None = None
+
+    @field_validator("adapter")
+    @classmethod
+    def _check_adapter(cls, v: str | None) -> str | None:
+        return v if v is None else check_registered_name(v, "model adapter", ("huggingface", "torchvision", "zoo"),
+                                                         "ModelAdapter")
 
 
 class StreamSpec(Strict):
@@ -81,6 +89,13 @@ class DataSpec(Strict):
     # x holds token ids (e.g. for a Hugging Face sequence classifier): kept as int64, never scaled
     tokens: bool = False
     stream: StreamSpec = Field(default_factory=lambda: StreamSpec())  # used when the callable returns a Dataset
+    source: str | None = None  # a user's DataSource (registered name or package.module:Class) that reads ``name``
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, v: str | None) -> str | None:
+        return v if v is None else check_registered_name(v, "data source", ("sklearn", "file", "callable"),
+                                                         "DataSource")
 
 
 class TaskSpec(Strict):

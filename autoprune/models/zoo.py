@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from autoprune.errors import ModelError
-from autoprune.plugins import import_callable
 
 __all__ = [
     "BUILTIN",
@@ -203,32 +202,13 @@ def _tiny_lm(seq_len: int, vocab: int, kw: dict[str, Any]) -> nn.Module:
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
                 kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
-                cache_dir: Path | None = None) -> nn.Module:
-    """Build a built-in model by name or a user's ``module:callable``; optionally load a state_dict.
+                cache_dir: Path | None = None, adapter: str | None = None) -> nn.Module:
+    """Build a model by name through its adapter (a built-in name, ``hf:``, ``torchvision:``, ``module:callable``,
+    or ``adapter``: a user's :class:`~autoprune.models.adapters.ModelAdapter`); optionally load a state_dict.
     ``cache_dir``: where a pretrained language model's de-quantized weights are cached (see models.hf)."""
-    kw = dict(kwargs or {})
-    from autoprune.models.hf import hf_model, is_hf_model
+    from autoprune.models.adapters import adapter_for
 
-    if is_hf_model(name):
-        model: nn.Module = hf_model(name, num_classes, kw, cache_dir)
-    elif name.startswith("torchvision:"):
-        from autoprune.models.vision import torchvision_model
-
-        model = torchvision_model(name.split(":", 1)[1], num_classes, kw)
-    elif ":" in name:
-        fn = import_callable(name, "model")
-        try:
-            model = fn(**kw)
-        except TypeError as err:
-            raise ModelError(f"model '{name}': bad kwargs {kw} ({err})") from None
-    elif name in BUILTIN:
-        try:
-            model = BUILTIN[name](tuple(input_shape), num_classes, kw)
-        except TypeError as err:
-            raise ModelError(f"model '{name}': bad kwargs {kw} ({err})") from None
-    else:
-        raise ModelError(f"unknown model '{name}' (built-in: {', '.join(BUILTIN)}, smollm2-135m, hf-llama; or "
-                         "hf:PATH, package.module:callable)")
+    model = adapter_for(name, adapter).build(name, tuple(input_shape), num_classes, dict(kwargs or {}), cache_dir)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model '{name}': the callable returned {type(model).__name__}, not a torch nn.Module")
     if checkpoint:

@@ -18,14 +18,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from autoprune.errors import DataError, ModelError
-from autoprune.plugins import import_callable
+from autoprune.errors import DataError
+from autoprune.tasks.sources import SKLEARN_DATASETS, source_for
 from autoprune.tasks.streams import is_stream, read_stream
 
 __all__ = ["SKLEARN_DATASETS", "Split", "Splits", "Targets", "check_features", "check_float_targets", "check_rows",
            "load_data"]
 
-SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
 Targets = Literal["class", "float", "tokens"]  # what y holds: class labels 0..C-1, float values, or next tokens
 
 
@@ -71,36 +70,6 @@ class Splits:
         """All splits on ``device``."""
         return Splits(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
                       self.num_classes, self.fingerprint, self.scaling)
-
-
-def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn import datasets
-
-    if name == "digits":
-        d = datasets.load_digits()
-        return (d.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32), d.target
-    loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
-              "diabetes": datasets.load_diabetes}[name]
-    d = loader()
-    return d.data.astype(np.float32), d.target
-
-
-def _from_file(path: Path) -> Any:
-    if not path.exists():
-        raise DataError(f"dataset file {path}: not found")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path) as f:
-                return {k: f[k] for k in f.files}
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DataError(f"dataset file {path}: cannot be read ({err})") from None
-
-
-def _torchvision(name: str, kwargs: dict[str, Any]) -> Any:
-    from autoprune.models.vision import torchvision_dataset  # optional extra, imported only when asked for
-
-    return torchvision_dataset(name, kwargs)
 
 
 def _arrays(obj: Any, source: str, targets: Targets = "class") -> tuple[np.ndarray, np.ndarray]:
@@ -179,31 +148,19 @@ def _standardize(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, l
 
 def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: float = 0.15,
               test_fraction: float = 0.15, split_seed: int = 0, targets: Targets = "class",
-              stream: dict[str, int] | None = None, model_cache: Path | None = None, tokens: bool = False) -> Splits:
+              stream: dict[str, int] | None = None, model_cache: Path | None = None, tokens: bool = False,
+              source: str | None = None) -> Splits:
     """Load a dataset by name/path/reference and split it deterministically; ``targets`` is the task's
     (class labels or floats), which decides how ``y`` is checked. A callable that returns a torch ``Dataset`` or
     ``IterableDataset`` is read only up to ``stream`` examples per split (see :mod:`autoprune.tasks.streams`).
     ``model_cache``: where pretrained language models are cached (their tokenizers load fastest from there).
-    ``tokens``: ``x`` holds token ids (a sequence classifier's input): kept as int64 and never scaled."""
+    ``tokens``: ``x`` holds token ids (a sequence classifier's input): kept as int64 and never scaled.
+    ``source``: a user's :class:`~autoprune.tasks.sources.DataSource` that reads ``name`` (else the built-in that
+    claims it)."""
     kw = dict(kwargs or {})
     if targets == "tokens":
-        return _token_splits(name, kw, val_fraction, test_fraction, split_seed, model_cache)
-    raw: Any
-    if name in SKLEARN_DATASETS:
-        raw = _sklearn(name)
-    elif name.startswith("torchvision:"):
-        raw = _torchvision(name, kw)
-    elif name.endswith((".pt", ".pth", ".npz")):
-        raw = _from_file(Path(name))
-    elif ":" in name:
-        try:
-            raw = import_callable(name, "dataset")(**kw)
-        except ModelError as err:
-            raise DataError(str(err)) from None
-
-    else:
-        raise DataError(f"unknown dataset '{name}' (built-in: {', '.join(SKLEARN_DATASETS)}; "
-                        "or a .pt/.npz file, package.module:callable, torchvision:NAME)")
+        return _token_splits(name, kw, val_fraction, test_fraction, split_seed, model_cache, source)
+    raw = source_for(name, source).load(name, kw)
     if is_stream(raw):  # a torch Dataset / IterableDataset: read only up to the budget
         budget = stream or {"train": 20000, "val": 2000, "test": 2000}
         raw = read_stream(raw, budget, val_fraction, test_fraction, split_seed, name)
@@ -217,12 +174,14 @@ def load_data(name: str, kwargs: dict[str, Any] | None = None, val_fraction: flo
 
 
 def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fraction: float, seed: int,
-                  model_cache: Path | None = None) -> Splits:
+                  model_cache: Path | None = None, source: str | None = None) -> Splits:
     """Language-model data: byte-token windows of a text (see :mod:`autoprune.tasks.text`), split by window."""
     from autoprune.tasks.text import BYTE_VOCAB, load_text, token_windows
 
     vocab = BYTE_VOCAB
-    if name.startswith("text:") or name.endswith(".txt"):
+    if source is not None:  # a user's source of token ids: (x, y) arrays (N, T)
+        x, y = _token_arrays(source_for(name, source).load(name, kw), name)
+    elif name.startswith("text:") or name.endswith(".txt"):
         unknown = set(kw) - {"seq_len", "max_chars", "tokenizer"}
         if unknown:
             raise DataError(f"dataset {name}: unknown option(s) {', '.join(sorted(unknown))} (seq_len, max_chars, "
@@ -236,10 +195,7 @@ def _token_splits(name: str, kw: dict[str, Any], val_fraction: float, test_fract
             encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         x, y = token_windows(load_text(name), int(kw.get("seq_len", 64)), kw.get("max_chars"), name, encode)
     elif ":" in name:  # an already tokenized data set: a callable returning (x, y) token-id arrays (N, T)
-        try:
-            x, y = _token_arrays(import_callable(name, "dataset")(**kw), name)
-        except ModelError as err:
-            raise DataError(str(err)) from None
+        x, y = _token_arrays(source_for(name).load(name, kw), name)
     else:
         raise DataError(f"dataset {name}: a causal_lm task reads text (text:pydoc, bundled; text:PATH or PATH.txt) "
                         "or token ids from package.module:callable")

@@ -1,20 +1,27 @@
-"""A user's own criterion, allocation rule, schedule and sampler, named ``userpkg.extensions:...`` in a space."""
+"""A user's own criterion, allocation rule, schedule, sampler, model adapter and data source, named
+``userpkg.extensions:...`` in a space."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from autoprune.models.adapters import ModelAdapter
 from autoprune.models.layers import weight_of
+from autoprune.models.zoo import MLP
 from autoprune.pruning.criteria import Criterion
 from autoprune.pruning.rules import AllocationRule
 from autoprune.pruning.schedules import PruningSchedule
 from autoprune.study.samplers import SamplerFactory, SamplerRequest
 from autoprune.tasks.data import Split
+from autoprune.tasks.sources import DataSource
 from autoprune.tasks.training import LossFn
 
 
@@ -76,3 +83,23 @@ class Backwards(PruningSchedule):
     def fractions(self, steps: int) -> list[float]:
         """Decreasing fractions."""
         return [1.0, 0.5, 1.0]
+
+
+class TinyNets(ModelAdapter):
+    """Builds ``tiny:<width>``: an MLP with one hidden layer of that width (a stand-in for a model hub)."""
+
+    def build(self, name: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any],
+              cache_dir: Path | None = None) -> nn.Module:
+        """The MLP, shaped to the data."""
+        return MLP(math.prod(input_shape), num_classes, (int(name.split(":")[1]),))
+
+
+class MirroredDigits(DataSource):
+    """scikit-learn's digits, mirrored left to right (a stand-in for a user's own data loader)."""
+
+    def load(self, name: str, kwargs: dict[str, Any]) -> Any:
+        """(x, y) arrays."""
+        from sklearn import datasets
+
+        d = datasets.load_digits()
+        return (d.data.reshape(-1, 1, 8, 8)[..., ::-1] / 16.0).astype(np.float32), d.target
