@@ -75,3 +75,15 @@ class Registry(dict[str, type[T]], Generic[T]):
             raise ValueError(f"{self.kind} '{name}': '{name.partition(':')[2]}' in {name.partition(':')[0]} is not "
                              f"a subclass of {self.base.__name__}")
         return cast("type[T]", cls)
+
+    def claim(self, name: str, chosen: str | None, claimants: tuple[type[T], ...]) -> T | None:
+        """For an extension point whose built-ins recognise names by their form (model adapters, data sources):
+        an instance of the class ``chosen`` names (see :meth:`resolve`), else of the first of ``claimants`` whose
+        ``matches(name)`` is true, else None."""
+        if chosen is not None:
+            return self.resolve(chosen)()
+        for cls in claimants:
+            found = cls()
+            if found.matches(name):  # type: ignore[attr-defined]
+                return found
+        return None

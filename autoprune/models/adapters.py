@@ -113,15 +113,12 @@ class Zoo(ModelAdapter):
 def adapter_for(name: str, adapter: str | None = None) -> ModelAdapter:
     """The adapter that builds ``name``: the one named (registered or ``package.module:Class``), else the first
     built-in that claims it; a ModelError names what is unknown."""
-    if adapter is not None:
-        try:
-            return MODEL_ADAPTERS.resolve(adapter)()
-        except ValueError as err:
-            raise ModelError(str(err)) from None
-    for cls in (HuggingFace, TorchVision, UserCallable, Zoo):
-        found = cls()
-        if found.matches(name):
-            return found
+    try:
+        found = MODEL_ADAPTERS.claim(name, adapter, (HuggingFace, TorchVision, UserCallable, Zoo))
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+    if found is not None:
+        return found
     from autoprune.models.zoo import BUILTIN
 
     raise ModelError(f"unknown model '{name}' (built-in: {', '.join(BUILTIN)}, smollm2-135m, hf-llama; or hf:PATH, "

@@ -117,14 +117,11 @@ class DataCallable(DataSource):
 def source_for(name: str, source: str | None = None) -> DataSource:
     """The source that reads ``name``: the one named (registered or ``package.module:Class``), else the first
     built-in that claims it; a DataError names what is unknown."""
-    if source is not None:
-        try:
-            return DATA_SOURCES.resolve(source)()
-        except ValueError as err:
-            raise DataError(str(err)) from None
-    for cls in (ScikitLearn, TorchVisionData, DataFile, DataCallable):
-        found = cls()
-        if found.matches(name):
-            return found
+    try:
+        found = DATA_SOURCES.claim(name, source, (ScikitLearn, TorchVisionData, DataFile, DataCallable))
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    if found is not None:
+        return found
     raise DataError(f"unknown dataset '{name}' (built-in: {', '.join(SKLEARN_DATASETS)}; or a .pt/.npz file, "
                     "package.module:callable, torchvision:NAME, or a data source named in data.source)")
