@@ -194,3 +194,24 @@ def test_a_users_model_adapter_and_data_source_feed_a_search_through_the_cli(tmp
     res = _run("search", str(bad), "--no-track", *runs)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "Nope" in lines[0]
+
+
+def test_the_builtin_heuristics_are_registered_rules_that_allocate_what_allocations_gives() -> None:
+    from autoprune.config.budget import weighted_sparsity
+    from autoprune.pruning.heuristics import allocations
+    from autoprune.pruning.rules import AllocationContext, allocation_rule
+
+    torch.manual_seed(0)
+    model = MLP(20, 3, (16, 8))
+    layers = ["net.1", "net.3", "net.5"]
+    found = allocations(model, layers, alpha=True)
+    assert set(found) == {"uniform", "global", "lamp", "erk", "alpha"}  # no curves, no outliers
+    ctx = AllocationContext(model, layers)
+    sizes = ctx.sizes()
+    for name, alloc in found.items():
+        rule = allocation_rule(name)
+        assert rule.name == name and rule.allocation(ctx)(0.7) == alloc(0.7) == rule.ratios(model, layers, 0.7)
+        assert abs(weighted_sparsity(alloc(0.7), sizes) - 0.7) < 1e-9
+    assert not allocation_rule("owl").available(ctx) and not allocation_rule("sensitivity").available(ctx)
+    scanned = AllocationContext(model, layers, sensitivity=dict.fromkeys(layers, 0.0))
+    assert allocation_rule("sensitivity").available(scanned)

@@ -1,4 +1,5 @@
-"""Per-layer allocations from well-known heuristics, as functions of the global target sparsity.
+"""The built-in allocation rules (well-known heuristics), registered as :class:`AllocationRule` classes the way a
+user's rule is; each gives, for a global target sparsity, ``{fqn: ratio}``.
 
 Each returns ``{fqn: ratio}`` whose weighted sparsity equals the target exactly: the heuristic's own
 densities are used as preferences and projected onto the budget (a no-op when no bound binds).
@@ -10,7 +11,6 @@ blocks whose weight spectra are less heavy-tailed, i.e. less well trained, are p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,14 +18,30 @@ from torch import nn
 from autoprune.config.budget import project_to_budget
 from autoprune.config.sampling import unit_group
 from autoprune.models.layers import weight_of
+from autoprune.pruning.rules import Allocation, AllocationContext, AllocationRule, register_allocation
 
-__all__ = ["ALPHA_EPSILON", "OWL_LAMBDA", "Allocation", "allocations", "alpha_hill", "alpha_ratios", "erk_preferences",
-           "lamp_scores", "owl_ratios"]
+__all__ = [
+    "ALPHA_EPSILON",
+    "ERK",
+    "LAMP",
+    "OWL",
+    "OWL_LAMBDA",
+    "Allocation",
+    "AlphaPruning",
+    "GlobalMagnitude",
+    "Sensitivity",
+    "Uniform",
+    "allocations",
+    "alpha_hill",
+    "alpha_ratios",
+    "erk_preferences",
+    "lamp_scores",
+    "owl_ratios",
+]
 
 OWL_LAMBDA = 0.08  # OWL's published λ: block sparsities spread over [target − λ, target + λ]
 ALPHA_EPSILON = 0.2  # AlphaPruning's published ε: raw ratios spread over [1 − ε, 1] before scaling to the target
 
-Allocation = Callable[[float], dict[str, float]]
 
 
 def _prefs_from_density(dens: dict[str, float]) -> dict[str, float]:
@@ -105,36 +121,112 @@ def alpha_ratios(alphas: dict[str, float], sizes: dict[str, int], target: float,
     return {f: min(raw[f] * scale, 0.99) for f in raw}
 
 
+def _project(ctx: AllocationContext, prefs: dict[str, float]) -> Allocation:
+    """Fixed preferences as an allocation: projected onto each target's budget."""
+    sizes = ctx.sizes()
+    return lambda t: project_to_budget(t, prefs, sizes, ctx.bounds)
+
+
+def _from_scores(ctx: AllocationContext, scores: dict[str, torch.Tensor]) -> Allocation:
+    """A global threshold on per-weight scores at each target, its densities projected onto the budget."""
+    sizes = ctx.sizes()
+    return lambda t: project_to_budget(t, _prefs_from_density(_threshold_allocation(scores, t)), sizes, ctx.bounds)
+
+
+class _BuiltinRule(AllocationRule):
+    """A built-in: it allocates from its context (:meth:`allocation`); ``ratios`` is that allocation at one target."""
+
+    def ratios(self, model: nn.Module, layers: list[str], target: float) -> dict[str, float]:
+        """The rule's ratios for ``model`` at ``target`` (without bounds)."""
+        return self.allocation(AllocationContext(model, layers))(target)
+
+
+@register_allocation("uniform")
+class Uniform(_BuiltinRule):
+    """Every unit at the target (bounds permitting)."""
+
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """Equal preferences."""
+        return _project(ctx, dict.fromkeys(ctx.layers, 0.0))
+
+
+@register_allocation("global")
+class GlobalMagnitude(_BuiltinRule):
+    """One magnitude threshold over all units."""
+
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """|w| of every weight, thresholded globally."""
+        return _from_scores(ctx, {f: weight_of(ctx.model, f).detach().abs() for f in ctx.layers})
+
+
+@register_allocation("lamp")
+class LAMP(_BuiltinRule):
+    """LAMP (Lee et al. 2021): one threshold over the layer-adaptive magnitude scores."""
+
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """LAMP scores, thresholded globally."""
+        return _from_scores(ctx, lamp_scores({f: weight_of(ctx.model, f).detach() for f in ctx.layers}))
+
+
+@register_allocation("erk")
+class ERK(_BuiltinRule):
+    """Erdős–Rényi-Kernel (Evci et al. 2020): density ∝ (Σ dims) / (Π dims)."""
+
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """ERK preferences."""
+        return _project(ctx, erk_preferences(ctx.model, ctx.layers))
+
+
+@register_allocation("sensitivity")
+class Sensitivity(_BuiltinRule):
+    """Units that tolerate more pruning in the one-layer sensitivity scan are pruned more."""
+
+    def available(self, ctx: AllocationContext) -> bool:
+        """Only where the space scans sensitivity."""
+        return ctx.sensitivity is not None
+
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """The scan's preferences."""
+        assert ctx.sensitivity is not None
+        return _project(ctx, ctx.sensitivity)
+
+
+@register_allocation("owl")
+class OWL(_BuiltinRule):
+    """OWL (Yin et al. 2024): blocks with more activation outliers keep more weights."""
+
+    def available(self, ctx: AllocationContext) -> bool:
+        """Only where the blocks' outlier ratios were measured (Wanda's activations)."""
+        return ctx.outliers is not None
+
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """OWL's ratios at each target, projected onto the budget."""
+        outliers, sizes = ctx.outliers, ctx.sizes()
+        assert outliers is not None
+        return lambda t: project_to_budget(
+            t, _prefs_from_density({f: 1 - r for f, r in owl_ratios(outliers, t).items()}), sizes, ctx.bounds)
+
+
+@register_allocation("alpha")
+class AlphaPruning(_BuiltinRule):
+    """AlphaPruning (Lu et al. 2024): blocks with less heavy-tailed spectra are pruned more (an SVD per unit)."""
+
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """AlphaPruning's ratios at each target, projected onto the budget."""
+        sizes = ctx.sizes()
+        alphas = {f: alpha_hill(weight_of(ctx.model, f).detach()) for f in ctx.layers}
+        return lambda t: project_to_budget(
+            t, _prefs_from_density({f: 1 - r for f, r in alpha_ratios(alphas, sizes, t).items()}), sizes, ctx.bounds)
+
+
 def allocations(model: nn.Module, layers: list[str], bounds: dict[str, tuple[float, float]] | None = None,
                 sensitivity_prefs: dict[str, float] | None = None, outliers: dict[str, float] | None = None,
                 alpha: bool = False) -> dict[str, Allocation]:
-    """The heuristic allocations for this model, by name (``sensitivity`` only when curves are given, ``owl``
-    when the blocks' outlier ratios are, ``alpha`` when asked: it takes an SVD of every layer)."""
-    weights = {f: weight_of(model, f).detach() for f in layers}
-    sizes = {f: w.numel() for f, w in weights.items()}
-    magnitude = {f: w.abs() for f, w in weights.items()}
-    lamp = lamp_scores(weights)
-    erk = erk_preferences(model, layers)
-
-    def project(prefs: dict[str, float]) -> Allocation:
-        return lambda t: project_to_budget(t, prefs, sizes, bounds)
-
-    def from_scores(scores: dict[str, torch.Tensor]) -> Allocation:
-        return lambda t: project_to_budget(t, _prefs_from_density(_threshold_allocation(scores, t)), sizes, bounds)
-
-    out: dict[str, Allocation] = {
-        "uniform": project(dict.fromkeys(layers, 0.0)),
-        "global": from_scores(magnitude),
-        "lamp": from_scores(lamp),
-        "erk": project(erk),
-    }
-    if sensitivity_prefs is not None:
-        out["sensitivity"] = project(sensitivity_prefs)
-    if outliers is not None:
-        out["owl"] = lambda t: project_to_budget(
-            t, _prefs_from_density({f: 1 - r for f, r in owl_ratios(outliers, t).items()}), sizes, bounds)
+    """The built-in heuristic allocations for this model, by name (``sensitivity`` only when curves are given,
+    ``owl`` when the blocks' outlier ratios are, ``alpha`` when asked: it takes an SVD of every layer)."""
+    ctx = AllocationContext(model, layers, bounds, sensitivity_prefs, outliers)
+    rules: list[AllocationRule] = [Uniform(), GlobalMagnitude(), LAMP(), ERK(), Sensitivity(), OWL()]
+    out = {rule.name: rule.allocation(ctx) for rule in rules if rule.available(ctx)}
     if alpha:
-        alphas = {f: alpha_hill(w) for f, w in weights.items()}
-        out["alpha"] = lambda t: project_to_budget(
-            t, _prefs_from_density({f: 1 - r for f, r in alpha_ratios(alphas, sizes, t).items()}), sizes, bounds)
+        out["alpha"] = AlphaPruning().allocation(ctx)
     return out

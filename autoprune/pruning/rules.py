@@ -1,4 +1,5 @@
-"""Allocation rules a user adds: one :class:`AllocationRule` subclass each, found by name in a registry.
+"""Allocation rules: one :class:`AllocationRule` subclass each, found by name in a registry (the built-ins, in
+:mod:`autoprune.pruning.heuristics`, are registered the same way a user's is).
 
 A rule says how much to prune each unit at a global target (``ratios``); autoprune projects what it returns onto
 the budget (the weighted sparsity is then exactly the target, per-unit bounds respected), so a rule may be rough.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
@@ -18,13 +21,32 @@ from torch import nn
 from autoprune.config.budget import project_to_budget
 from autoprune.models.layers import weight_of
 from autoprune.plugins import Registry
-from autoprune.pruning.heuristics import Allocation
 
-__all__ = ["ALLOCATION_RULES", "AllocationRule", "allocation_rule", "register_allocation", "rule_allocation"]
+__all__ = ["ALLOCATION_RULES", "Allocation", "AllocationContext", "AllocationRule", "allocation_rule",
+           "register_allocation", "rule_allocation"]
+
+Allocation = Callable[[float], dict[str, float]]  # global target → per-unit ratios meeting it exactly
+
+
+@dataclass(frozen=True)
+class AllocationContext:
+    """What a rule may read besides the dense model: the units, their bounds, and what only some spaces compute
+    (per-unit sensitivity preferences from the scan; OWL's per-unit activation outlier ratios)."""
+
+    model: nn.Module
+    layers: list[str]
+    bounds: dict[str, tuple[float, float]] | None = None
+    sensitivity: dict[str, float] | None = None
+    outliers: dict[str, float] | None = None
+
+    def sizes(self) -> dict[str, int]:
+        """Each unit's weight count."""
+        return {f: weight_of(self.model, f).numel() for f in self.layers}
 
 
 class AllocationRule(ABC):
-    """Per-unit ratios at a target sparsity. Subclass it and implement :meth:`ratios`."""
+    """Per-unit ratios at a target sparsity. Subclass it and implement :meth:`ratios`; a rule that precomputes
+    (scores, spectra) overrides :meth:`allocation` instead, as the built-ins do."""
 
     name: ClassVar[str] = ""
 
@@ -32,8 +54,17 @@ class AllocationRule(ABC):
     def ratios(self, model: nn.Module, layers: list[str], target: float) -> dict[str, float]:
         """A ratio in [0, 1) for each of ``layers`` (FQNs) of the dense ``model`` at global ``target``."""
 
+    def available(self, ctx: AllocationContext) -> bool:
+        """Whether the rule can allocate in this context (e.g. sensitivity needs the scan's curves)."""
+        return True
 
-ALLOCATION_RULES: Registry[AllocationRule] = Registry("heuristic", AllocationRule)
+    def allocation(self, ctx: AllocationContext) -> Allocation:
+        """Target → ratios meeting it exactly: :meth:`ratios` projected onto the budget (see
+        :func:`rule_allocation`)."""
+        return rule_allocation(self, ctx.model, ctx.layers, ctx.bounds)
+
+
+ALLOCATION_RULES: Registry[AllocationRule] = Registry("heuristic", AllocationRule, ("autoprune.pruning.heuristics",))
 register_allocation = ALLOCATION_RULES.register
 
 

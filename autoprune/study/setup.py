@@ -18,7 +18,7 @@ from autoprune.models.layers import layer_shapes
 from autoprune.pruning.criteria import activation_problem, criterion_for
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
-from autoprune.pruning.rules import allocation_rule, rule_allocation
+from autoprune.pruning.rules import AllocationContext, allocation_rule
 from autoprune.pruning.schedules import ratios_per_step
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
 from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, load_or_build_sparsegpt
@@ -97,7 +97,7 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
                         alpha="alpha" in wanted)
     for name in (n for n in wanted if n not in found and n not in BUILTIN_HEURISTICS):  # a user's AllocationRule
         try:
-            found[name] = rule_allocation(allocation_rule(name), ws.model, ws.layers, ws.bounds)
+            found[name] = allocation_rule(name).allocation(AllocationContext(ws.model, ws.layers, ws.bounds))
         except ValueError as err:
             raise space.field_error("anchor" if name in space.anchors else "baselines", str(err)) from None
     heur: dict[str, Allocation] = {k: functools.lru_cache(maxsize=64)(v) for k, v in found.items()}
