@@ -7,11 +7,30 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from autoprune.errors import ModelError
 
-__all__ = ["Registry", "import_callable", "import_reference"]
+__all__ = ["NoOptions", "Registry", "import_callable", "import_reference", "validated_options"]
 
 T = TypeVar("T")
+
+
+class NoOptions(BaseModel):
+    """The options of an extension that takes none (a sampler, a granularity): any key given is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validated_options(model: type[BaseModel], options: dict[str, Any], field: str, owner: str) -> BaseModel:
+    """``options`` validated by an extension's own pydantic model; a ValueError names the first wrong one as
+    ``field.key`` and the extension (``owner``)."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "?"
+        raise ValueError(f"{field}.{where}: {first['msg']} ({owner})") from None
 
 
 def import_reference(ref: str, what: str) -> Any:

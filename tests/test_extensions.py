@@ -172,6 +172,59 @@ def test_a_users_schedule_prunes_in_its_own_steps_through_search_export_and_appl
     assert res.returncode == 2 and len(lines) == 1 and "field 'schedules'" in lines[0] and "non-decreasing" in lines[0]
 
 
+def test_a_users_granularity_prunes_in_its_pattern_through_search_export_and_apply(tmp_path: Path) -> None:
+    from autoprune.config.policy import Granularity
+    from autoprune.pruning.granularities import GRANULARITIES
+    from autoprune.pruning.masks import compute_mask
+    from autoprune.pruning.metrics import layer_bytes
+
+    assert {"unstructured", "nm", "channel"} <= set(GRANULARITIES)
+
+    class Rows(GRANULARITIES["unstructured"]):  # type: ignore[misc,valid-type]
+        structured = True  # claims whole channels: only the built-in channel may
+
+    GRANULARITIES.register("rows_test")(Rows)
+    try:
+        with pytest.raises(ValueError, match="structured granularities other than channel"):
+            compute_mask(torch.ones(4, 4), 0.5, Granularity(kind="rows_test"))
+    finally:
+        del GRANULARITIES["rows_test"]
+    kind = "userpkg.extensions:Blocks"
+    spec = Granularity(kind=kind, options={"size": 2})
+    score = torch.rand(6, 10, generator=torch.Generator().manual_seed(0))
+    mask = compute_mask(score, 0.5, spec)
+    blocks = mask.reshape(3, 2, 5, 2).sum((1, 3))
+    assert set(blocks.flatten().tolist()) == {0.0, 4.0} and int((blocks == 0).sum()) == 8  # round(0.5 · 15)
+    assert spec.label == "Blocks" and set(layer_bytes(score, spec)) == {"dense", "csr", "bitmask"}
+    assert set(layer_bytes(score, Granularity(kind="nm"))) == {"dense", "csr", "bitmask", "nm"}
+    path = write_space(tmp_path / "s.yaml", name="blk", granularity={"kind": kind, "options": {"size": 2}},
+                       trials=3, finetune={"epochs": [2], "lr_scale": [0.3]}, baselines=["lamp"])
+    runs = ["--runs", str(tmp_path / "runs")]
+    res = _run("search", str(path), "--no-track", *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _run("export", "--study", "blk", "--knee", "-o", str(tmp_path / "p.json"), *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    policy = Policy.load(tmp_path / "p.json")
+    assert policy.granularity == spec
+    res = _run("apply", str(tmp_path / "p.json"), "--space", str(path), "-o", str(tmp_path / "m.pt"), "--no-track",
+               *runs)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = next(line for line in res.stdout.splitlines() if "test_accuracy" in line)
+    assert float(row.split("│")[-2]) == pytest.approx(policy.expected["test_accuracy"], abs=1e-4)
+    from autoprune.deploy.production import decompress_state
+
+    state = decompress_state(torch.load(tmp_path / "m.pt", weights_only=True)["state"])
+    for fqn, ratio in policy.sparsity.items():  # the shipped weights are zero in whole 2 × 2 blocks
+        rows = (state[f"{fqn}.weight"] == 0).float().flatten(1)
+        r, c = rows.shape[0] // 2 * 2, rows.shape[1] // 2 * 2
+        zeros = rows[:r, :c].reshape(r // 2, 2, c // 2, 2).sum((1, 3))
+        assert set(zeros.flatten().tolist()) <= {0.0, 4.0} and (ratio < 0.2 or (zeros == 4).any())
+    bad = write_space(tmp_path / "b.yaml", name="blk2", granularity={"kind": kind, "options": {"sise": 2}})
+    res = _run("search", str(bad), "--no-track", *runs)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "field 'granularity'" in lines[0] and "sise" in lines[0]
+
+
 def test_a_users_model_adapter_and_data_source_feed_a_search_through_the_cli(tmp_path: Path) -> None:
     from autoprune.models.adapters import MODEL_ADAPTERS, adapter_for
     from autoprune.tasks.sources import DATA_SOURCES, source_for

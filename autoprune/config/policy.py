@@ -18,12 +18,12 @@ from autoprune.files import write_atomic
 
 __all__ = [
     "BUILTIN_CRITERIA",
+    "BUILTIN_GRANULARITIES",
     "BUILTIN_SCHEDULES",
     "SCHEMA_VERSION",
     "Criterion",
     "FineTune",
     "Granularity",
-    "GranularityKind",
     "LrDecay",
     "Policy",
     "Schedule",
@@ -55,17 +55,25 @@ def check_criterion_name(name: str) -> str:
     return check_registered_name(name, "criterion", BUILTIN_CRITERIA, "Criterion")
 
 
-GranularityKind = Literal["unstructured", "channel", "nm"]
+BUILTIN_GRANULARITIES = ("unstructured", "channel", "nm")
 LrDecay = Literal["constant", "cosine"]
 
 
 class Granularity(BaseModel):
-    """Which weights are removed together: single weights, whole output channels, or N of every M."""
+    """Which weights are removed together: single weights, whole output channels, N of every M, or a user's
+    ``PruningGranularity`` (registered name or ``package.module:Class``, reading ``options``; see
+    autoprune.pruning.granularities)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: GranularityKind = "unstructured"
+    kind: str = "unstructured"
     n: int = 2  # N:M only – weights kept per group
     m: int = 4  # N:M only – group size
+    options: dict[str, Any] = Field(default_factory=dict)  # a user's granularity's own options
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, v: str) -> str:
+        return check_registered_name(v, "granularity", BUILTIN_GRANULARITIES, "PruningGranularity")
 
     @model_validator(mode="after")
     def _check_nm(self) -> Granularity:
@@ -75,8 +83,8 @@ class Granularity(BaseModel):
 
     @property
     def label(self) -> str:
-        """Short human label, e.g. ``2:4`` or ``channel``."""
-        return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
+        """Short human label, e.g. ``2:4``, ``channel`` or a user class's name."""
+        return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind.rpartition(":")[2]
 
 
 BUILTIN_SCHEDULES = ("oneshot", "iterative", "linear")
@@ -164,10 +172,12 @@ class Policy(BaseModel):
 
     def to_json(self) -> str:
         """Serialise in the fields' order (``schema_version`` first; stable, readable diffs); N:M's ``n``/``m``
-        are left out of other granularities, where they mean nothing."""
+        are left out of other granularities, where they mean nothing, and empty ``options`` everywhere."""
         data = self.model_dump(mode="json")
         if self.granularity.kind != "nm":
-            data["granularity"] = {"kind": self.granularity.kind}
+            data["granularity"] = {"kind": self.granularity.kind, "options": self.granularity.options}
+        if not self.granularity.options:
+            del data["granularity"]["options"]
         return json.dumps(data, indent=2) + "\n"
 
     def ratio_recipes(self) -> dict[str, Any]:

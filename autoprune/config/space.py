@@ -106,8 +106,9 @@ class SearchSpace(Strict):
 
     @model_validator(mode="after")
     def _check_task(self) -> SearchSpace:
-        if "sparsegpt" in self.criteria and self.granularity.kind == "channel":
-            raise ValueError("criterion sparsegpt prunes single weights (granularity unstructured or nm), not channels")
+        if "sparsegpt" in self.criteria and self.granularity.kind not in ("unstructured", "nm"):
+            raise ValueError(f"criterion sparsegpt chooses its mask while it updates the weights: granularity "
+                             f"unstructured or nm, not {self.granularity.kind}")
         if self.task.kind == "causal_lm" and self.granularity.kind == "channel":
             raise ValueError("granularity.kind channel is not supported for causal_lm (prune the projections' "
                              "weights: unstructured or nm)")

@@ -29,6 +29,7 @@ from autoprune.errors import AutopruneError, PolicyError
 from autoprune.files import check_writable
 from autoprune.models.hf import CausalLM, SequenceClassifier, hf_tokenizer, save_hf_folder
 from autoprune.pruning.criteria import criterion_for
+from autoprune.pruning.granularities import granularity_for
 from autoprune.pruning.metrics import latency_device
 from autoprune.pruning.schedules import ratios_per_step
 from autoprune.tasks import Task
@@ -123,7 +124,8 @@ def apply_policy(policy_path: Path, opts: ApplyOptions = ApplyOptions(), progres
     except ValueError as err:
         raise PolicyError(f"{f'--criterion {opts.criterion}' if opts.criterion else policy_path}: {err}") from None
     try:
-        ratios_per_step({}, policy.schedule)  # the schedule too: before the model loads, not after
+        ratios_per_step({}, policy.schedule)  # the schedule and granularity too: before the model loads, not after
+        granularity_for(policy.granularity)
     except ValueError as err:
         raise PolicyError(f"{policy_path}: {err}") from None
     ws = load_workspace(_space(opts.space, opts.model, opts.data, opts.checkpoint, policy), opts.device, opts.runs,

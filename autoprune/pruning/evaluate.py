@@ -119,6 +119,9 @@ def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, fl
     calibration windows of the train split (as Wanda's): the dense model's, or block by block the pruned model's
     (``policy.calibration``)."""
     problem = activation_problem(model, list(ratios), "sparsegpt")
+    if policy.granularity.kind not in ("unstructured", "nm"):
+        problem = f"sparsegpt chooses its mask while it updates the weights: granularity unstructured or nm, not " \
+                  f"{policy.granularity.kind}"
     if problem:
         raise PolicyError(problem)
     keep = prune_model(model, ratios, splits.train.x[:WANDA_WINDOWS], policy.granularity,

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autoprune.config.policy import Granularity
+from autoprune.config.policy import BUILTIN_GRANULARITIES, Granularity
 from autoprune.models.layers import out_by_in, unit_name, unit_site, weight_of
+from autoprune.pruning.granularities import check_mask, granularity_for, row_mask, row_order
 
 __all__ = ["FoldedMasks", "Mask", "apply_masks", "compute_mask", "current_masks", "folded_masks", "layer_sparsity",
            "make_permanent", "oriented_mask", "row_mask", "row_order"]
@@ -40,19 +41,11 @@ class Mask(nn.Module):
 
 def compute_mask(score: torch.Tensor, ratio: float, granularity: Granularity, per_row: bool = False) -> torch.Tensor:
     """A 0/1 float mask shaped like ``score`` removing the lowest-scoring ``ratio`` of the weights (of each output
-    row with ``per_row``: Wanda's comparison group)."""
-    if granularity.kind == "channel":
-        return _channel_mask(score, ratio)
-    if granularity.kind == "nm":
-        return _nm_mask(score, granularity.n, granularity.m) if ratio > 0 else torch.ones_like(score)
-    if per_row:
-        return row_mask(row_order(score), ratio).view_as(score)
-    k = round(ratio * score.numel())
-    mask = torch.ones(score.numel(), dtype=score.dtype, device=score.device)
-    if k > 0:
-        idx = torch.topk(score.flatten(), k, largest=False, sorted=False).indices
-        mask[idx] = 0.0
-    return mask.view_as(score)
+    row with ``per_row``: Wanda's comparison group), in the pattern of the granularity (see
+    :mod:`autoprune.pruning.granularities`; a user's mask is checked for shape and 0/1 entries)."""
+    pattern = granularity_for(granularity)
+    mask = pattern.mask(score, ratio, per_row)
+    return mask if granularity.kind in BUILTIN_GRANULARITIES else check_mask(granularity.kind, mask, score)
 
 
 def oriented_mask(score: torch.Tensor, ratio: float, granularity: Granularity, per_row: bool,
@@ -60,43 +53,6 @@ def oriented_mask(score: torch.Tensor, ratio: float, granularity: Granularity, p
     """:func:`compute_mask` for a weight stored (out, in), or (in, out) when ``transposed`` (Hugging Face Conv1D):
     rows, N:M groups and channels are always read along the output / input dimensions of a Linear."""
     return out_by_in(compute_mask(out_by_in(score, transposed), ratio, granularity, per_row), transposed).contiguous()
-
-
-def row_order(score: torch.Tensor) -> torch.Tensor:
-    """Each output row's weights from the lowest score to the highest (a stable sort: ties keep their order).
-    Stored as int16 when a row is short enough (the level database keeps these for every unit)."""
-    order = torch.sort(score.flatten(1), dim=1, stable=True).indices
-    return order.to(torch.int16) if order.shape[1] <= torch.iinfo(torch.int16).max else order.to(torch.int32)
-
-
-def row_mask(order: torch.Tensor, ratio: float) -> torch.Tensor:
-    """The 0/1 mask (rows, columns) pruning the first ``round(ratio · columns)`` entries of each row's order."""
-    k = round(ratio * order.shape[1])
-    mask = torch.ones(order.shape, dtype=torch.float32, device=order.device)
-    if k > 0:
-        mask.scatter_(1, order[:, :k].long(), 0.0)
-    return mask
-
-
-def _channel_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
-    per_channel = score.flatten(1).sum(1)
-    k = min(round(ratio * per_channel.numel()), per_channel.numel() - 1)  # keep at least one filter
-    keep = torch.ones_like(per_channel)
-    if k > 0:
-        keep[torch.topk(per_channel, k, largest=False, sorted=False).indices] = 0.0
-    return keep.view(-1, *([1] * (score.dim() - 1))).expand_as(score).contiguous()
-
-
-def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    rows = score.flatten(1)
-    usable = rows.shape[1] - rows.shape[1] % m  # a trailing partial group stays dense
-    mask = torch.ones_like(rows)
-    if usable:
-        groups = rows[:, :usable].reshape(rows.shape[0], -1, m)
-        drop = torch.topk(groups, m - n, dim=2, largest=False).indices
-        gmask = torch.ones_like(groups).scatter_(2, drop, 0.0)
-        mask[:, :usable] = gmask.reshape(rows.shape[0], usable)
-    return mask.view_as(score)
 
 
 def _mask_param(module: nn.Module, param: str = "weight") -> Mask | None:

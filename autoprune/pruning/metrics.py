@@ -18,11 +18,11 @@ from autoprune.models.layers import (
     rnn_weight_names,
     unit_param_key,
 )
+from autoprune.pruning.granularities import FLOAT_BYTES, granularity_for
 
 __all__ = ["FLOAT_BYTES", "INDEX_BYTES", "count_macs", "effective_parameters", "kept_count", "latency_device",
            "latency_ms", "layer_bytes", "relative_to", "size_metrics"]
 
-FLOAT_BYTES = 4
 INDEX_BYTES = 4
 
 
@@ -47,7 +47,8 @@ def kept_count(p: torch.Tensor) -> int:
 
 def layer_bytes(w: torch.Tensor, granularity: Granularity) -> dict[str, int]:
     """Bytes to store one weight tensor: dense, CSR (values + int32 column indices + row pointers),
-    bitmask (1 bit per entry + values), and N:M (kept values + log2(M)-bit indices) when relevant."""
+    bitmask (1 bit per entry + values), and the formats the granularity's pattern allows (N:M: kept values +
+    log2(M)-bit indices)."""
     numel, nnz = w.numel(), kept_count(w)
     rows = w.shape[0] if w.dim() > 1 else 1
     out = {
@@ -55,9 +56,7 @@ def layer_bytes(w: torch.Tensor, granularity: Granularity) -> dict[str, int]:
         "csr": nnz * (FLOAT_BYTES + INDEX_BYTES) + (rows + 1) * INDEX_BYTES,
         "bitmask": math.ceil(numel / 8) + nnz * FLOAT_BYTES,
     }
-    if granularity.kind == "nm":
-        kept = numel * granularity.n // granularity.m
-        out["nm"] = kept * FLOAT_BYTES + math.ceil(kept * math.log2(granularity.m) / 8)
+    out.update(granularity_for(granularity).formats(w, nnz))
     return out
 
 

@@ -12,21 +12,15 @@ from typing import Any, ClassVar
 
 import optuna
 from optuna.distributions import BaseDistribution
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from autoprune.config.sampling import SampleContext
 from autoprune.errors import ConfigError
-from autoprune.plugins import Registry
+from autoprune.plugins import NoOptions, Registry, validated_options
 from autoprune.study.sampler import PerTargetTPE, StaticSpaceTPE
 
 __all__ = ["SAMPLERS", "EvolutionOptions", "NoOptions", "SamplerFactory", "SamplerRequest", "make_sampler",
            "register_sampler", "sampler_factory"]
-
-
-class NoOptions(BaseModel):
-    """A sampler without options: any key in ``sampler_options`` is an error."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -64,12 +58,7 @@ def sampler_factory(name: str, options: dict[str, Any] | None = None) -> tuple[S
     """The factory registered as ``name`` (or ``package.module:Class``) with its validated options; a ValueError
     names the unknown sampler or the first wrong option."""
     factory = SAMPLERS.resolve(name)()
-    try:
-        return factory, factory.options.model_validate(options or {})
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"sampler_options.{where}: {first['msg']} (sampler {name})") from None
+    return factory, validated_options(factory.options, options or {}, "sampler_options", f"sampler {name}")
 
 
 def make_sampler(name: str, seed: int, search_space: dict[str, BaseDistribution], parallel: bool = False,

@@ -16,6 +16,7 @@ from autoprune.config.sampling import SampleContext
 from autoprune.config.space import BUILTIN_HEURISTICS, SearchSpace
 from autoprune.models.layers import layer_shapes
 from autoprune.pruning.criteria import activation_problem, criterion_for
+from autoprune.pruning.granularities import granularity_for
 from autoprune.pruning.heuristics import Allocation, allocations
 from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.rules import AllocationContext, allocation_rule
@@ -29,8 +30,8 @@ from autoprune.tasks import task_class
 from autoprune.tasks.training import choose_threads, resolve_device
 from autoprune.workspace import PreCheck, Workspace, load_workspace
 
-__all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "check_sampler", "check_schedules",
-           "open_search_study", "prepare", "study_name_for"]
+__all__ = ["Prepared", "SearchOptions", "check_activation_criteria", "check_granularity", "check_sampler",
+           "check_schedules", "open_search_study", "prepare", "study_name_for"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def prepare(space: SearchSpace, device: str, runs_dir: Path, advance: Any = None
         check_activation_criteria(sp, model, layers)
         check_sampler(sp)
         check_schedules(sp)
+        check_granularity(sp)
         if precheck is not None:
             precheck(sp, model, layers)
 
@@ -147,6 +149,14 @@ def check_schedules(space: SearchSpace) -> None:
             ratios_per_step({"unit": 0.5}, schedule)
         except ValueError as err:
             raise space.field_error("schedules", str(err)) from None
+
+
+def check_granularity(space: SearchSpace) -> None:
+    """The space's granularity is registered (or imports) and takes its options; else one line naming the field."""
+    try:
+        granularity_for(space.granularity)
+    except ValueError as err:
+        raise space.field_error("granularity", str(err)) from None
 
 
 def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:

@@ -1,4 +1,4 @@
-"""A user's own criterion, allocation rule, schedule, sampler, model adapter and data source, named
+"""A user's own criterion, allocation rule, schedule, granularity, sampler, model adapter and data source, named
 ``userpkg.extensions:...`` in a space."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from autoprune.models.adapters import ModelAdapter
 from autoprune.models.layers import weight_of
 from autoprune.models.zoo import MLP
 from autoprune.pruning.criteria import Criterion
+from autoprune.pruning.granularities import PruningGranularity
 from autoprune.pruning.rules import AllocationRule
 from autoprune.pruning.schedules import PruningSchedule
 from autoprune.study.samplers import SamplerFactory, SamplerRequest
@@ -83,6 +84,34 @@ class Backwards(PruningSchedule):
     def fractions(self, steps: int) -> list[float]:
         """Decreasing fractions."""
         return [1.0, 0.5, 1.0]
+
+
+class BlockOptions(BaseModel):
+    """The option of :class:`Blocks`: the side of its square blocks."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(default=2, ge=1)
+
+
+class Blocks(PruningGranularity):
+    """Square blocks of ``size`` × ``size`` weights of the (out, in) view, removed together by their summed score
+    (block sparsity; partial blocks at the edges count as blocks)."""
+
+    options_model = BlockOptions
+
+    def mask(self, score: torch.Tensor, ratio: float, per_row: bool) -> torch.Tensor:
+        """The ``round(ratio · blocks)`` lowest-scoring blocks removed."""
+        s = self.options.size
+        rows = score.flatten(1)
+        r, c = rows.shape
+        padded = nn.functional.pad(rows, (0, -c % s, 0, -r % s))
+        blocks = padded.reshape(padded.shape[0] // s, s, padded.shape[1] // s, s).sum((1, 3))
+        keep = torch.ones(blocks.numel(), dtype=score.dtype)
+        k = round(ratio * blocks.numel())
+        if k > 0:
+            keep[torch.topk(blocks.flatten(), k, largest=False).indices] = 0.0
+        full = keep.view_as(blocks).repeat_interleave(s, 0).repeat_interleave(s, 1)[:r, :c]
+        return full.reshape(score.shape).contiguous()
 
 
 class TinyNets(ModelAdapter):
