@@ -490,3 +490,37 @@ def test_bench_prunes_the_heuristics_with_sparsegpt_when_asked(tmp_path: Path) -
     res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--methods", "uniform", "--criterion", "obs"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 2 and "obs" in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_bench_re_prunes_the_searchs_answer_sequentially_as_apply_ships_it(tmp_path: Path) -> None:
+    import transformers
+
+    from autoprune.study import load_existing, make_storage
+    from autoprune.workspace import load_workspace
+
+    (tmp_path / "s.yaml").write_text(SPACE.replace("finetune: {epochs: [0]}",
+                                                   "ladder: {epochs: [0, 0, 0], tokens: [64, 256]}"))
+    res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--seeds", "1", "--trials", "8", "--sparsities",
+                          "0.7", "--methods", "uniform,autoprune_seq", "--criterion", "sparsegpt", "--out", "b",
+                          "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = (tmp_path / "b" / "bench-tiny_llama.csv").read_text().splitlines()[1:]
+    got = {r.split(",")[0]: float(r.split(",")[3]) for r in rows}
+    assert set(got) == {"uniform", "autoprune", "autoprune_seq"}  # the search it re-prunes ran too
+    assert got["autoprune_seq"] != got["autoprune"] and 1.0 < got["autoprune_seq"] < 300.0
+    # the row is what a user ships: that trial exported, applied with SparseGPT and sequential calibration
+    study = load_existing("bench-tiny_llama-autoprune-s0", make_storage(str(tmp_path / "b" / "optuna.journal"),
+                                                                         tmp_path))
+    done = [t for t in study.trials if t.values is not None]
+    chosen = min(done, key=lambda t: (t.values[0], t.values[1]))  # one level: the best validation point answers
+    for args in (["export", "--study", study.study_name, "--storage", "b/optuna.journal", "--trial",
+                  str(chosen.number), "-o", "p.json"],
+                 ["apply", "p.json", "--space", "s.yaml", "--criterion", "sparsegpt", "--calibration", "sequential",
+                  "--hf-folder", "hf", "--no-track", "-o", "seq.pt", "--threads", "1"]):
+        out = subprocess.run([AUTOPRUNE, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    ws = load_workspace(SearchSpace.from_yaml(tmp_path / "s.yaml"), "cpu", tmp_path / "runs")
+    model = build_model("hf-llama", ws.splits.input_shape, ws.splits.num_classes, ws.space.model.kwargs)
+    model.hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert math.isclose(ws.task.metrics(model, ws.splits.test)["perplexity"], got["autoprune_seq"], rel_tol=1e-5)

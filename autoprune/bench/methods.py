@@ -28,9 +28,11 @@ __all__ = [
     "MethodResult",
     "affordable",
     "base_policy",
+    "bench_study",
     "heuristic_policy",
     "recipe_grid",
     "run_heuristic",
+    "run_resequenced",
     "run_searcher",
     "search_space_for",
 ]
@@ -45,11 +47,14 @@ HEURISTICS = ("uniform", "global", "lamp", "erk", "sensitivity", "owl", "alpha",
 # autoprune: the space's own sampler; _rl, _tpe, _evo: the same design with the RL controller, TPE or evolution;
 # random_search: the same design, ladder and baselines with candidates drawn at random (a control)
 SEARCHES = ("tpe_naive", "autoprune", "autoprune_rl", "autoprune_tpe", "autoprune_evo", "random_search")
+# autoprune_seq: the autoprune search's answer at each level re-pruned with SparseGPT's sequential calibration (what
+# `apply --criterion sparsegpt --calibration sequential` ships); runs the autoprune search if it is not listed
+RESEQUENCED = ("autoprune_seq",)
 SAMPLER_OF = {"autoprune_rl": "rl", "autoprune_tpe": "tpe", "autoprune_evo": "evolution", "random_search": "random"}
 # owl and alpha run where the space lists them (a language model's: OWL needs Wanda's activations)
 DEFAULT_METHODS = tuple(m for m in HEURISTICS + SEARCHES
                         if m not in ("tpe_naive", "autoprune_tpe", "autoprune_evo", "owl", "alpha", "random_search",
-                                     "erk_tuned", "global_tuned", *SEQUENTIAL))
+                                     "erk_tuned", "global_tuned", *SEQUENTIAL, *RESEQUENCED))
 
 
 @dataclass
@@ -63,6 +68,7 @@ class MethodResult:
     size: dict[float, float] = field(default_factory=dict)
     seconds: float = 0.0
     compute: dict[str, float] = field(default_factory=dict)  # searches: fine-tune epochs, evaluation seconds
+    trial: dict[float, int] = field(default_factory=dict)  # searches: the front trial answering at each level
 
 
 def heuristic_policy(prep: Prepared, name: str, level: float, seed: int) -> Policy:
@@ -136,13 +142,18 @@ def search_space_for(space: SearchSpace, method: str, levels: list[float], trial
     return space.model_copy(update={"targets": targets, "trials": trials, "seed": seed, "sampler": sampler})
 
 
+def bench_study(space: str, method: str, seed: int) -> str:
+    """The study a benchmark's search writes (kept in the bench folder; export and apply read it from there)."""
+    return f"bench-{space}-{method}-s{seed}"
+
+
 def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int, runs_dir: Path,
                  track: bool, threads: int | None = None) -> tuple[MethodResult, dict[str, float]]:
     """Run one search; its answer at a level is the best-validation front point with a target ≥ level, on test."""
     from autoprune.api import search
 
     sp = search_space_for(space, method, levels, trials, seed)
-    study = f"bench-{space.name}-{method}-s{seed}"
+    study = bench_study(space.name, method, seed)
     result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track,
                     threads=threads) if track else run_search(sp, SearchOptions(
         n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir, threads=threads))
@@ -157,7 +168,28 @@ def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: i
         best = max(pts, key=lambda r: sign * r[f"val_{task.primary}"], default=None)
         res.test[level] = best[f"test_{task.primary}"] if best else math.nan
         res.size[level] = best["size"] if best else math.nan
+        if best:
+            res.trial[level] = int(best["trial"])
     return res, result.summary
+
+
+def run_resequenced(prep: Prepared, searched: MethodResult, study: str, runs_dir: Path) -> MethodResult:
+    """``autoprune_seq``: each level's answer of the search ``searched`` (study ``study``) re-pruned with SparseGPT
+    and sequential calibration, test measured (NaN where the search had no answer)."""
+    from autoprune.study import load_existing, make_storage
+    from autoprune.study.trials import trial_policy
+
+    st = load_existing(study, make_storage(None, runs_dir))
+    by_number = {t.number: t for t in st.get_trials(deepcopy=False)}
+    res = MethodResult("autoprune_seq", searched.seed)
+    for level in searched.test:
+        number = searched.trial.get(level)
+        ev = None if number is None else _evaluate(prep, trial_policy(by_number[number]).model_copy(
+            update={"criterion": "sparsegpt", "calibration": "sequential"}))
+        res.test[level] = (ev.test or {})[prep.ws.task.primary] if ev else math.nan
+        res.size[level] = ev.size_value(prep.ws.space.size_metric) if ev else math.nan
+        res.seconds += ev.times["total"] if ev else 0.0
+    return res
 
 
 def affordable(grid: list[Policy], budget_epochs: float | None, seed: int) -> list[Policy]:

@@ -14,11 +14,14 @@ from pydantic import ValidationError
 from autoprune.bench.methods import (
     DEFAULT_METHODS,
     HEURISTICS,
+    RESEQUENCED,
     SEARCHES,
     SEQUENTIAL,
     TUNED,
     MethodResult,
+    bench_study,
     run_heuristic,
+    run_resequenced,
     run_searcher,
 )
 from autoprune.bench.overhead import finetune_throughput, projection_seconds, screening_cost
@@ -75,11 +78,14 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
         sp = space.model_copy(update={"seed": seed})
         prep = prepare(sp, "cpu", out_dir, threads=threads)
         searched: dict[str, MethodResult] = {}
-        for method in (m for m in SEARCHES if m in methods):  # first: the tuned heuristics get their compute
+        wanted = set(methods) | ({"autoprune"} if "autoprune_seq" in methods else set())
+        for method in (m for m in SEARCHES if m in wanted):  # first: the tuned heuristics get their compute
             res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"),
                                         threads=threads)
             results.append(res)
             searched[method] = res
+            if method == "autoprune" and "autoprune_seq" in methods:
+                results.append(run_resequenced(prep, res, bench_study(sp.name, "autoprune", seed), out_dir))
             if method == "autoprune" and seed == 0:
                 overhead.update({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
             log(f"  seed {seed}: {method} done ({time.perf_counter() - t0:.0f}s)")
@@ -188,10 +194,10 @@ def parse_methods(text: str | None) -> tuple[str, ...]:
     if text is None:
         return DEFAULT_METHODS
     names = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in HEURISTICS + SEARCHES]
+    unknown = [m for m in names if m not in HEURISTICS + SEARCHES + RESEQUENCED]
     if unknown or not names:
         raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'} "
-                          f"(known: {', '.join(HEURISTICS + SEARCHES)})")
+                          f"(known: {', '.join(HEURISTICS + SEARCHES + RESEQUENCED)})")
     return names
 
 
