@@ -265,12 +265,15 @@ def bench(
     channel_ratio: Annotated[float, typer.Option(help="--latency: channel ratio per conv layer.")] = 0.3,
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all but tpe_naive, "
                                                 "autoprune_tpe, autoprune_evo, owl, alpha, random_search, "
-                                                "erk_tuned, global_tuned): uniform, global, lamp, erk, sensitivity, "
-                                                "owl, alpha, random, agp_uniform, lamp_cubic3, lamp_tuned, erk_tuned, "
-                                                "global_tuned (recipe grid-searched on validation, cut to the "
-                                                "search's fine-tune epochs), tpe_naive, autoprune (the space's "
-                                                "sampler), autoprune_rl, autoprune_tpe, autoprune_evo, "
-                                                "random_search (random candidates, same ladder).")] = None,
+                                                "erk_tuned, global_tuned, *_seq): uniform, global, lamp, erk, "
+                                                "sensitivity, owl, alpha, random, agp_uniform, lamp_cubic3, "
+                                                "lamp_tuned, erk_tuned, global_tuned (recipe grid-searched on "
+                                                "validation, cut to the search's fine-tune epochs), tpe_naive, "
+                                                "autoprune (the space's sampler), autoprune_rl, autoprune_tpe, "
+                                                "autoprune_evo, random_search (random candidates, same ladder); "
+                                                "uniform_seq, owl_seq, alpha_seq (SparseGPT, sequential "
+                                                "calibration), autoprune_seq (the search's answer re-pruned "
+                                                "so).")] = None,
     final_epochs: Annotated[float | None, typer.Option(help="Production fine-tune epochs (the ladder's last rung; "
                                                        "every method is scored after it). Default: the space's.")
                             ] = None,
