@@ -16,7 +16,7 @@ __all__ = ["aggregate", "hypervolumes", "plot", "rich_table", "write_csv"]
 
 
 def aggregate(results: list[MethodResult], levels: list[float]) -> dict[str, dict[float, tuple[float, float, int]]]:
-    """method -> level -> (mean, std, n) of test accuracy over seeds (NaNs, i.e. level not reached, dropped)."""
+    """method -> level -> (mean, std, n) of the test primary metric over seeds (NaN: level not reached, dropped)."""
     out: dict[str, dict[float, tuple[float, float, int]]] = {}
     for method in dict.fromkeys(r.method for r in results):
         out[method] = {}
@@ -30,7 +30,7 @@ def aggregate(results: list[MethodResult], levels: list[float]) -> dict[str, dic
 
 
 def hypervolumes(results: list[MethodResult]) -> dict[str, float]:
-    """Mean over seeds of the hypervolume of each method's (test accuracy, size) points."""
+    """Mean over seeds of the hypervolume of each method's (test primary metric, size) points."""
     out: dict[str, list[float]] = {}
     for r in results:
         pts = [(a, r.size[lv]) for lv, a in r.test.items() if not math.isnan(a) and not math.isnan(r.size[lv])]

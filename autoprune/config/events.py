@@ -15,7 +15,7 @@ class TrialRecord:
     number: int
     state: str  # COMPLETE | PRUNED | FAIL
     params: dict[str, Any]
-    values: tuple[float, float] | None  # (val accuracy, size) when complete
+    values: tuple[float, float] | None  # (val primary metric, size) when complete
     metrics: dict[str, Any] = field(default_factory=dict)  # the trial's "eval" user attr
     policy_json: str | None = None
     baseline: str | None = None

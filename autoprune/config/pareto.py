@@ -10,7 +10,7 @@ SIZE_TOLERANCE = 1e-3  # sizes within 0.1 % of each other count as equal: a poin
 
 
 def dominates(p: tuple[float, float], q: tuple[float, float], size_tol: float = 0.0) -> bool:
-    """Whether (accuracy, size) point ``p`` dominates ``q``; sizes within ``size_tol`` (relative) count as equal."""
+    """Whether (score, size) point ``p`` dominates ``q``; sizes within ``size_tol`` (relative) count as equal."""
     (a2, s2), (a, s) = p, q
     if abs(s2 - s) <= size_tol * max(abs(s), abs(s2)):
         return a2 > a
@@ -18,7 +18,7 @@ def dominates(p: tuple[float, float], q: tuple[float, float], size_tol: float = 
 
 
 def nondominated(points: Sequence[tuple[float, float]], size_tol: float = 0.0) -> list[int]:
-    """Indices of points (accuracy, size) not dominated by any other (higher-or-equal acc, lower-or-equal size).
+    """Indices of points (score, size) not dominated by any other (higher-or-equal score, lower-or-equal size).
 
     With ``size_tol`` (relative), a size no more than that fraction from another counts as equal, so a less
     accurate point that is smaller by a hair (one weight) is dominated; of exact duplicates the first is kept.
@@ -43,6 +43,6 @@ def hypervolume(points: Sequence[tuple[float, float]], ref_size: float = 1.0, re
 
 
 def best_at(points: Sequence[tuple[float, float]], sparsities: Sequence[float], level: float) -> float | None:
-    """Best accuracy among points whose sparsity is ≥ ``level`` (None if none reaches it)."""
+    """Best score among points whose sparsity is ≥ ``level`` (None if none reaches it)."""
     accs = [p[0] for p, sp in zip(points, sparsities, strict=True) if sp >= level - 1e-3]
     return max(accs) if accs else None

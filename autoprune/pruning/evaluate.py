@@ -36,7 +36,7 @@ from autoprune.tasks.training import Distill, LossFn, predict, recalibrate_bn, s
 __all__ = ["CandidateStopped", "DenseReference", "EpochCallback", "Evaluation", "check_diverged",
            "check_policy_layers", "evaluate", "prune_and_finetune", "prune_step", "shrunk_size"]
 
-# on_epoch(epoch, val_accuracy, size) -> True to stop this candidate now (called at final sparsity only)
+# on_epoch(epoch, val_score, size) -> True to stop this candidate now (called at final sparsity only)
 EpochCallback = Callable[[int, float, float], bool]
 
 
@@ -44,7 +44,7 @@ EpochCallback = Callable[[int, float, float], bool]
 class Evaluation:
     """Everything measured for one candidate."""
 
-    val: dict[str, float]  # accuracy, precision, recall, f1, loss on the validation split
+    val: dict[str, float]  # the task's metrics on the validation split (classification: accuracy, f1, loss ...)
     size: dict[str, float]  # see metrics.size_metrics
     times: dict[str, float]  # seconds per phase: prune, finetune, measure, total
     epoch_losses: list[float] = field(default_factory=list)
@@ -75,9 +75,9 @@ class Evaluation:
 class CandidateStopped(Exception):
     """Raised when ``on_epoch`` asks to stop: the candidate is hopeless; carries what was measured."""
 
-    def __init__(self, epoch: int, accuracy: float, elapsed_s: float, saved_s: float) -> None:
-        super().__init__(f"stopped after epoch {epoch}: val accuracy {accuracy:.3f}")
-        self.epoch, self.accuracy, self.elapsed_s, self.saved_s = epoch, accuracy, elapsed_s, saved_s
+    def __init__(self, epoch: int, score: float, elapsed_s: float, saved_s: float) -> None:
+        super().__init__(f"stopped after epoch {epoch}: val score {score:.4g} (primary metric, higher is better)")
+        self.epoch, self.score, self.elapsed_s, self.saved_s = epoch, score, elapsed_s, saved_s
 
 
 def check_policy_layers(model: nn.Module, policy: Policy) -> list[str]:
@@ -230,11 +230,11 @@ def prune_and_finetune(model: nn.Module, policy: Policy, splits: Splits, seed: i
                 if progress is not None:
                     progress()
                 if on_epoch is not None and i == len(steps) - 1 and e == 0:
-                    acc = task.sign * task.score(task.metrics(model, splits.val))  # higher is better
-                    if on_epoch(len(losses), acc, size_hint):
+                    score = task.sign * task.score(task.metrics(model, splits.val))  # higher is better
+                    if on_epoch(len(losses), score, size_hint):
                         elapsed = time.perf_counter() - t_start
                         done = len(losses) / max(sum(len(c) for c in plan), 1)
-                        raise CandidateStopped(len(losses), acc, elapsed, elapsed * (1 / max(done, 1e-9) - 1))
+                        raise CandidateStopped(len(losses), score, elapsed, elapsed * (1 / max(done, 1e-9) - 1))
             t_ft += time.perf_counter() - t1
     return losses, {"prune": t_prune, "finetune": t_ft}
 

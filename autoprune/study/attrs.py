@@ -32,6 +32,7 @@ __all__ = [
     "VIA_PARAMS",
     "WORKER",
     "RungRecord",
+    "first_epoch_score",
     "rung_key",
     "rung_of",
     "rungs_of",
@@ -59,6 +60,12 @@ CARRIED = (BASELINE, TARGET, VIA_PARAMS, PROMOTED_FROM, START_RUNG)  # attrs a r
 DENSE_VAL = "dense_val"
 DENSE_TEST = "dense_test"
 DENSE_PARAMS = "dense_params"
+
+
+def first_epoch_score(measured: Mapping[str, Any]) -> float:
+    """The signed primary metric (higher is better) an evaluation record kept after its first fine-tune epoch, for
+    the early stop (``epoch1_val_accuracy`` in studies from before the rename; 0.0 when it was not kept)."""
+    return float(measured.get("epoch1_val_score", measured.get("epoch1_val_accuracy", 0.0)))
 
 
 def test_metrics_key(number: int) -> str:

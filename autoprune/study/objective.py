@@ -29,6 +29,7 @@ from autoprune.study.attrs import (
     SUMMARY,
     WORKER,
     RungRecord,
+    first_epoch_score,
     rung_key,
 )
 from autoprune.study.ladder import (
@@ -66,7 +67,7 @@ class Objective:
     heuristics: dict[str, Allocation]
     seed: int
     stopped: list[float] = field(default_factory=list)  # seconds saved by each early stop
-    epoch1: dict[int, float] = field(default_factory=dict)  # trial number -> val accuracy after epoch 1
+    epoch1: dict[int, float] = field(default_factory=dict)  # trial number -> signed val score after epoch 1
     eval_seconds: list[float] = field(default_factory=list)  # evaluation time of each trial (or rung) run here
     trials_run: int = 0  # trials this process ran (with a ladder a trial has one evaluation per rung it climbed)
     reference: DenseReference | None = None  # dense outputs on calibration inputs (the rungs' divergence)
@@ -111,7 +112,8 @@ class Objective:
         return policy.model_copy(update={"finetune": policy.finetune.model_copy(update={"seed": self.seed})})
 
     def early_stop(self, trial: optuna.Trial, sparsity: float, baseline: bool) -> EpochCallback | None:
-        """Stop after the first fine-tune epoch if accuracy trails the best equally-sparse trial by > margin.
+        """Stop after the first fine-tune epoch if its signed primary metric (higher is better) trails the best
+        equally-sparse trial's by > margin.
 
         Valid for multi-objective studies (no ``should_prune``): we raise ``TrialPruned`` ourselves.
         """
@@ -121,14 +123,14 @@ class Objective:
         best: float | None = None
         done = [] if baseline else trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if len(done) >= rule.min_trials:  # baselines always run to the end
-            # like with like: compare first-epoch accuracy with the peers' first-epoch accuracy
-            peers = [t.user_attrs[EVAL].get("epoch1_val_accuracy", 0.0) for t in done
+            # like with like: compare the first-epoch score with the peers' first-epoch scores
+            peers = [first_epoch_score(t.user_attrs[EVAL]) for t in done
                      if t.user_attrs.get(EVAL, {}).get("sparsity", 0.0) >= sparsity - 1e-3]
             best = max(peers, default=None)
 
-        def rule_fn(epoch: int, acc: float, size: float) -> bool:
-            self.epoch1[trial.number] = acc
-            return best is not None and acc < best - rule.margin
+        def rule_fn(epoch: int, score: float, size: float) -> bool:
+            self.epoch1[trial.number] = score
+            return best is not None and score < best - rule.margin
 
         return rule_fn
 
@@ -198,7 +200,7 @@ class Objective:
         except CandidateStopped as stop:
             self.stopped.append(stop.saved_s)
             self.eval_seconds.append(stop.elapsed_s)
-            trial.set_user_attr(STOPPED, {"epoch": stop.epoch, "val_accuracy": stop.accuracy,
+            trial.set_user_attr(STOPPED, {"epoch": stop.epoch, "val_score": stop.score,
                                             "elapsed_s": stop.elapsed_s, "saved_s": stop.saved_s,
                                             "sparsity": sparsity})
             raise optuna.TrialPruned(str(stop)) from None
@@ -214,7 +216,7 @@ class Objective:
         if sparsity is not None:
             measured["policy_sparsity"] = sparsity
         if trial.number in self.epoch1:
-            measured["epoch1_val_accuracy"] = self.epoch1.pop(trial.number)
+            measured["epoch1_val_score"] = self.epoch1.pop(trial.number)
         trial.set_user_attr(EVAL, {**measured, "policy": policy.to_json()})  # one journal write for both
         trial.set_user_attr(SUMMARY, policy_summary(policy, ev))  # one line, for optuna-dashboard's trial table
         c = self.space.constraints

@@ -49,7 +49,7 @@ __all__ = ["BEST_EVERY_S", "FRONT_EVERY", "ProgressSink", "SearchResult", "finis
 FRONT_EVERY = 10  # trials between Pareto-tag refreshes in MLflow
 
 
-BEST_EVERY_S = 0.5  # seconds between recomputing the progress bar's best accuracy at each target
+BEST_EVERY_S = 0.5  # seconds between recomputing the progress bar's best score at each target
 
 
 @dataclass

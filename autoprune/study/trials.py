@@ -85,7 +85,8 @@ def to_record(t: optuna.trial.FrozenTrial, pareto: bool = False, test: dict[str,
     if not rungs and not metrics and STOPPED in t.user_attrs:
         stopped = t.user_attrs[STOPPED]
         metrics = {"sparsity": stopped.get("sparsity"), "stopped_epoch": stopped.get("epoch"),
-                   "val_accuracy": stopped.get("val_accuracy"), "early_stop_saved_s": stopped.get("saved_s")}
+                   "stopped_val_score": stopped.get("val_score", stopped.get("val_accuracy")),  # older studies
+                   "early_stop_saved_s": stopped.get("saved_s")}
     start, end = t.datetime_start, t.datetime_complete
     return TrialRecord(number=t.number, state=t.state.name, params=dict(t.params), values=values, metrics=metrics,
                        policy_json=policy_json(t), baseline=t.user_attrs.get(BASELINE), pareto=pareto, test=test,
