@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["AutopruneError", "ConfigError", "DataError", "FinetuneDiverged", "ModelError", "PolicyError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = [
+    "AutopruneError", "ConfigError", "DataError", "FinetuneDiverged", "ModelError", "PolicyError", "first_problem",
+]
+
+
+def first_problem(err: ValidationError, root: str) -> tuple[str, str]:
+    """The dotted location and the message of a pydantic error's first problem (``root`` when it has no location):
+    the one problem a single-line error names."""
+    first = err.errors()[0]
+    return ".".join(str(p) for p in first["loc"]) or root, first["msg"]
 
 
 class AutopruneError(Exception):

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from autoprune.errors import ModelError
+from autoprune.errors import ModelError, first_problem
 
 __all__ = ["NoOptions", "Registry", "import_callable", "import_reference", "validated_options"]
 
@@ -28,9 +28,8 @@ def validated_options(model: type[BaseModel], options: dict[str, Any], field: st
     try:
         return model.model_validate(options)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "?"
-        raise ValueError(f"{field}.{where}: {first['msg']} ({owner})") from None
+        where, msg = first_problem(err, "?")
+        raise ValueError(f"{field}.{where}: {msg} ({owner})") from None
 
 
 def import_reference(ref: str, what: str) -> Any:

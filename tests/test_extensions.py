@@ -28,22 +28,29 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env)
 
 
-def test_a_users_criterion_and_allocation_search_export_and_apply_through_the_cli(tmp_path: Path) -> None:
-    rule = "userpkg.extensions:FirstLayerDense"
-    path = write_space(tmp_path / "s.yaml", name="ext", criteria=["userpkg.extensions:SquaredMagnitude"],
-                       baselines=[rule, "lamp"], anchor=["lamp", rule], trials=8)
+def _search_export_apply(tmp_path: Path, space: Path, study: str) -> Policy:
+    """Search ``space``, export its knee point, apply it: every step exits 0 and apply reproduces the exported
+    test accuracy; returns the exported policy."""
     runs = ["--runs", str(tmp_path / "runs")]
-    res = _run("search", str(path), "--no-track", *runs)
+    res = _run("search", str(space), "--no-track", *runs)
     assert res.returncode == 0, res.stderr[-2000:]
-    res = _run("export", "--study", "ext", "--knee", "-o", str(tmp_path / "p.json"), *runs)
+    res = _run("export", "--study", study, "--knee", "-o", str(tmp_path / "p.json"), *runs)
     assert res.returncode == 0, res.stderr[-2000:]
     policy = Policy.load(tmp_path / "p.json")
-    assert policy.criterion == "userpkg.extensions:SquaredMagnitude"
-    res = _run("apply", str(tmp_path / "p.json"), "--space", str(path), "-o", str(tmp_path / "m.pt"), "--no-track",
+    res = _run("apply", str(tmp_path / "p.json"), "--space", str(space), "-o", str(tmp_path / "m.pt"), "--no-track",
                *runs)
     assert res.returncode == 0, res.stderr[-2000:]
     row = next(line for line in res.stdout.splitlines() if "test_accuracy" in line)
     assert float(row.split("│")[-2]) == pytest.approx(policy.expected["test_accuracy"], abs=1e-4)
+    return policy
+
+
+def test_a_users_criterion_and_allocation_search_export_and_apply_through_the_cli(tmp_path: Path) -> None:
+    rule = "userpkg.extensions:FirstLayerDense"
+    path = write_space(tmp_path / "s.yaml", name="ext", criteria=["userpkg.extensions:SquaredMagnitude"],
+                       baselines=[rule, "lamp"], anchor=["lamp", rule], trials=8)
+    policy = _search_export_apply(tmp_path, path, "ext")
+    assert policy.criterion == "userpkg.extensions:SquaredMagnitude"
     import optuna
 
     study = optuna.load_study(study_name="ext", storage=optuna.storages.JournalStorage(
@@ -153,21 +160,11 @@ def test_a_users_schedule_prunes_in_its_own_steps_through_search_export_and_appl
     assert Schedule(kind=kind, steps=3).label == "HalfThenAll×3"
     path = write_space(tmp_path / "s.yaml", name="sch", schedules=[{"kind": kind, "steps": 2}], trials=3,
                        finetune={"epochs": [2], "lr_scale": [0.3]}, baselines=["lamp"])
-    runs = ["--runs", str(tmp_path / "runs")]
-    res = _run("search", str(path), "--no-track", *runs)
-    assert res.returncode == 0, res.stderr[-2000:]
-    res = _run("export", "--study", "sch", "--knee", "-o", str(tmp_path / "p.json"), *runs)
-    assert res.returncode == 0, res.stderr[-2000:]
-    policy = Policy.load(tmp_path / "p.json")
+    policy = _search_export_apply(tmp_path, path, "sch")
     assert policy.schedule.kind == kind and policy.schedule.steps == 2
-    res = _run("apply", str(tmp_path / "p.json"), "--space", str(path), "-o", str(tmp_path / "m.pt"), "--no-track",
-               *runs)
-    assert res.returncode == 0, res.stderr[-2000:]
-    row = next(line for line in res.stdout.splitlines() if "test_accuracy" in line)
-    assert float(row.split("│")[-2]) == pytest.approx(policy.expected["test_accuracy"], abs=1e-4)
     bad = write_space(tmp_path / "b.yaml", name="sch2", schedules=[{"kind": "userpkg.extensions:Backwards",
                                                                     "steps": 3}])
-    res = _run("search", str(bad), "--no-track", *runs)
+    res = _run("search", str(bad), "--no-track", "--runs", str(tmp_path / "runs"))
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "field 'schedules'" in lines[0] and "non-decreasing" in lines[0]
 
@@ -199,18 +196,8 @@ def test_a_users_granularity_prunes_in_its_pattern_through_search_export_and_app
     assert set(layer_bytes(score, Granularity(kind="nm"))) == {"dense", "csr", "bitmask", "nm"}
     path = write_space(tmp_path / "s.yaml", name="blk", granularity={"kind": kind, "options": {"size": 2}},
                        trials=3, finetune={"epochs": [2], "lr_scale": [0.3]}, baselines=["lamp"])
-    runs = ["--runs", str(tmp_path / "runs")]
-    res = _run("search", str(path), "--no-track", *runs)
-    assert res.returncode == 0, res.stderr[-2000:]
-    res = _run("export", "--study", "blk", "--knee", "-o", str(tmp_path / "p.json"), *runs)
-    assert res.returncode == 0, res.stderr[-2000:]
-    policy = Policy.load(tmp_path / "p.json")
+    policy = _search_export_apply(tmp_path, path, "blk")
     assert policy.granularity == spec
-    res = _run("apply", str(tmp_path / "p.json"), "--space", str(path), "-o", str(tmp_path / "m.pt"), "--no-track",
-               *runs)
-    assert res.returncode == 0, res.stderr[-2000:]
-    row = next(line for line in res.stdout.splitlines() if "test_accuracy" in line)
-    assert float(row.split("│")[-2]) == pytest.approx(policy.expected["test_accuracy"], abs=1e-4)
     from autoprune.deploy.production import decompress_state
 
     state = decompress_state(torch.load(tmp_path / "m.pt", weights_only=True)["state"])
@@ -220,7 +207,7 @@ def test_a_users_granularity_prunes_in_its_pattern_through_search_export_and_app
         zeros = rows[:r, :c].reshape(r // 2, 2, c // 2, 2).sum((1, 3))
         assert set(zeros.flatten().tolist()) <= {0.0, 4.0} and (ratio < 0.2 or (zeros == 4).any())
     bad = write_space(tmp_path / "b.yaml", name="blk2", granularity={"kind": kind, "options": {"sise": 2}})
-    res = _run("search", str(bad), "--no-track", *runs)
+    res = _run("search", str(bad), "--no-track", "--runs", str(tmp_path / "runs"))
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "field 'granularity'" in lines[0] and "sise" in lines[0]
 

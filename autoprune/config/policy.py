@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autoprune.errors import PolicyError
+from autoprune.errors import PolicyError, first_problem
 from autoprune.files import write_atomic
 
 __all__ = [
@@ -201,9 +201,8 @@ class Policy(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(root)"
-            raise PolicyError(f"{source}: field '{where}': {first['msg']}") from None
+            where, msg = first_problem(err, "(root)")
+            raise PolicyError(f"{source}: field '{where}': {msg}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
