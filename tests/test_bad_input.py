@@ -44,6 +44,11 @@ def _yaml_text(tmp: Path, text: str) -> str:
     return str(tmp / "t.yaml")
 
 
+def _lstm_by_channels(tmp: Path) -> str:
+    space = yaml.safe_load(Path("search_spaces/lstm_digits.yaml").read_text())
+    return _yaml_text(tmp, yaml.safe_dump({**space, "granularity": {"kind": "channel"}}))
+
+
 # (case id, args builder given tmp folder and the searched study's runs dir, words the one line must contain)
 Case = tuple[str, Callable[[Path, Path], list[str]], list[str]]
 SPACE = "search_spaces/digits_cnn.yaml"
@@ -141,6 +146,8 @@ CASES: list[Case] = [
         t / "s.yaml", task={"kind": "classification", "options": {"top_k": 5}})), "--no-track", "--runs", str(r)],
      ["task.options", "top_k"]),
     ("bench unknown method", lambda t, r: ["bench", "--methods", "magic"], ["magic"]),
+    ("channel pruning of an LSTM", lambda t, r: ["search", _lstm_by_channels(t), "--no-track", "--runs", str(r)],
+     ["field 'granularity'", "rnn.weight_ih_l0 is LSTM"]),
 ]
 
 
