@@ -148,6 +148,9 @@ CASES: list[Case] = [
     ("bench unknown method", lambda t, r: ["bench", "--methods", "magic"], ["magic"]),
     ("channel pruning of an LSTM", lambda t, r: ["search", _lstm_by_channels(t), "--no-track", "--runs", str(r)],
      ["field 'granularity'", "rnn.weight_ih_l0 is LSTM"]),
+    ("sequential calibration without SparseGPT", lambda t, r: ["search", str(write_space(
+        t / "s.yaml", calibration="sequential")), "--no-track", "--runs", str(r)], ["calibration sequential",
+                                                                                  "sparsegpt"]),
 ]
 
 

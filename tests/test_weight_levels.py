@@ -171,9 +171,12 @@ SPACE = (TINY_LLAMA_SPACE.replace("name: tiny_llama", "name: tiny_sgpt")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["evolution", "tpe"])
-def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp_path: Path, sampler: str) -> None:
-    (tmp_path / "s.yaml").write_text(SPACE.replace("sampler: evolution", f"sampler: {sampler}"))
+@pytest.mark.parametrize(("sampler", "calibration"), [("evolution", "dense"), ("tpe", "dense"),
+                                                      ("evolution", "sequential")])
+def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp_path: Path, sampler: str,
+                                                                             calibration: str) -> None:
+    (tmp_path / "s.yaml").write_text(SPACE.replace("sampler: evolution", f"sampler: {sampler}")
+                                     + f"calibration: {calibration}\n")
     res = subprocess.run([AUTOPRUNE, "search", "s.yaml", "--no-track", "--threads", "1"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -185,7 +188,9 @@ def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp
     ws = load_workspace(SearchSpace.from_yaml(tmp_path / "s.yaml"), "cpu", tmp_path / "runs")
     for t in done:
         policy = Policy.model_validate_json(t.user_attrs["eval"]["policy"])
-        assert policy.criterion == "sparsegpt"
+        assert policy.criterion == "sparsegpt" and policy.calibration == calibration
+        if calibration == "sequential":  # screened on the database built at its target, which apply rebuilds
+            assert policy.calibration_reference == t.params["target"]
         assert all(abs(r * 20 - round(r * 20)) < 1e-9 for r in policy.sparsity.values())
         assert math.isclose(weighted_sparsity(policy.sparsity, ws.sizes), t.params["target"], abs_tol=1e-12)
     best = min(done, key=lambda t: t.values[0])
@@ -213,3 +218,70 @@ def test_sequential_calibration_feeds_each_block_the_already_pruned_blocks_outpu
     assert all(torch.equal(weight_of(ref, f), weight_of(sequential, f)) for f in blocks[0] + blocks[1])
     for f in layers:  # exact per-unit sparsity either way
         assert int((weight_of(sequential, f) == 0).sum()) == round(0.5 * weight_of(sequential, f).numel())
+
+
+def test_a_sequential_database_equals_sequential_pruning_at_its_reference_for_any_allocation(tmp_path: Path) -> None:
+    from autoprune.pruning.sparsegpt import calibration_groups
+    from autoprune.pruning.weight_levels import SequentialLevels
+
+    model, layers, splits, task = _tiny()
+    dense = copy.deepcopy(model.state_dict())
+    blocks = calibration_groups(model, layers, sequential=True)
+    seq = SequentialLevels([load_or_build_sparsegpt(tmp_path, "k", model, layers, splits.train, reference=r)
+                            for r in (0.5, 0.7)])
+    one_pass = load_or_build_sparsegpt(tmp_path, "k", model, layers, splits.train)
+    assert len(list(tmp_path.iterdir())) == 3  # one folder per reference, beside the dense database
+    asm = LevelAssembler(model, {"sparsegpt": seq})
+    at = _policy("sparsegpt", dict.fromkeys(layers, 0.5)).model_copy(
+        update={"calibration": "sequential", "calibration_reference": 0.5})
+    assert asm.fits(at, 0) and asm.assemble(at) == len(layers)
+    # uniform at the reference is the paper's sequential SparseGPT (no reference needed to reproduce it)
+    assert _same(asm.model, _direct(model, at.model_copy(update={"calibration_reference": None}), splits, task)) == []
+    rng = np.random.default_rng(1)
+    for ref in (0.7, 0.5, 0.7):  # any allocation, either reference: equal to direct pruning at that reference
+        policy = at.model_copy(update={"calibration_reference": ref,
+                                       "sparsity": {f: float(rng.choice([0.0, *level_grid()])) for f in layers}})
+        asm.assemble(policy)
+        assert _same(asm.model, _direct(model, policy, splits, task)) == [], ref
+    assert asm.assemble(policy.model_copy(update={"calibration_reference": 0.5})) == sum(
+        1 for r in policy.sparsity.values() if r > 0)  # another reference's weights: every pruned unit rewritten
+    assert not asm.fits(policy.model_copy(update={"calibration_reference": 0.6}), 0)  # not built at 0.6
+    assert not asm.fits(policy.model_copy(update={"calibration": "dense", "calibration_reference": None}), 0)
+    assert LevelAssembler(model, {"sparsegpt": one_pass}).fits(policy.model_copy(
+        update={"calibration": "dense", "calibration_reference": None}), 0)
+    later = blocks[1][0]  # block 0 sees the dense inputs either way; a later block's levels differ
+    assert torch.equal(seq.stores[0.5].weight(blocks[0][0], 0.5), one_pass.weight(blocks[0][0], 0.5))
+    assert not torch.equal(seq.stores[0.5].weight(later, 0.5), one_pass.weight(later, 0.5))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in dense.items())  # the dense model is untouched
+
+
+def test_an_interrupted_sequential_build_resumes_from_the_finished_blocks(tmp_path: Path) -> None:
+    model, layers, splits, _ = _tiny()
+    n = len(layers) // 2 + 1  # into the second block: its inputs depend on the first block's stored levels
+
+    def stop(done: int, total: int) -> None:
+        if done == n:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load_or_build_sparsegpt(tmp_path / "a", "k", model, layers, splits.train, progress=stop, reference=0.6)
+    seen: list[int] = []
+    resumed = load_or_build_sparsegpt(tmp_path / "a", "k", model, layers, splits.train, reference=0.6,
+                                      progress=lambda done, total: seen.append(done))
+    assert seen == list(range(n + 1, len(layers) + 1))
+    fresh = load_or_build_sparsegpt(tmp_path / "b", "k", model, layers, splits.train, reference=0.6)
+    assert all(torch.equal(resumed.weight(f, r), fresh.weight(f, r)) for f in layers for r in (0.3, 0.6, 0.9))
+    with pytest.raises(ValueError, match=r"reference 0\.62 must be a stored level"):
+        load_or_build_sparsegpt(tmp_path / "c", "k", model, layers, splits.train, reference=0.62)
+
+
+def test_a_reference_is_kept_in_the_policy_file_and_dropped_when_apply_names_a_calibration() -> None:
+    from autoprune.deploy.apply import with_criterion
+
+    plain = _policy("sparsegpt", {"a": 0.5})
+    assert "calibration_reference" not in plain.to_json()  # older policies' files are unchanged
+    ref = plain.model_copy(update={"calibration": "sequential", "calibration_reference": 0.7})
+    assert Policy.model_validate_json(ref.to_json()) == ref
+    assert with_criterion(ref, None, "sequential").calibration_reference is None  # the paper's own inputs
+    assert with_criterion(ref, None, "dense").calibration == "dense"
+    assert with_criterion(ref, "sparsegpt").calibration_reference == 0.7  # only --calibration drops it

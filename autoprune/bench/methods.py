@@ -185,7 +185,7 @@ def run_resequenced(prep: Prepared, searched: MethodResult, study: str, runs_dir
     for level in searched.test:
         number = searched.trial.get(level)
         ev = None if number is None else _evaluate(prep, trial_policy(by_number[number]).model_copy(
-            update={"criterion": "sparsegpt", "calibration": "sequential"}))
+            update={"criterion": "sparsegpt", "calibration": "sequential", "calibration_reference": None}))
         res.test[level] = (ev.test or {})[prep.ws.task.primary] if ev else math.nan
         res.size[level] = ev.size_value(prep.ws.space.size_metric) if ev else math.nan
         res.seconds += ev.times["total"] if ev else 0.0

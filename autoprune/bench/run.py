@@ -75,7 +75,10 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
     results: list[MethodResult] = []
     overhead: dict[str, float] = {}
     for seed in range(seeds):
-        sp = space.model_copy(update={"seed": seed})
+        # the benchmark's levels as the grid: what is built per target (sequential SparseGPT databases) is built
+        # for these levels only
+        sp = space.model_copy(update={"seed": seed, "targets": space.targets.model_copy(
+            update={"grid": list(levels), "range": None})})
         prep = prepare(sp, "cpu", out_dir, threads=threads)
         searched: dict[str, MethodResult] = {}
         wanted = set(methods) | ({"autoprune"} if "autoprune_seq" in methods else set())

@@ -143,6 +143,10 @@ class Policy(BaseModel):
     # SparseGPT's calibration inputs: the dense model's for every unit (what its level database stores), or block
     # by block the already-pruned model's (the paper's; one calibration pass per block)
     calibration: Literal["dense", "sequential"] = "dense"
+    # with sequential calibration: every block's inputs from the earlier blocks pruned uniformly at this ratio
+    # (a reference the search's sequential level database was built at, so what it screened is what ships); None:
+    # from the earlier blocks pruned at this policy's own ratios
+    calibration_reference: float | None = Field(default=None, gt=0.0, lt=1.0)
     granularity: Granularity = Granularity()
     schedule: Schedule = Schedule()
     finetune: FineTune = FineTune()
@@ -178,6 +182,8 @@ class Policy(BaseModel):
             data["granularity"] = {"kind": self.granularity.kind, "options": self.granularity.options}
         if not self.granularity.options:
             del data["granularity"]["options"]
+        if self.calibration_reference is None:
+            del data["calibration_reference"]
         return json.dumps(data, indent=2) + "\n"
 
     def ratio_recipes(self) -> dict[str, Any]:

@@ -76,7 +76,19 @@ def sample(space: SearchSpace, suggest: Suggest, ctx: SampleContext,
     return Policy(model=ctx.model, fingerprint=ctx.fingerprint, dense_key=ctx.dense_key, shapes=ctx.shapes or {},
                   task=space.task.kind, task_options=space.task.options, criterion=criterion,
                   granularity=space.granularity, schedule=schedule,
-                  finetune=space.finetune_recipe(epochs, lr_scale, decay, distill), sparsity=ratios)
+                  finetune=space.finetune_recipe(epochs, lr_scale, decay, distill), sparsity=ratios,
+                  **calibration_of(space, criterion, ratios, ctx))
+
+
+def calibration_of(space: SearchSpace, criterion: str, ratios: dict[str, float], ctx: SampleContext
+                   ) -> dict[str, Any]:
+    """The policy's SparseGPT calibration fields: none (dense), or sequential with the grid's target nearest the
+    candidate's weighted sparsity as its reference (the level database it is screened on)."""
+    if space.calibration == "dense" or criterion != "sparsegpt" or not space.targets.grid:
+        return {}
+    total = weighted_sparsity(ratios, ctx.sizes) if ctx.sizes else sum(ratios.values()) / max(len(ratios), 1)
+    return {"calibration": "sequential",
+            "calibration_reference": min(space.targets.grid, key=lambda t: abs(t - total))}
 
 
 def on_levels(ratios: dict[str, float], ctx: SampleContext) -> dict[str, float]:

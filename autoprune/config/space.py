@@ -60,6 +60,10 @@ class SearchSpace(Strict):
     train: TrainSpec = TrainSpec()
     layers: LayerSpec = LayerSpec()
     criteria: list[Criterion] = Field(default_factory=lambda: list[Criterion](["magnitude"]), min_length=1)
+    # SparseGPT's calibration inputs: the dense model's (one pass), or sequential: block by block from the earlier
+    # blocks pruned uniformly at the candidate's target (the search's level databases, one per target, are built
+    # that way and the exported policy says so: what it screened is what apply ships)
+    calibration: Literal["dense", "sequential"] = "dense"
     granularity: Granularity = Granularity()
     schedules: list[Schedule] = Field(default_factory=lambda: [Schedule()], min_length=1)
     finetune: FineTuneSpec = FineTuneSpec()
@@ -116,6 +120,9 @@ class SearchSpace(Strict):
                                             or self.granularity.kind == "nm"):
             raise ValueError("sampler evolution moves sparsity between units at each size of targets.grid: it needs "
                              "parametrization projected, a grid of targets and a granularity other than nm")
+        if self.calibration == "sequential" and ("sparsegpt" not in self.criteria or not self.targets.grid):
+            raise ValueError("calibration sequential is SparseGPT's, at each size of a grid: criteria must hold "
+                             "sparsegpt and targets a grid")
         owl = "owl" in self.baselines or "owl" in self.anchors
         if owl and not {"wanda", "sparsegpt"} & set(self.criteria):
             raise ValueError("the owl heuristic reads the Wanda scores' outliers (activations on calibration data): "

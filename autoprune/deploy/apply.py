@@ -190,7 +190,9 @@ def with_criterion(policy: Policy, criterion: str | None, calibration: str | Non
     for flag, key, value in (("--criterion", "criterion", criterion), ("--calibration", "calibration", calibration)):
         if value is not None:
             try:
-                policy = Policy.model_validate({**policy.model_dump(), key: value})
+                # a calibration named here is the plain one: a sequential reference of the search is dropped
+                dropped = {"calibration_reference": None} if key == "calibration" else {}
+                policy = Policy.model_validate({**policy.model_dump(), key: value, **dropped})
             except ValidationError as err:
                 raise PolicyError(f"{flag} {value}: {err.errors()[0]['msg']}") from None
     return policy

@@ -33,35 +33,37 @@ class LevelAssembler:
     def __init__(self, dense: nn.Module, stores: dict[str, LevelStore]) -> None:
         self.dense, self.stores = dense, stores
         self.model = copy.deepcopy(dense).eval()
-        self.current: dict[str, tuple[str, float]] = {}  # fqn -> (criterion, ratio) now in the working model
+        self.current: dict[str, tuple[str, int, float]] = {}  # fqn -> (criterion, store id, ratio) now written
         self._has_norm_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in dense.modules())
 
     def fits(self, policy: Policy, epochs: float) -> bool:
         """Whether ``policy`` at ``epochs`` can be assembled: no fine-tune, one-shot, unstructured, no BatchNorm
-        to recalibrate, and every ratio in the store of its criterion."""
+        to recalibrate, and a store of its criterion holding its calibration and every ratio."""
         store = self.stores.get(policy.criterion)
         return (store is not None and epochs == 0 and not self._has_norm_stats
                 and policy.granularity.kind == "unstructured" and policy.schedule.kind == "oneshot"
-                and store.covers(policy.sparsity))
+                and store.select(policy) is not None)
 
     @torch.no_grad()
     def assemble(self, policy: Policy) -> int:
         """Write the policy's units into the working model; every other unit back to dense. Returns how many
-        units were rewritten."""
-        store = self.stores[policy.criterion]
-        wanted: dict[str, tuple[str, float]] = {f: (policy.criterion, r) for f, r in policy.sparsity.items()}
+        units were rewritten (a unit at the same level of another store, e.g. another reference, is rewritten)."""
+        store = self.stores[policy.criterion].select(policy)
+        assert store is not None, "assemble() a policy that fits()"
+        wanted: dict[str, tuple[str, int, float]] = {f: (policy.criterion, id(store), r) if r > 0 else
+                                                     ("dense", 0, 0.0) for f, r in policy.sparsity.items()}
         for f in self.current:
-            wanted.setdefault(f, ("dense", 0.0))
+            wanted.setdefault(f, ("dense", 0, 0.0))
         written = 0
-        for fqn, (criterion, ratio) in wanted.items():
-            if self.current.get(fqn, ("dense", 0.0)) == (criterion, ratio):
+        for fqn, (criterion, key, ratio) in wanted.items():
+            if self.current.get(fqn, ("dense", 0, 0.0)) == (criterion, key, ratio):
                 continue
             target, dense = weight_of(self.model, fqn), weight_of(self.dense, fqn).detach()
             if criterion == "dense" or ratio == 0:
                 target.copy_(dense)
             else:
                 store.write(fqn, ratio, target, dense)
-            self.current[fqn] = (criterion, ratio)
+            self.current[fqn] = (criterion, key, ratio)
             written += 1
         return written
 

@@ -95,9 +95,9 @@ def prune_step(model: nn.Module, folded: FoldedMasks, ratios: dict[str, float], 
                levels: LevelStore | None = None) -> None:
     """Tighten the live masks to ``ratios`` using the policy's criterion and granularity. ``levels``: the dense
     model's level database, used when it holds this criterion's orders (the model must still be dense)."""
-    if (levels is not None and levels.criterion == policy.criterion and policy.granularity.kind == "unstructured"
-            and policy.calibration == "dense" and levels.covers(ratios)):  # (a database stores dense calibration)
-        levels.prune_into(model, folded, ratios)
+    store = levels.select(policy, ratios) if levels is not None and policy.granularity.kind == "unstructured" else None
+    if store is not None:  # a store of this criterion and calibration holding these ratios: what direct pruning gives
+        store.prune_into(model, folded, ratios)
         return
     if criterion_for(policy.criterion).updates_weights:  # SparseGPT
         _prune_sparsegpt(model, folded, ratios, policy, splits)
@@ -125,7 +125,7 @@ def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, fl
     if problem:
         raise PolicyError(problem)
     keep = prune_model(model, ratios, splits.train.x[:WANDA_WINDOWS], policy.granularity,
-                       sequential=policy.calibration == "sequential")
+                       sequential=policy.calibration == "sequential", reference=policy.calibration_reference)
     with torch.no_grad():
         for fqn, kept in keep.items():
             folded.masks[fqn].copy_(kept)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoprune.config.policy import Criterion
+from autoprune.config.policy import Criterion, Policy
 from autoprune.config.sampling import unit_group
 from autoprune.models.layers import is_transposed, out_by_in, weight_of
 from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
@@ -42,6 +42,13 @@ class LevelStore(ABC):
     @abstractmethod
     def covers(self, ratios: dict[str, float]) -> bool:
         """Whether every unit at its ratio can be assembled from the store."""
+
+    def select(self, policy: Policy, ratios: dict[str, float] | None = None) -> LevelStore | None:
+        """The store that assembles ``policy`` (at ``ratios``, default its own) exactly as direct pruning would,
+        or None. This one stores the dense model's calibration: a policy calibrated otherwise is not its."""
+        ratios = policy.sparsity if ratios is None else ratios
+        fits = policy.criterion == self.criterion and policy.calibration == "dense" and self.covers(ratios)
+        return self if fits else None
 
     @abstractmethod
     def write(self, fqn: str, ratio: float, target: torch.Tensor, dense: torch.Tensor) -> None:

@@ -74,19 +74,29 @@ def calibration_groups(model: nn.Module, units: list[str], sequential: bool) -> 
 
 @torch.no_grad()
 def prune_model(model: nn.Module, ratios: dict[str, float], inputs: torch.Tensor,
-                granularity: Granularity | None = None, sequential: bool = False) -> dict[str, torch.Tensor]:
+                granularity: Granularity | None = None, sequential: bool = False,
+                reference: float | None = None) -> dict[str, torch.Tensor]:
     """SparseGPT on every unit of ``ratios``, in place: each unit's weights pruned and updated; returns each unit's
     keep mask (in its weight's layout). ``sequential``: block by block, each block's Hessians from the calibration
     ``inputs`` run through the model whose earlier blocks are already pruned (the paper's procedure); else every
-    unit's from the dense model (one pass)."""
+    unit's from the dense model (one pass). ``reference`` (sequential only): the earlier blocks the inputs run
+    through are pruned uniformly at this ratio, whatever ``ratios`` says (what a sequential level database built
+    at that reference stores, so a candidate assembled from it equals this)."""
     keep: dict[str, torch.Tensor] = {}
+    final: dict[str, torch.Tensor] = {}  # with a reference: each unit's own-ratio weight, written at the end
     for group in calibration_groups(model, list(ratios), sequential):
         grams = input_grams(model, group, inputs)
         for fqn in group:
             weight, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
-            updated, kept = sparsegpt_prune(out_by_in(weight, transposed), grams.pop(fqn), ratios[fqn], granularity)
-            weight.copy_(out_by_in(updated, transposed))
+            w, hinv = prepare_unit(out_by_in(weight, transposed), grams.pop(fqn))
+            updated, kept = prune_prepared(w, hinv, ratios[fqn], granularity, weight.dtype)
             keep[fqn] = out_by_in(kept, transposed)
+            if sequential and reference is not None:
+                final[fqn] = out_by_in(updated, transposed)
+                updated = prune_prepared(w, hinv, reference, granularity, weight.dtype)[0]
+            weight.copy_(out_by_in(updated, transposed))
+    for fqn, updated in final.items():
+        weight_of(model, fqn).copy_(updated)
     return keep
 
 

@@ -22,7 +22,7 @@ from autoprune.pruning.levels import LevelDatabase, LevelStore, load_or_build
 from autoprune.pruning.rules import AllocationContext, allocation_rule
 from autoprune.pruning.schedules import ratios_per_step
 from autoprune.pruning.sensitivity import SensitivityCurves, load_or_scan
-from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, load_or_build_sparsegpt
+from autoprune.pruning.weight_levels import LEVEL_STEP, LEVEL_TOP, SequentialLevels, load_or_build_sparsegpt
 from autoprune.study.sampler import search_distributions, tpe_startup
 from autoprune.study.samplers import make_sampler, sampler_factory
 from autoprune.study.storage import make_storage, metric_names, open_study
@@ -171,19 +171,33 @@ def level_database(ws: Workspace, owl: bool = False) -> LevelDatabase | None:
 
 def sparsegpt_database(ws: Workspace, progress: ProgressSink | None = None) -> LevelStore | None:
     """The dense model's SparseGPT level database when the space searches SparseGPT on unstructured sparsity
-    (built once under ``runs/levels`` with progress, resumed where a build was cut off), else None."""
+    (built once under ``runs/levels`` with progress, resumed where a build was cut off), else None. With
+    ``calibration: sequential`` one database per target of the grid, each built at that target as its reference."""
     space = ws.space
     if "sparsegpt" not in space.criteria or space.granularity.kind != "unstructured":
         return None
-    step = phase_counter(progress, len(ws.layers), "SparseGPT level database") if progress is not None else None
-    try:
-        return load_or_build_sparsegpt(ws.runs_dir / "levels", ws.dense_key, ws.model, ws.layers, ws.splits.train,
-                                       progress=(lambda done, total: step()) if step is not None else None)
-    except ValueError as err:
-        raise space.field_error("criteria", str(err)) from None
-    finally:
-        if progress is not None:
-            progress.stop()
+    references: list[float | None] = [None]
+    if space.calibration == "sequential":
+        references = list(space.targets.grid or [])
+    built = []
+    for ref in references:
+        name = "SparseGPT level database" + ("" if ref is None else f" (sequential at {ref:.0%})")
+        step = phase_counter(progress, len(ws.layers), name) if progress is not None else None
+        try:
+            built.append(load_or_build_sparsegpt(ws.runs_dir / "levels", ws.dense_key, ws.model, ws.layers,
+                                                 ws.splits.train, reference=ref,
+                                                 progress=_steps(step)))
+        except ValueError as err:
+            raise space.field_error("calibration" if ref is not None else "criteria", str(err)) from None
+        finally:
+            if progress is not None:
+                progress.stop()
+    return built[0] if references == [None] else SequentialLevels(built)
+
+
+def _steps(step: Any) -> Any:
+    """A build's (done, total) progress as one step of a phase counter (None without one)."""
+    return None if step is None else (lambda done, total: step())
 
 
 def phase_counter(progress: ProgressSink, total: int, description: str) -> Any:
