@@ -13,7 +13,7 @@ from torch import nn
 from autoprune.bench.methods import base_policy
 from autoprune.config.budget import project_to_budget
 from autoprune.config.policy import Granularity, Policy
-from autoprune.config.sampling import on_levels
+from autoprune.config.sampling import calibration_of, on_levels
 from autoprune.models.layers import weight_of
 from autoprune.pruning.assemble import LevelAssembler
 from autoprune.pruning.evaluate import DenseReference
@@ -122,9 +122,10 @@ def ws_criterion(prep: Prepared) -> str:
 
 
 def heuristic_like(prep: Prepared, criterion: str, ratios: dict[str, float]) -> Policy:
-    """A one-shot, no-fine-tune policy of ``ratios`` pruned with ``criterion``."""
+    """A one-shot, no-fine-tune policy of ``ratios`` pruned with ``criterion``, calibrated as the space's candidates
+    are (a sequential space's policy names the level database it is screened on)."""
     base = base_policy(prep, criterion)
-    return base.model_copy(update={"sparsity": ratios,
+    return base.model_copy(update={"sparsity": ratios, **calibration_of(prep.ws.space, criterion, ratios, prep.ctx),
                                    "finetune": base.finetune.model_copy(update={"epochs": 0.0})})
 
 
