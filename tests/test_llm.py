@@ -23,7 +23,7 @@ from autoprune.config.sampling import SampleContext, sample, unit_group
 from autoprune.config.space import SearchSpace
 from autoprune.models.layers import prunable_layers, weight_of
 from autoprune.models.zoo import build_model
-from autoprune.pruning.criteria import WANDA_WINDOWS, importance
+from autoprune.pruning.criteria import CALIBRATION_WINDOWS, importance
 from autoprune.pruning.evaluate import prune_and_finetune
 from autoprune.pruning.heuristics import alpha_ratios, owl_ratios
 from autoprune.pruning.levels import LevelDatabase
@@ -64,7 +64,7 @@ def test_wanda_scores_equal_a_direct_computation() -> None:
     handles = [model.get_submodule(f).register_forward_hook(
         lambda m, a, o, f=f: seen.__setitem__(f, a[0].detach().reshape(-1, a[0].shape[-1]))) for f in layers]
     with torch.no_grad():
-        model(data.x[:WANDA_WINDOWS])  # all calibration windows at once: one activation matrix per layer
+        model(data.x[:CALIBRATION_WINDOWS])  # all calibration windows at once: one activation matrix per layer
     for h in handles:
         h.remove()
     assert len(layers) == 14

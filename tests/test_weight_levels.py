@@ -200,7 +200,7 @@ def test_a_sparsegpt_search_ranks_assembled_candidates_that_apply_reproduces(tmp
 
 
 def test_sequential_calibration_feeds_each_block_the_already_pruned_blocks_outputs() -> None:
-    from autoprune.pruning.criteria import WANDA_WINDOWS
+    from autoprune.pruning.criteria import CALIBRATION_WINDOWS
     from autoprune.pruning.sparsegpt import calibration_groups, prune_model
 
     model, layers, splits, task = _tiny()
@@ -212,7 +212,7 @@ def test_sequential_calibration_feeds_each_block_the_already_pruned_blocks_outpu
     same = [f for f in layers if torch.equal(weight_of(one_pass, f), weight_of(sequential, f))]
     assert same == blocks[0]  # the first block sees the dense inputs either way; every later one differs
     ref = copy.deepcopy(model)  # by hand: block 0 pruned, then block 1 calibrated on that model
-    x = splits.train.x[:WANDA_WINDOWS]
+    x = splits.train.x[:CALIBRATION_WINDOWS]
     prune_model(ref, dict.fromkeys(blocks[0], 0.5), x)
     prune_model(ref, dict.fromkeys(blocks[1], 0.5), x)
     assert all(torch.equal(weight_of(ref, f), weight_of(sequential, f)) for f in blocks[0] + blocks[1])

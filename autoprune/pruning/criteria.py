@@ -22,11 +22,13 @@ from autoprune.plugins import Registry
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["CRITERIA", "WANDA_WINDOWS", "ActivationCriterion", "Criterion", "Magnitude", "RandomScores", "Taylor",
+__all__ = ["CALIBRATION_WINDOWS", "CRITERIA", "ActivationCriterion", "Criterion", "Magnitude", "RandomScores", "Taylor",
            "Wanda", "activation_problem", "criterion_for", "importance", "input_norms", "input_sums",
            "register_criterion", "row_wise"]
 
-WANDA_WINDOWS = 32  # calibration examples (token windows) whose activations Wanda reads: the first of the train split
+# calibration examples (token windows, the first of the train split) whose activations the activation-aware
+# criteria read: Wanda's and RIA's input norms, SparseGPT's Hessians (and the level databases built from them)
+CALIBRATION_WINDOWS = 32
 
 
 class Criterion(ABC):
@@ -142,7 +144,7 @@ class ActivationCriterion(Criterion):
                loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
         """:meth:`weigh` of every unit, returned in the weight's own layout."""
         assert data is not None
-        norms = input_norms(model, layers, data.x[:WANDA_WINDOWS])
+        norms = input_norms(model, layers, data.x[:CALIBRATION_WINDOWS])
         out = {}
         for f in layers:
             transposed = is_transposed(model, f)

@@ -16,7 +16,7 @@ from autoprune.config.policy import Policy
 from autoprune.errors import FinetuneDiverged, PolicyError
 from autoprune.models.layers import is_transposed, prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
-from autoprune.pruning.criteria import WANDA_WINDOWS, activation_problem, criterion_for, importance, row_wise
+from autoprune.pruning.criteria import CALIBRATION_WINDOWS, activation_problem, criterion_for, importance, row_wise
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import (
     FoldedMasks,
@@ -124,7 +124,7 @@ def _prune_sparsegpt(model: nn.Module, folded: FoldedMasks, ratios: dict[str, fl
                   f"{policy.granularity.kind}"
     if problem:
         raise PolicyError(problem)
-    keep = prune_model(model, ratios, splits.train.x[:WANDA_WINDOWS], policy.granularity,
+    keep = prune_model(model, ratios, splits.train.x[:CALIBRATION_WINDOWS], policy.granularity,
                        sequential=policy.calibration == "sequential", reference=policy.calibration_reference)
     with torch.no_grad():
         for fqn, kept in keep.items():

@@ -24,7 +24,7 @@ from torch import nn
 from autoprune.config.policy import Criterion, Policy
 from autoprune.config.sampling import unit_group
 from autoprune.models.layers import is_transposed, out_by_in, weight_of
-from autoprune.pruning.criteria import WANDA_WINDOWS, importance, row_wise
+from autoprune.pruning.criteria import CALIBRATION_WINDOWS, importance, row_wise
 from autoprune.pruning.masks import FoldedMasks, row_mask, row_order
 from autoprune.tasks.data import Split
 
@@ -131,7 +131,7 @@ class LevelDatabase(LevelStore):
 def load_or_build(folder: Path, dense_key: str, model: nn.Module, layers: list[str], criterion: Criterion,
                   data: Split) -> LevelDatabase:
     """The database of this dense model, layers, criterion and calibration data: from ``folder`` or built once."""
-    blob = json.dumps([dense_key, layers, criterion, WANDA_WINDOWS, data.x[:WANDA_WINDOWS].tolist()])
+    blob = json.dumps([dense_key, layers, criterion, CALIBRATION_WINDOWS, data.x[:CALIBRATION_WINDOWS].tolist()])
     path = folder / f"levels-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
     if path.exists():
         return LevelDatabase.load(path)

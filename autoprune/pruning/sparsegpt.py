@@ -19,7 +19,7 @@ from torch import nn
 from autoprune.config.policy import Granularity
 from autoprune.config.sampling import unit_group
 from autoprune.models.layers import is_transposed, out_by_in, weight_of
-from autoprune.pruning.criteria import WANDA_WINDOWS, Criterion, input_sums, register_criterion
+from autoprune.pruning.criteria import CALIBRATION_WINDOWS, Criterion, input_sums, register_criterion
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
@@ -42,7 +42,7 @@ class SparseGPT(Criterion):
                loss_fn: LossFn = nn.functional.cross_entropy) -> dict[str, torch.Tensor]:
         """w²/[H⁻¹]²_jj of every weight (read as out × in, returned in the weight's own layout)."""
         assert data is not None
-        grams = input_grams(model, layers, data.x[:WANDA_WINDOWS])
+        grams = input_grams(model, layers, data.x[:CALIBRATION_WINDOWS])
         out = {}
         for f in layers:
             transposed = is_transposed(model, f)

@@ -29,7 +29,7 @@ from torch import nn
 
 from autoprune.config.policy import Criterion, Policy
 from autoprune.models.layers import is_transposed, out_by_in, weight_of
-from autoprune.pruning.criteria import WANDA_WINDOWS, activation_problem
+from autoprune.pruning.criteria import CALIBRATION_WINDOWS, activation_problem
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import FoldedMasks
 from autoprune.pruning.sparsegpt import BLOCK, DAMP, calibration_groups, input_grams, prepare_unit, prune_prepared
@@ -200,7 +200,7 @@ def load_or_build_sparsegpt(folder: Path, dense_key: str, model: nn.Module, laye
     if reference is not None and not any(abs(r - reference) < 1e-9 for r in levels):
         raise ValueError(f"a sequential level database's reference {reference} must be a stored level "
                          f"(multiples of {levels[0]} up to {levels[-1]})")
-    calibration = data.x[:WANDA_WINDOWS]
+    calibration = data.x[:CALIBRATION_WINDOWS]
     key: list[object] = [dense_key, layers, "sparsegpt", BLOCK, DAMP, levels, calibration.tolist()]
     if reference is not None:  # (dense databases keep their names)
         key.append(["sequential", reference])
