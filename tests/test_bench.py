@@ -108,3 +108,22 @@ def test_tuned_heuristics_get_the_searchs_compute_and_every_method_has_a_compute
     policies = [type("P", (), {"finetune": type("F", (), {"epochs": 2.0})()})() for _ in grid]
     assert len(affordable(policies, 7.0, 0)) == 3 and affordable(policies, None, 0) == policies  # type: ignore[arg-type]
     assert affordable(policies, 0.5, 0) == policies[:1]  # type: ignore[arg-type]
+
+
+def test_a_rerun_benchmark_tops_its_search_up_instead_of_adding_a_whole_budget(tmp_path: Path) -> None:
+    from autoprune.bench.run import bench_space
+    from autoprune.config.space import SearchSpace
+    from autoprune.study import finished_count
+    from conftest import write_space
+
+    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", name="digits_resume", trials=5))
+    out = tmp_path / "out"
+    assert finished_count("bench-digits_resume-autoprune-s0", out) == 0  # no study yet
+    first = bench_space(space, 1, 5, [0.9], out, log=lambda *a: None, methods=("autoprune",))
+    assert finished_count("bench-digits_resume-autoprune-s0", out) == 5
+    again = bench_space(space, 1, 5, [0.9], out, log=lambda *a: None, methods=("autoprune",))
+    assert finished_count("bench-digits_resume-autoprune-s0", out) == 5  # nothing added: the budget was spent
+    assert again.results[0].test == first.results[0].test and again.results[0].trial == first.results[0].trial
+    more = bench_space(space, 1, 7, [0.9], out, log=lambda *a: None, methods=("autoprune",))
+    assert finished_count("bench-digits_resume-autoprune-s0", out) == 7  # a larger budget: topped up by 2
+    assert more.results[0].test[0.9] == more.results[0].test[0.9]

@@ -14,7 +14,7 @@ from autoprune.config.policy import Policy, Schedule
 from autoprune.config.space import SearchSpace
 from autoprune.errors import FinetuneDiverged
 from autoprune.pruning.evaluate import Evaluation, evaluate
-from autoprune.study import SearchOptions, run_search
+from autoprune.study import SearchOptions, finished_count, run_search
 from autoprune.study.setup import Prepared
 from autoprune.tasks import task_class
 
@@ -149,11 +149,13 @@ def bench_study(space: str, method: str, seed: int) -> str:
 
 def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int, runs_dir: Path,
                  track: bool, threads: int | None = None) -> tuple[MethodResult, dict[str, float]]:
-    """Run one search; its answer at a level is the best-validation front point with a target ≥ level, on test."""
+    """Run one search of ``trials`` trials in all (a study an interrupted benchmark left in ``runs_dir`` is topped up,
+    not run again); its answer at a level is the best-validation front point with a target ≥ level, on test."""
     from autoprune.api import search
 
     sp = search_space_for(space, method, levels, trials, seed)
     study = bench_study(space.name, method, seed)
+    trials = max(trials - finished_count(study, runs_dir), 0)
     result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track,
                     threads=threads) if track else run_search(sp, SearchOptions(
         n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir, threads=threads))

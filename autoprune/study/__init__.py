@@ -6,7 +6,7 @@ from autoprune.study.choose import choose_trial, policy_from_trial
 from autoprune.study.search import SearchResult, run_search
 from autoprune.study.setup import SearchOptions, prepare
 from autoprune.study.storage import load_existing, make_storage
-from autoprune.study.trials import front_table, metric_sign, study_user_attrs
+from autoprune.study.trials import finished_count, front_table, metric_sign, study_user_attrs
 
 __all__ = [
     "ProgressSink",
@@ -14,6 +14,7 @@ __all__ = [
     "SearchResult",
     "baseline_targets",
     "choose_trial",
+    "finished_count",
     "front_table",
     "load_existing",
     "make_storage",

@@ -30,6 +30,7 @@ from autoprune.study.storage import load_existing, make_storage
 __all__ = [
     "FINISHED",
     "dense_row",
+    "finished_count",
     "front_row",
     "front_table",
     "front_trials",
@@ -159,3 +160,14 @@ def study_user_attrs(study_name: str, storage: str | None, runs_dir: Path) -> li
     """The user attrs of every complete trial of an existing study, as plain dicts (rung records included)."""
     study = load_existing(study_name, make_storage(storage, runs_dir))
     return [dict(t.user_attrs) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def finished_count(study_name: str, runs_dir: Path, storage: str | None = None) -> int:
+    """How many trials of study ``study_name`` finished (complete, stopped early or failed); 0 when the storage has
+    no such study. A benchmark tops its searches up to their trial budget with it, so rerunning an interrupted
+    ``autoprune bench`` resumes instead of adding a whole budget again."""
+    try:
+        study = load_existing(study_name, make_storage(storage, runs_dir))
+    except ConfigError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
