@@ -224,6 +224,10 @@ class LadderSpec(Strict):
     # compare like with like: a candidate competes at each rung only with candidates of its own schedule (a cubic
     # 3-step schedule squeezed into a short rung's few epochs ranks below one-shot there, whatever it does later)
     stratify: bool = False
+    # the recipe race (0: off): every recipe of the space on the best anchor's own allocation at the largest target,
+    # straight to the last rung, then the best ``race`` of them at every other target (autoprune.study.race): the
+    # recipe is chosen by the production fine-tune, not by the short rungs that rank recipes badly
+    race: int = Field(default=0, ge=0)
     # what ranks candidates at each rung below the last (one name for all, or one per rung): the rung's validation
     # metric, its validation or training loss, or the KL divergence of its outputs to the dense model's.
     # Default: kl_to_dense on a rung without fine-tune, train_loss after one (they predicted the production

@@ -22,6 +22,7 @@ __all__ = [
     "LADDER_STOP",
     "POLICY_OLD",
     "PROMOTED_FROM",
+    "RACE",
     "REASON",
     "RETRY_OF",
     "START_RUNG",
@@ -45,6 +46,7 @@ TARGET = "target"  # an enqueued trial's target size (a sampled one has it as a 
 VIA_PARAMS = "via_params"  # a baseline expressed as the space's own params (its anchor at zero offsets)
 PROMOTED_FROM = "promoted_from"  # a late promotion: the trial it continues
 START_RUNG = "start_rung"  # ... and the rung it resumes at
+RACE = "race"  # a recipe-race trial's round (1: every recipe at the largest target; 2: the best ones at the others)
 TRANSFER_OF = "transfer_of"  # a warm start: the trial (at another size) whose candidate it re-runs
 WORKER = "worker"  # the process running the trial (host, pid, start time)
 REASON = "fail_reason"  # why a trial failed ("interrupted", "worker died", an error)
@@ -54,7 +56,7 @@ STOPPED = "stopped"  # no ladder: the epoch-1 early stop's record
 EVAL = "eval"  # everything the last evaluation measured, with the policy JSON
 SUMMARY = "summary"  # one line for optuna-dashboard's trial table
 POLICY_OLD = "policy"  # the policy JSON in studies from before it moved into EVAL
-CARRIED = (BASELINE, TARGET, VIA_PARAMS, PROMOTED_FROM, START_RUNG)  # attrs a re-run keeps
+CARRIED = (BASELINE, TARGET, VIA_PARAMS, PROMOTED_FROM, START_RUNG, RACE)  # attrs a re-run keeps
 
 # study user attrs
 DENSE_VAL = "dense_val"

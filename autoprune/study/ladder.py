@@ -25,7 +25,16 @@ from typing import Any
 import optuna
 
 from autoprune.config.space import LadderSpec, SearchSpace
-from autoprune.study.attrs import BASELINE, LADDER_STOP, PROMOTED_FROM, START_RUNG, TARGET, VIA_PARAMS, rung_key
+from autoprune.study.attrs import (
+    BASELINE,
+    LADDER_STOP,
+    PROMOTED_FROM,
+    RACE,
+    START_RUNG,
+    TARGET,
+    VIA_PARAMS,
+    rung_key,
+)
 
 __all__ = [
     "SAME_SIZE",
@@ -93,9 +102,11 @@ Reached = tuple[Any, ...]  # (trial, rung, sparsity[, stratum])
 
 def reached(trials: Iterable[tuple[int, dict[str, Any]]], n_rungs: int) -> list[Reached]:
     """``(trial, rung, sparsity, stratum)`` for every rung a searched trial has finished, the last rung included
-    (baselines always climb, outside the quota: they must not take the searched candidates' places)."""
+    (baselines and the recipe race always climb, outside the quota: they must not take the searched candidates'
+    places)."""
     return [(number, r, float(attrs[rung_key(r)]["sparsity"]), str(attrs[rung_key(r)].get("stratum", "")))
-            for number, attrs in trials if BASELINE not in attrs for r in range(n_rungs) if rung_key(r) in attrs]
+            for number, attrs in trials if BASELINE not in attrs and RACE not in attrs
+            for r in range(n_rungs) if rung_key(r) in attrs]
 
 
 def climbed(done: list[Reached], rung: int, sparsity: float, exclude: int | None = None, stratum: str = "") -> int:

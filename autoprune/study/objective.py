@@ -23,6 +23,7 @@ from autoprune.study.attrs import (
     BASELINE,
     EVAL,
     LADDER_STOP,
+    RACE,
     REASON,
     START_RUNG,
     STOPPED,
@@ -161,7 +162,7 @@ class Objective:
         ladder = self.space.ladder
         assert ladder is not None
         last = len(ladder.epochs) - 1
-        always = BASELINE in attrs
+        always = BASELINE in attrs or RACE in attrs
         for r in range(int(attrs.get(START_RUNG, 0)), last + 1):
             tokens = ladder.tokens[r] if ladder.tokens is not None and r < last else None
             ev = self.rung(policy, ladder.epochs[r], tokens, r == last)

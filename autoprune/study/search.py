@@ -25,6 +25,7 @@ from autoprune.study.identity import check_study_parts, refuse_other_parts, stud
 from autoprune.study.ladder import compute_spent, enqueue_promotions
 from autoprune.study.liveness import recover
 from autoprune.study.objective import CANDIDATE_ERRORS, Objective
+from autoprune.study.race import enqueue_race
 from autoprune.study.sampler import search_distributions
 from autoprune.study.setup import Prepared, SearchOptions, open_search_study, prepare
 from autoprune.study.storage import enqueue_lock, load_existing, make_storage
@@ -238,6 +239,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
         enqueue_baselines(study, space, prep.ctx, prep.heuristics)
         enqueue_promotions(study, space)  # a resumed study continues its ladder first
+        enqueue_race(study, space, prep.ctx)
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, stores=prep.stores)
     targets = list(space.targets.grid or [])
     shares = worker_shares(n_trials, opts.workers)
@@ -251,6 +253,8 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
                 enqueue_promotions(st, space)
                 if space.ladder.transfer and trial.state == optuna.trial.TrialState.COMPLETE:
                     enqueue_transfers(st, space)  # a new production score may be a size's new best
+                if space.ladder.race:
+                    enqueue_race(st, space, prep.ctx)  # the race's next round once the last one finished
         if listener is not None:
             listener.on_trial(to_record(trial))
             handed.append(trial.number)

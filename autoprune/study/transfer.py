@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config.space import SearchSpace
-from autoprune.study.attrs import BASELINE, TARGET, TRANSFER_OF
+from autoprune.study.attrs import BASELINE, RACE, TARGET, TRANSFER_OF
 from autoprune.study.sampler import target_of
 
 __all__ = ["enqueue_transfers", "transfer_params"]
@@ -54,8 +54,8 @@ def enqueue_transfers(study: optuna.Study, space: SearchSpace) -> int:
         _key(t.system_attrs["fixed_params"]) for t in trials if "fixed_params" in t.system_attrs}
     added = 0
     for source in best.values():
-        if BASELINE in source.user_attrs:  # the declared recipe: nothing to carry over
-            continue
+        if BASELINE in source.user_attrs or RACE in source.user_attrs:  # the declared recipe: nothing to carry
+            continue  # over; the recipe race carries its own recipes to the other sizes
         for target in grid:
             if target == target_of(source):
                 continue
