@@ -220,6 +220,23 @@ def test_sequential_calibration_feeds_each_block_the_already_pruned_blocks_outpu
         assert int((weight_of(sequential, f) == 0).sum()) == round(0.5 * weight_of(sequential, f).numel())
 
 
+def test_a_sequential_pass_ends_at_its_block_with_the_same_statistics() -> None:
+    from autoprune.pruning.sparsegpt import calibration_groups, group_end, input_grams
+
+    model, layers, splits, _ = _tiny()
+    blocks = calibration_groups(model, layers, sequential=True)
+    assert group_end(model, blocks[0]) == "hf.model.layers.0" and group_end(model, layers) is None
+    head_runs = []
+    handle = model.get_submodule("hf.lm_head").register_forward_hook(lambda *a: head_runs.append(1))
+    x = splits.train.x[:12]
+    full = input_grams(model, blocks[0], x)
+    assert len(head_runs) == 2  # two batches of 8, through the whole model
+    early = input_grams(model, blocks[0], x, stop_after="hf.model.layers.0")
+    handle.remove()
+    assert len(head_runs) == 2  # the head (and every later block) never ran
+    assert set(early) == set(blocks[0]) and all(torch.equal(full[f], early[f]) for f in blocks[0])
+
+
 def test_a_sequential_database_equals_sequential_pruning_at_its_reference_for_any_allocation(tmp_path: Path) -> None:
     from autoprune.pruning.sparsegpt import calibration_groups
     from autoprune.pruning.weight_levels import SequentialLevels

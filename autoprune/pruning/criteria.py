@@ -9,6 +9,7 @@ space's ``criteria`` — like a user's ``Task``.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
@@ -193,13 +194,19 @@ class Taylor(Criterion):
         return scores
 
 
+class _PassEnds(Exception):
+    """Raised by the ``stop_after`` module's forward hook: what the statistics need has run."""
+
+
 @torch.no_grad()
 def input_sums(model: nn.Module, layers: list[str], inputs: torch.Tensor,
-               stat: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 8
+               stat: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 8, stop_after: str | None = None
                ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Σ ``stat(X)`` of each layer's input rows X (tokens × in_features) over every example of ``inputs`` (forward
     hooks, batches of ``batch_size``, sums in float64 so they do not depend on how the batches are cut), and how
-    many rows each layer saw."""
+    many rows each layer saw. ``stop_after``: a module whose forward ends each batch's pass (the decoder block that
+    holds ``layers``: the blocks after it and the head would compute nothing the sums use; a module run more than
+    once per forward, e.g. a block shared across depth, ends the pass at its first run)."""
     sums: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
 
@@ -210,12 +217,18 @@ def input_sums(model: nn.Module, layers: list[str], inputs: torch.Tensor,
             rows[fqn] = rows.get(fqn, 0) + x.shape[0]
         return record
 
+    def end(*_: object) -> None:
+        raise _PassEnds
+
     handles = [unit_module(model, f).register_forward_hook(hook(f)) for f in layers]
+    if stop_after is not None:  # registered last: on a unit that is its own group, its sums are recorded first
+        handles.append(model.get_submodule(stop_after).register_forward_hook(end))
     was_training = model.training
     model.eval()
     try:
         for i in range(0, inputs.shape[0], batch_size):
-            model(inputs[i:i + batch_size])
+            with contextlib.suppress(_PassEnds):
+                model(inputs[i:i + batch_size])
     finally:
         for h in handles:
             h.remove()

@@ -23,8 +23,8 @@ from autoprune.pruning.criteria import CALIBRATION_WINDOWS, Criterion, input_sum
 from autoprune.tasks.data import Split
 from autoprune.tasks.training import LossFn
 
-__all__ = ["BLOCK", "DAMP", "SparseGPT", "calibration_groups", "input_grams", "prepare_unit", "prune_model",
-           "prune_prepared", "sparsegpt_prune"]
+__all__ = ["BLOCK", "DAMP", "SparseGPT", "calibration_groups", "group_end", "input_grams", "prepare_unit",
+           "prune_model", "prune_prepared", "sparsegpt_prune"]
 
 BLOCK = 128  # columns whose mask is chosen together (lazy batch updates)
 DAMP = 0.01  # dampening added to H's diagonal, as a fraction of its mean (keeps the Cholesky factorisation stable)
@@ -52,10 +52,11 @@ class SparseGPT(Criterion):
         return out
 
 
-def input_grams(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8
-                ) -> dict[str, torch.Tensor]:
-    """H = 2·XᵀX / n of each Linear's inputs X (n tokens × in_features) over every token of ``inputs``."""
-    sums, rows = input_sums(model, layers, inputs, lambda x: x.float().T @ x.float(), batch_size)
+def input_grams(model: nn.Module, layers: list[str], inputs: torch.Tensor, batch_size: int = 8,
+                stop_after: str | None = None) -> dict[str, torch.Tensor]:
+    """H = 2·XᵀX / n of each Linear's inputs X (n tokens × in_features) over every token of ``inputs``
+    (``stop_after``: the module that ends each forward pass, see :func:`input_sums`)."""
+    sums, rows = input_sums(model, layers, inputs, lambda x: x.float().T @ x.float(), batch_size, stop_after)
     return {f: (2.0 * sums[f] / max(rows[f], 1)).float() for f in layers}
 
 
@@ -72,6 +73,16 @@ def calibration_groups(model: nn.Module, units: list[str], sequential: bool) -> 
     return list(groups.values())
 
 
+def group_end(model: nn.Module, group: list[str]) -> str | None:
+    """The module whose forward ends a calibration pass for one sequential ``group``: the decoder block holding all
+    its units (None when they share no block module, e.g. the dense pass over every unit)."""
+    block = unit_group(group[0], "block")
+    names = dict(model.named_modules())
+    if block not in names or any(unit_group(f, "block") != block for f in group):
+        return None
+    return block
+
+
 @torch.no_grad()
 def prune_model(model: nn.Module, ratios: dict[str, float], inputs: torch.Tensor,
                 granularity: Granularity | None = None, sequential: bool = False,
@@ -85,7 +96,7 @@ def prune_model(model: nn.Module, ratios: dict[str, float], inputs: torch.Tensor
     keep: dict[str, torch.Tensor] = {}
     final: dict[str, torch.Tensor] = {}  # with a reference: each unit's own-ratio weight, written at the end
     for group in calibration_groups(model, list(ratios), sequential):
-        grams = input_grams(model, group, inputs)
+        grams = input_grams(model, group, inputs, stop_after=group_end(model, group) if sequential else None)
         for fqn in group:
             weight, transposed = weight_of(model, fqn), is_transposed(model, fqn)  # SparseGPT reads (out, in)
             w, hinv = prepare_unit(out_by_in(weight, transposed), grams.pop(fqn))

@@ -32,7 +32,15 @@ from autoprune.models.layers import is_transposed, out_by_in, weight_of
 from autoprune.pruning.criteria import CALIBRATION_WINDOWS, activation_problem
 from autoprune.pruning.levels import LevelStore
 from autoprune.pruning.masks import FoldedMasks
-from autoprune.pruning.sparsegpt import BLOCK, DAMP, calibration_groups, input_grams, prepare_unit, prune_prepared
+from autoprune.pruning.sparsegpt import (
+    BLOCK,
+    DAMP,
+    calibration_groups,
+    group_end,
+    input_grams,
+    prepare_unit,
+    prune_prepared,
+)
 from autoprune.tasks.data import Split
 
 __all__ = ["LEVEL_STEP", "LEVEL_TOP", "SequentialLevels", "SparseGPTLevels", "level_grid", "load_or_build_sparsegpt"]
@@ -175,7 +183,8 @@ def build_units(db: SparseGPTLevels, model: nn.Module, calibration: torch.Tensor
         groups, work = calibration_groups(model, list(db.shapes), sequential=True), copy.deepcopy(model)
     for group in groups:
         missing = [f for f in group if f in todo]
-        grams = input_grams(work, missing, calibration) if missing else {}
+        end = group_end(work, group) if reference is not None else None  # the blocks after it are not needed
+        grams = input_grams(work, missing, calibration, stop_after=end) if missing else {}
         for fqn in missing:
             _write_unit(db, work, fqn, grams.pop(fqn))
             done += 1
