@@ -14,8 +14,8 @@ from autoprune.config.budget import project_to_budget, snap_to_levels, weighted_
 from autoprune.config.policy import Policy
 from autoprune.config.space import SearchSpace
 
-__all__ = ["SampleContext", "Suggest", "choose", "fixed_choices", "on_levels", "sample", "sample_target",
-           "unit_group"]
+__all__ = ["SampleContext", "Suggest", "choose", "fixed_choices", "on_levels", "recipe_choices", "sample",
+           "sample_target", "unit_group"]
 
 
 class Suggest(Protocol):
@@ -104,13 +104,19 @@ def choose(suggest: Suggest, name: str, choices: list[Any]) -> Any:
     return choices[0] if len(choices) == 1 else suggest.suggest_categorical(name, choices)
 
 
-def fixed_choices(space: SearchSpace) -> dict[str, Any]:
-    """The categorical params a trial of ``space`` carries (single-option ones are left out)."""
+def recipe_choices(space: SearchSpace) -> dict[str, list[Any]]:
+    """The categorical params a trial of ``space`` carries (its recipe: criterion, schedule, fine-tune epochs without
+    a ladder, LR scale, decay, distillation), each with its choices; single-option ones are not params."""
     cats: dict[str, list[Any]] = {"criterion": list(space.criteria), "schedule": [s.label for s in space.schedules],
             "ft_epochs": [] if space.ladder is not None else list(space.finetune.epochs),
             "ft_lr_scale": list(space.finetune.lr_scale), "ft_decay": list(space.finetune.decay),
             "ft_distill": list(space.finetune.distill)}
-    return {k: v[0] for k, v in cats.items() if len(v) > 1}
+    return {k: v for k, v in cats.items() if len(v) > 1}
+
+
+def fixed_choices(space: SearchSpace) -> dict[str, Any]:
+    """The categorical params a trial of ``space`` carries, each at its first (declared) choice."""
+    return {k: v[0] for k, v in recipe_choices(space).items()}
 
 
 def _sample_ratios(space: SearchSpace, suggest: Suggest, ctx: SampleContext) -> dict[str, float]:

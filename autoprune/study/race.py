@@ -25,23 +25,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.config.sampling import SampleContext, fixed_choices, unit_group
+from autoprune.config.sampling import SampleContext, recipe_choices, unit_group
 from autoprune.config.space import SearchSpace
 from autoprune.study.attrs import BASELINE, RACE, START_RUNG, TARGET
 from autoprune.study.baselines import baseline_targets
 from autoprune.study.sampler import target_of
 
-__all__ = ["enqueue_race", "race_anchor", "recipe_choices", "recipe_grid_params"]
+__all__ = ["enqueue_race", "race_anchor", "recipe_grid_params"]
 
 _OPEN = (TrialState.WAITING, TrialState.RUNNING)
-
-
-def recipe_choices(space: SearchSpace) -> dict[str, list[Any]]:
-    """The recipe params a trial of ``space`` carries, each with its choices (single-option ones are not params)."""
-    every: dict[str, list[Any]] = {"criterion": list(space.criteria), "schedule": [s.label for s in space.schedules],
-             "ft_lr_scale": list(space.finetune.lr_scale), "ft_decay": list(space.finetune.decay),
-             "ft_distill": list(space.finetune.distill)}
-    return {k: v for k, v in every.items() if k in fixed_choices(space)}
 
 
 def recipe_grid_params(space: SearchSpace) -> list[dict[str, Any]]:
