@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_tuned_heuristics_get_the_searchs_compute_and_every_method_has_a_compute
 
 
 def test_a_rerun_benchmark_tops_its_search_up_instead_of_adding_a_whole_budget(tmp_path: Path) -> None:
-    from autoprune.bench.run import bench_space
+    from autoprune.bench.run import bench_space, overhead_rows
     from autoprune.config.space import SearchSpace
     from autoprune.study import finished_count
     from conftest import write_space
@@ -124,6 +125,8 @@ def test_a_rerun_benchmark_tops_its_search_up_instead_of_adding_a_whole_budget(t
     again = bench_space(space, 1, 5, [0.9], out, log=lambda *a: None, methods=("autoprune",))
     assert finished_count("bench-digits_resume-autoprune-s0", out) == 5  # nothing added: the budget was spent
     assert again.results[0].test == first.results[0].test and again.results[0].trial == first.results[0].trial
+    rows = overhead_rows(again.overhead)  # the resumed search evaluated nothing: no share to divide by
+    assert again.overhead["trials_here"] == 0 and math.isnan(rows[-2]["share"])
     more = bench_space(space, 1, 7, [0.9], out, log=lambda *a: None, methods=("autoprune",))
     assert finished_count("bench-digits_resume-autoprune-s0", out) == 7  # a larger budget: topped up by 2
     assert more.results[0].test[0.9] == more.results[0].test[0.9]

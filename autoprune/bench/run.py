@@ -140,7 +140,8 @@ def write_outputs(res: BenchResult, out_dir: Path) -> Any:
 
 
 def overhead_rows(o: dict[str, float]) -> list[dict[str, Any]]:
-    """Per-trial cost breakdown of the autoprune search (seed 0)."""
+    """Per-trial cost breakdown of the autoprune search (seed 0); NaN shares where this run evaluated nothing (a
+    resumed benchmark whose search had already spent its budget)."""
     n = max(o.get("trials_here", 1.0), 1.0)
     per_trial = o.get("optimize_s", math.nan) / n
     rows = [("sampling + projection (in objective)", o.get("mean_time_sample", math.nan)),
@@ -156,7 +157,8 @@ def overhead_rows(o: dict[str, float]) -> list[dict[str, Any]]:
     machinery = o.get("overhead_s_per_trial", math.nan) - o.get("tracking_s_per_trial", 0.0)
     eval_per_trial = o.get("eval_s", math.nan) / n
     out.append({"part": "sampler + projection + storage, share of evaluation time (goal ≤ 5 %)",
-                "ms_per_trial": machinery * 1e3, "share": machinery / eval_per_trial})
+                "ms_per_trial": machinery * 1e3,
+                "share": machinery / eval_per_trial if eval_per_trial else math.nan})  # NaN: no trial ran here
     out.append({"part": "fine-tune loop throughput vs plain PyTorch loop", "ms_per_trial": math.nan,
                 "share": o.get("throughput_ratio", math.nan)})
     return out
