@@ -26,7 +26,7 @@ def readme_snippet() -> str:
 def test_readme_api_snippet_runs_and_search_can_be_called_again(space_path: Path, runs_dir: Path, tmp_path: Path,
                                                                 workspace: object) -> None:
     code = readme_snippet()
-    swaps = {'"search_spaces/digits_cnn.yaml"': repr(str(space_path)), "n_trials=60": "n_trials=6",
+    swaps = {'"search_spaces/digits_cnn.yaml"': repr(str(space_path)), "n_trials=100": "n_trials=6",
              "n_trials=10": "n_trials=2", "max_size=0.1": "max_size=1.0"}
     for old, new in swaps.items():
         assert old in code, f"README snippet changed: {old} not found"
