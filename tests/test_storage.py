@@ -49,6 +49,35 @@ def test_journal_fsyncs_off_the_search_thread(tmp_path: Path, monkeypatch: pytes
     assert [t.user_attrs["note"]["x"] for t in reread.trials] == [t.params["x"] for t in study.trials]
 
 
+def test_a_ctrl_c_while_optuna_records_a_trial_stops_the_search_cleanly_after_it(
+        space_path: Path, runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from autoprune.study import load_existing
+
+    real = JournalStorage.set_trial_state_values
+    fired: list[int] = []
+
+    def ctrl_c_during_tell(self: JournalStorage, trial_id: int, state: optuna.trial.TrialState,
+                           values: object = None) -> bool:
+        if state == optuna.trial.TrialState.COMPLETE and not fired:
+            fired.append(trial_id)
+            signal.raise_signal(signal.SIGINT)  # as a terminal's Ctrl-C would land, inside Optuna's tell
+        return real(self, trial_id, state, values)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JournalStorage, "set_trial_state_values", ctrl_c_during_tell)
+    space = SearchSpace.from_yaml(space_path).model_copy(update={"name": "ctrl_c_tell"})
+    # Optuna's _run_trial alone turns this into an UnboundLocalError; held, it is the interrupt, after the tell
+    with pytest.raises(KeyboardInterrupt):
+        run_search(space, SearchOptions(n_trials=5, runs_dir=runs_dir, threads=1))
+    assert fired and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # nothing left held
+    trials = load_existing("ctrl_c_tell", make_storage(None, runs_dir)).trials
+    told = next(t for t in trials if t._trial_id == fired[0])
+    assert told.state == optuna.trial.TrialState.COMPLETE  # recorded whole
+    later = [t.state for t in trials if t.number > told.number]  # the search stopped at that trial: nothing ran after
+    assert all(state == optuna.trial.TrialState.WAITING for state in later)
+
+
 def test_tpe_space_is_what_a_searched_candidate_asks(space_path: Path, runs_dir: Path) -> None:
     space = SearchSpace.from_yaml(space_path)
     prep = prepare(space, "cpu", runs_dir)

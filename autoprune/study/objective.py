@@ -43,6 +43,7 @@ from autoprune.study.ladder import (
     scores_of,
 )
 from autoprune.study.liveness import this_worker
+from autoprune.study.storage import hold_interrupts
 from autoprune.workspace import Workspace
 
 __all__ = [
@@ -136,6 +137,13 @@ class Objective:
         return rule_fn
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        try:
+            return self.run(trial)
+        finally:
+            hold_interrupts()  # Optuna tells the storage next: a Ctrl-C waits for the trial callback (after the tell)
+
+    def run(self, trial: optuna.Trial) -> tuple[float, float]:
+        """Evaluate one trial (climb the ladder, or the single short rung) and record it; returns its objectives."""
         t0 = time.perf_counter()
         self.trials_run += 1
         trial.set_user_attr(WORKER, self.worker)  # who runs it: a later open re-runs it if this process dies

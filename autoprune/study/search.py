@@ -28,7 +28,7 @@ from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.race import enqueue_race
 from autoprune.study.sampler import search_distributions
 from autoprune.study.setup import Prepared, SearchOptions, open_search_study, prepare
-from autoprune.study.storage import enqueue_lock, load_existing, make_storage
+from autoprune.study.storage import deliver_interrupts, enqueue_lock, load_existing, make_storage
 from autoprune.study.transfer import enqueue_transfers
 from autoprune.study.trials import (
     FINISHED,
@@ -248,6 +248,7 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         progress.start(n_trials, f"search {study.study_name}")
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        deliver_interrupts()  # a Ctrl-C held while Optuna told the storage this trial's result lands here
         if space.ladder is not None:
             with enqueue_lock(st):  # new scores at a rung may lift a stopped candidate into its best part
                 enqueue_promotions(st, space)
@@ -275,9 +276,11 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     try:
         study.optimize(objective, n_trials=shares[-1], timeout=opts.timeout, callbacks=[on_trial],
                        catch=CANDIDATE_ERRORS)
+        deliver_interrupts()  # (a trial that ended the loop by raising skipped the callback)
         for p in procs:
             p.join()
     finally:
+        deliver_interrupts(raise_held=False)
         if progress is not None:
             progress.stop()
         stop_workers(procs)

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
 
-__all__ = ["SIZE_NAMES", "TrialDurableJournal", "enqueue_lock", "first_damage", "load_existing", "make_storage",
-           "metric_names", "open_study", "repair_journal"]
+__all__ = ["SIZE_NAMES", "TrialDurableJournal", "deliver_interrupts", "enqueue_lock", "first_damage", "hold_interrupts",
+           "load_existing", "make_storage", "metric_names", "open_study", "repair_journal"]
 
 SIZE_NAMES = {"nonzeros": "size (nonzero parameters, fraction of dense)",
               "bytes": "size (bytes in the best sparse format, fraction of dense)",
@@ -83,22 +83,18 @@ class _BackgroundFsync:
                 self._cond.notify_all()
 
 
-@contextlib.contextmanager
-def _ctrl_c_after() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) or SIGTERM until the block ends, then raise it: a journal write and its lock release
-    are done whole. (Python runs signal handlers in the main thread only, so only there can they be swapped.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if signal.SIGTERM in caught:  # its own handler (Terminated, see autoprune.processes) or default, after the write
+def _hold_into(caught: list[int]) -> dict[int, Any]:
+    """Swap SIGINT's and SIGTERM's handlers for ones that append to ``caught``; returns the previous handlers."""
+    return {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _deliver(caught: list[int], previous: dict[int, Any]) -> None:
+    """Restore ``previous`` handlers, then raise what was held: SIGTERM through its own handler (Terminated, see
+    autoprune.processes) or its default, a Ctrl-C as KeyboardInterrupt."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if signal.SIGTERM in caught:
         term = previous[signal.SIGTERM]
         if callable(term):
             term(signal.SIGTERM, None)
@@ -106,6 +102,52 @@ def _ctrl_c_after() -> Iterator[None]:
             signal.raise_signal(signal.SIGTERM)
     if caught:
         raise KeyboardInterrupt
+
+
+class _Hold:
+    """The signals held between a trial's end and the search's trial callback (see :func:`hold_interrupts`)."""
+
+    previous: ClassVar[dict[int, Any] | None] = None
+    caught: ClassVar[list[int]] = []
+
+
+def hold_interrupts() -> None:
+    """Hold a Ctrl-C or SIGTERM from now until :func:`deliver_interrupts`. Optuna 5's ``_run_trial`` cannot take
+    one while it tells the storage a trial's result: the interrupt becomes an ``UnboundLocalError`` traceback and
+    exit code 1 instead of the one-line stop (seen on CI). The objective holds them as it ends; the search's trial
+    callback, called after the tell, delivers them. Main thread only; a second hold is a no-op."""
+    if threading.current_thread() is not threading.main_thread() or _Hold.previous is not None:
+        return
+    _Hold.caught = []
+    _Hold.previous = _hold_into(_Hold.caught)
+
+
+def deliver_interrupts(raise_held: bool = True) -> None:
+    """End a hold (nothing without one) and raise what arrived during it; ``raise_held=False`` only ends it (an
+    exception is already on its way out)."""
+    previous, caught = _Hold.previous, _Hold.caught
+    if previous is None:
+        return
+    _Hold.previous = None
+    _deliver(caught if raise_held else [], previous)
+
+
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) or SIGTERM until the block ends, then raise it: a journal write and its lock release
+    are done whole. (Python runs signal handlers in the main thread only, so only there can they be swapped; under
+    :func:`hold_interrupts` they are held already.)"""
+    if threading.current_thread() is not threading.main_thread() or _Hold.previous is not None:
+        yield
+        return
+    caught: list[int] = []
+    previous = _hold_into(caught)
+    try:
+        yield
+    except BaseException:
+        _deliver([], previous)  # the handlers back; the error goes on
+        raise
+    _deliver(caught, previous)
 
 
 class TrialDurableJournal(JournalFileBackend):

@@ -10,6 +10,7 @@ from autoprune.config.space import SearchSpace
 from autoprune.processes import exit_with_parent, interrupt_on_sigterm
 from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.setup import SearchOptions, open_search_study, prepare
+from autoprune.study.storage import deliver_interrupts
 
 __all__ = ["spawn_workers", "stop_workers", "worker_main", "worker_shares"]
 
@@ -23,7 +24,12 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
     study = open_search_study(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, stores=prep.stores)
-    study.optimize(objective, n_trials=n_trials, timeout=opts.timeout, catch=CANDIDATE_ERRORS)
+    try:  # an interrupt held through a trial's tell (see hold_interrupts) lands after it
+        study.optimize(objective, n_trials=n_trials, timeout=opts.timeout, catch=CANDIDATE_ERRORS,
+                       callbacks=[lambda st, t: deliver_interrupts()])
+        deliver_interrupts()
+    finally:
+        deliver_interrupts(raise_held=False)
 
 
 def worker_shares(n_trials: int, workers: int) -> list[int]:
