@@ -30,6 +30,7 @@ from autoprune.config.space import SearchSpace
 from autoprune.study.attrs import BASELINE, RACE, START_RUNG, TARGET
 from autoprune.study.baselines import baseline_targets
 from autoprune.study.sampler import target_of
+from autoprune.study.trials import metric_sign
 
 __all__ = ["enqueue_race", "race_anchor", "recipe_grid_params"]
 
@@ -42,10 +43,11 @@ def recipe_grid_params(space: SearchSpace) -> list[dict[str, Any]]:
     return [dict(zip(choices, combo, strict=True)) for combo in itertools.product(*choices.values())]
 
 
-def race_anchor(trials: list[optuna.trial.FrozenTrial], anchors: list[str], target: float,
-                maximize: bool) -> str | None:
+def race_anchor(trials: list[optuna.trial.FrozenTrial], anchors: list[str], target: float, sign: float
+                ) -> str | None:
     """The anchor whose baseline scored best at ``target`` once every anchor's baseline there has finished; the
-    first anchor when none of them has a baseline at ``target``; None while one is still to finish."""
+    first anchor when none of them has a baseline at ``target``; None while one is still to finish. ``sign``: the
+    study's :func:`~autoprune.study.trials.metric_sign`."""
     mine = [t for t in trials if t.user_attrs.get(BASELINE) in anchors and target_of(t) == target]
     if not mine:
         return anchors[0]
@@ -54,7 +56,7 @@ def race_anchor(trials: list[optuna.trial.FrozenTrial], anchors: list[str], targ
     done = [t for t in mine if t.state == TrialState.COMPLETE and t.values]
     if not done:
         return anchors[0]
-    best = max(done, key=lambda t: (1.0 if maximize else -1.0) * t.values[0])
+    best = max(done, key=lambda t: sign * t.values[0])
     return str(best.user_attrs[BASELINE])
 
 
@@ -79,10 +81,10 @@ def enqueue_race(study: optuna.Study, space: SearchSpace, ctx: SampleContext) ->
     race = [t for t in trials if RACE in t.user_attrs]
     targets = sorted(baseline_targets(space))
     top = targets[-1]
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    sign = metric_sign(study)
     last = len(ladder.epochs) - 1
     if not race:  # round 1: every recipe at the largest target
-        anchor = race_anchor(trials, anchors, top, maximize)
+        anchor = race_anchor(trials, anchors, top, sign)
         if anchor is None:
             return 0
         todo = [(_params(space, ctx, recipe, anchor, top), 1) for recipe in recipe_grid_params(space)]
@@ -91,7 +93,7 @@ def enqueue_race(study: optuna.Study, space: SearchSpace, ctx: SampleContext) ->
         if any(t.user_attrs[RACE] == 2 for t in race) or any(t.state in _OPEN for t in first):
             return 0
         done = [t for t in first if t.state == TrialState.COMPLETE and t.values]
-        done.sort(key=lambda t: (-1.0 if maximize else 1.0) * t.values[0])
+        done.sort(key=lambda t: -sign * t.values[0])
         keys = list(recipe_choices(space))
         recipes = list({tuple(t.params[k] for k in keys): None for t in done})[: ladder.race]
         anchor = done[0].params.get("anchor", anchors[0]) if done else anchors[0]

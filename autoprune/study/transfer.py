@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config.space import SearchSpace
 from autoprune.study.attrs import BASELINE, RACE, TARGET, TRANSFER_OF
 from autoprune.study.sampler import target_of
+from autoprune.study.trials import metric_sign
 
 __all__ = ["enqueue_transfers", "transfer_params"]
 
@@ -42,7 +43,7 @@ def enqueue_transfers(study: optuna.Study, space: SearchSpace) -> int:
     if len(grid) < 2 or space.ladder is None or space.parametrization != "projected":
         return 0
     trials = study.get_trials(deepcopy=False)
-    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    sign = metric_sign(study)
     best: dict[float, FrozenTrial] = {}
     for t in trials:
         target = target_of(t)
