@@ -32,13 +32,16 @@ def check_sampler(name: str | None) -> None:
 
 
 def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, timeout: float | None = None,
+           max_epochs: float | None = None,
            storage: str | None = None, study: str | None = None, workers: int = 1, seed: int | None = None,
            sampler: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
            tracking_uri: str | None = None, track: bool = True, progress: Any = None,
            threads: int | None = None) -> Any:
     """Run (or resume) a search; returns a :class:`~autoprune.study.SearchResult`.
 
-    ``track=False`` skips MLflow; ``tracking_uri`` points at a real MLflow server instead of runs/mlflow.db;
+    ``max_epochs``: stop starting trials once the study has spent this many fine-tune epochs (all rungs, all
+    trials, earlier runs of the study included); ``track=False`` skips MLflow; ``tracking_uri`` points at a real
+    MLflow server instead of runs/mlflow.db;
     ``threads``: torch threads per process (default: 1 for a small model, else the cores shared by the workers).
     """
     from autoprune.study import SearchOptions, run_search
@@ -46,8 +49,9 @@ def search(space: SearchSpace | str | Path, *, n_trials: int | None = None, time
     check_sampler(sampler)
     check_runs_folder(Path(runs_dir))  # the journal, MLflow store and model cache live there
     sp = load_space(space)
-    opts = SearchOptions(n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, workers=workers,
-                         seed=seed, sampler=sampler, device=device, runs_dir=Path(runs_dir), threads=threads)
+    opts = SearchOptions(n_trials=n_trials, timeout=timeout, max_epochs=max_epochs, storage=storage,
+                         study_name=study, workers=workers, seed=seed, sampler=sampler, device=device,
+                         runs_dir=Path(runs_dir), threads=threads)
     listener = None
     if track:
         from autoprune.tracking.worker import MlflowListener

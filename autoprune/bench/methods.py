@@ -6,13 +6,14 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from autoprune.config.budget import project_to_budget
 from autoprune.config.policy import Policy, Schedule
 from autoprune.config.space import SearchSpace
-from autoprune.errors import FinetuneDiverged
+from autoprune.errors import ConfigError, FinetuneDiverged
 from autoprune.pruning.evaluate import Evaluation, evaluate
 from autoprune.study import SearchOptions, finished_count, run_search
 from autoprune.study.setup import Prepared
@@ -29,6 +30,7 @@ __all__ = [
     "affordable",
     "base_policy",
     "bench_study",
+    "grid_epochs",
     "heuristic_policy",
     "recipe_grid",
     "run_heuristic",
@@ -101,12 +103,25 @@ def recipe_grid(space: SearchSpace, policy: Policy) -> list[Policy]:
     """``policy`` under every combination of the space's recipe choices (LR scale, decay, distillation, schedule,
     criterion)."""
     out = []
-    ft = space.finetune
-    for crit, sched, lr_scale, decay, distill in itertools.product(space.criteria, space.schedules, ft.lr_scale,
-                                                                   ft.decay, ft.distill):
+    for crit, sched, lr_scale, decay, distill in itertools.product(*_recipe_axes(space)):
         recipe = space.finetune_recipe(policy.finetune.epochs, lr_scale, decay, distill)
         out.append(policy.model_copy(update={"criterion": crit, "schedule": sched, "finetune": recipe}))
     return out
+
+
+def _recipe_axes(space: SearchSpace) -> tuple[list[Any], ...]:
+    """The recipe choices a tuned heuristic's grid crosses: criteria, schedules, LR scales, decays, distillation."""
+    ft = space.finetune
+    return list(space.criteria), list(space.schedules), list(ft.lr_scale), list(ft.decay), list(ft.distill)
+
+
+def grid_epochs(space: SearchSpace, levels: list[float]) -> float:
+    """Fine-tune epochs a tuned heuristic's whole recipe grid costs over ``levels`` (every recipe at the production
+    epochs): the budget that puts a search at equal compute with the ``<h>_tuned`` rows (``--max-epochs grid``)."""
+    if (space.ladder is not None and space.ladder.steps) or space.finetune.steps:
+        raise ConfigError(f"--max-epochs grid: space {space.name!r} budgets its fine-tune in optimizer steps; give "
+                          "the budget in epochs instead")
+    return math.prod(len(axis) for axis in _recipe_axes(space)) * len(levels) * space.default_recipe().epochs
 
 
 def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int,
@@ -148,17 +163,19 @@ def bench_study(space: str, method: str, seed: int) -> str:
 
 
 def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int, runs_dir: Path,
-                 track: bool, threads: int | None = None) -> tuple[MethodResult, dict[str, float]]:
-    """Run one search of ``trials`` trials in all (a study an interrupted benchmark left in ``runs_dir`` is topped up,
-    not run again); its answer at a level is the best-validation front point with a target ≥ level, on test."""
+                 track: bool, threads: int | None = None, max_epochs: float | None = None
+                 ) -> tuple[MethodResult, dict[str, float]]:
+    """Run one search of ``trials`` trials in all, or until it has spent ``max_epochs`` fine-tune epochs (a study an
+    interrupted benchmark left in ``runs_dir`` is topped up, not run again); its answer at a level is the
+    best-validation front point with a target ≥ level, on test."""
     from autoprune.api import search
 
     sp = search_space_for(space, method, levels, trials, seed)
     study = bench_study(space.name, method, seed)
     trials = max(trials - finished_count(study, runs_dir), 0)
     result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track,
-                    threads=threads) if track else run_search(sp, SearchOptions(
-        n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir, threads=threads))
+                    threads=threads, max_epochs=max_epochs) if track else run_search(sp, SearchOptions(
+        n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir, threads=threads, max_epochs=max_epochs))
     res = MethodResult(method, seed, seconds=result.summary["wall_s"],
                        compute={k: float(v) for k, v in result.summary.items()
                                 if k in ("finetune_epochs", "eval_seconds", "rung1_s", "complete", "trials")})

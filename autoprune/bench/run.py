@@ -20,6 +20,7 @@ from autoprune.bench.methods import (
     TUNED,
     MethodResult,
     bench_study,
+    grid_epochs,
     run_heuristic,
     run_resequenced,
     run_searcher,
@@ -38,6 +39,7 @@ __all__ = [
     "compute_rows",
     "default_out_dir",
     "overhead_rows",
+    "parse_budget",
     "parse_methods",
     "time_rows",
     "tuned_budget",
@@ -67,13 +69,15 @@ class BenchResult:
 
 
 def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
-                log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS, threads: int | None = None
-                ) -> BenchResult:
-    """Run every method for every seed on one search space (``threads``: torch threads; default per model size)."""
+                log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS, threads: int | None = None,
+                max_epochs: float | str | None = None) -> BenchResult:
+    """Run every method for every seed on one search space (``threads``: torch threads; default per model size;
+    ``max_epochs``: each search's fine-tune epoch budget, ``"grid"`` for a tuned heuristic's whole recipe grid)."""
     check_runs_folder(out_dir)
     t0 = time.perf_counter()
     results: list[MethodResult] = []
     overhead: dict[str, float] = {}
+    budget = grid_epochs(space, levels) if max_epochs == "grid" else None if max_epochs is None else float(max_epochs)
     for seed in range(seeds):
         # the benchmark's levels as the grid: what is built per target (sequential SparseGPT databases) is built
         # for these levels only
@@ -84,7 +88,7 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
         wanted = set(methods) | ({"autoprune"} if "autoprune_seq" in methods else set())
         for method in (m for m in SEARCHES if m in wanted):  # first: the tuned heuristics get their compute
             res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"),
-                                        threads=threads)
+                                        threads=threads, max_epochs=budget)
             results.append(res)
             searched[method] = res
             if method == "autoprune" and "autoprune_seq" in methods:
@@ -192,6 +196,19 @@ def compute_rows(res: BenchResult, short_epochs: float, reference_trials: int = 
                      f"× {reference_trials} short trials (s)": seconds / (reference_trials * short_s),
                      "evaluations per rung": per_rung})
     return rows
+
+
+def parse_budget(text: str | None) -> float | str | None:
+    """``--max-epochs``: a number of fine-tune epochs, ``grid``, or nothing; anything else is a ConfigError."""
+    if text is None or text == "grid":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"--max-epochs: {text!r} is neither a number of epochs (>= 0) nor 'grid'")
+    return value
 
 
 def parse_methods(text: str | None) -> tuple[str, ...]:

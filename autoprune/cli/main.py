@@ -38,6 +38,10 @@ def search(
                       ] = None,
     timeout: Annotated[float | None, typer.Option(min=0.0, help="Stop starting new trials after this many seconds.")
                        ] = None,
+    max_epochs: Annotated[float | None, typer.Option(
+        "--max-epochs", min=0.0, help="Compute budget: stop starting trials once the study has spent this many "
+        "fine-tune epochs (every ladder rung of every trial, earlier runs of the study included; the last trial may "
+        "overshoot by its own epochs). With it, --trials is only a cap.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default runs/optuna.journal), e.g. "
                                                 "postgresql+psycopg://user@127.0.0.1:5432/db")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the YAML's name); same = resume.")] = None,
@@ -57,9 +61,9 @@ def search(
     from autoprune.cli.console import SIZE_CAPTION, RichProgress, out, table
 
     try:
-        result = run(space, n_trials=trials, timeout=timeout, storage=storage, study=study, workers=workers,
-                     seed=seed, sampler=sampler, device=device, runs_dir=runs, tracking_uri=tracking_uri,
-                     track=not no_track, progress=RichProgress(), threads=threads)
+        result = run(space, n_trials=trials, timeout=timeout, max_epochs=max_epochs, storage=storage, study=study,
+                     workers=workers, seed=seed, sampler=sampler, device=device, runs_dir=runs,
+                     tracking_uri=tracking_uri, track=not no_track, progress=RichProgress(), threads=threads)
     except KeyboardInterrupt as stop:
         raise typer.Exit(_interrupted(stop)) from None
     metric = result.primary
@@ -76,6 +80,9 @@ def search(
         out.print(f"{s['trials']} trials in the study ({s['complete']} complete, {s['pruned']} stopped early saving "
                   f"{s['early_stop_saved_s']:.1f}s, {s['failed']} failed); this run took {s['wall_s']:.1f}s, "
                   f"{s['mean_eval_s']:.3f}s per evaluation.")
+    if max_epochs is not None and s["finetune_epochs"] >= max_epochs - 1e-9:
+        out.print(f"the --max-epochs budget ({max_epochs:g} fine-tune epochs) is spent: rerunning adds no trials; "
+                  "raise it to search on.")
     if s["fail_reasons"]:
         out.print(f"failed trials' reasons: {'; '.join(s['fail_reasons'][:3])}")
     if s.get("trials_here"):
@@ -283,6 +290,10 @@ def bench(
     criterion: Annotated[str | None, typer.Option(
         help="Prune with this criterion (e.g. sparsegpt) instead of the space's first; the space's other criteria "
              "stay (Wanda for OWL's outliers and the level database).")] = None,
+    max_epochs: Annotated[str | None, typer.Option(
+        "--max-epochs", help="Each search's compute budget in fine-tune epochs (all rungs), or 'grid': what a tuned "
+        "heuristic's whole recipe grid costs over the levels, so the search and the *_tuned rows spend equal "
+        "compute. --trials stays a cap.")] = None,
     threads: Threads = None,
 ) -> None:
     """Search (TPE and RL controller) vs heuristics, every method scored after the production fine-tune.
@@ -304,6 +315,7 @@ def bench(
         compute_rows,
         default_out_dir,
         overhead_rows,
+        parse_budget,
         parse_methods,
         time_rows,
         with_final_epochs,
@@ -335,7 +347,8 @@ def bench(
             continue
         console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
                       f"recipe {sp.default_recipe().model_dump()}")
-        res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen, threads=threads)
+        res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen, threads=threads,
+                          max_epochs=parse_budget(max_epochs))
         console.print(write_outputs(res, folder))
         console.print(table("wall time of each method (seconds, mean over seeds; searches include loading the "
                             "model)", time_rows(res)))

@@ -21,6 +21,7 @@ from autoprune.models.layers import weight_of
 from autoprune.pruning.evaluate import evaluate
 from autoprune.study.attrs import DENSE_PARAMS, DENSE_TEST, DENSE_VAL, test_metrics_key
 from autoprune.study.baselines import enqueue_baselines
+from autoprune.study.budget import EpochBudget, epochs_spent
 from autoprune.study.identity import check_study_parts, refuse_other_parts, study_parts
 from autoprune.study.ladder import compute_spent, enqueue_promotions
 from autoprune.study.liveness import recover
@@ -154,6 +155,8 @@ def summarize(study: optuna.Study, prep: Prepared, records: list[Any], wall_s: f
     }
     if ladder is not None:
         summary.update(compute_spent((t.user_attrs for t in study.get_trials(deepcopy=False)), len(ladder.epochs)))
+    else:
+        summary["finetune_epochs"] = epochs_spent(study, prep.ws.space)
     n, eval_s = max(objective.trials_run, 1), sum(objective.eval_seconds)
     overhead = (optimize_s - eval_s) / n  # everything in the loop that is not evaluating a candidate, per trial
     summary.update(optimize_s=optimize_s, eval_s=eval_s, trials_here=objective.trials_run,
@@ -242,13 +245,17 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
         enqueue_race(study, space, prep.ctx)
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, stores=prep.stores)
     targets = list(space.targets.grid or [])
+    budget = EpochBudget(space, opts.max_epochs)
+    if budget.exhausted(study):  # a resumed study that already spent its --max-epochs adds nothing
+        n_trials = 0
     shares = worker_shares(n_trials, opts.workers)
-    procs = spawn_workers(space, opts, shares[:-1])  # the main process runs the last share
+    procs = spawn_workers(space, opts, shares[:-1]) if n_trials else []  # the main process runs the last share
     if progress is not None:
         progress.start(n_trials, f"search {study.study_name}")
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         deliver_interrupts()  # a Ctrl-C held while Optuna told the storage this trial's result lands here
+        budget(st, trial)
         if space.ladder is not None:
             with enqueue_lock(st):  # new scores at a rung may lift a stopped candidate into its best part
                 enqueue_promotions(st, space)

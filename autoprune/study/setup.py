@@ -40,6 +40,7 @@ class SearchOptions:
 
     n_trials: int | None = None
     timeout: float | None = None
+    max_epochs: float | None = None  # stop starting trials once the study spent this many fine-tune epochs
     storage: str | None = None
     study_name: str | None = None
     workers: int = 1

@@ -8,6 +8,7 @@ from typing import Any
 
 from autoprune.config.space import SearchSpace
 from autoprune.processes import exit_with_parent, interrupt_on_sigterm
+from autoprune.study.budget import EpochBudget
 from autoprune.study.objective import CANDIDATE_ERRORS, Objective
 from autoprune.study.setup import SearchOptions, open_search_study, prepare
 from autoprune.study.storage import deliver_interrupts
@@ -24,9 +25,12 @@ def worker_main(space: SearchSpace, opts: SearchOptions, n_trials: int, index: i
     study = open_search_study(space, opts, prep.ctx, offset=index + 1)
     seed = space.seed if opts.seed is None else opts.seed
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, stores=prep.stores)
+    budget = EpochBudget(space, opts.max_epochs)
+    if budget.exhausted(study):
+        return
     try:  # an interrupt held through a trial's tell (see hold_interrupts) lands after it
         study.optimize(objective, n_trials=n_trials, timeout=opts.timeout, catch=CANDIDATE_ERRORS,
-                       callbacks=[lambda st, t: deliver_interrupts()])
+                       callbacks=[lambda st, t: deliver_interrupts(), budget])
         deliver_interrupts()
     finally:
         deliver_interrupts(raise_held=False)
