@@ -309,63 +309,12 @@ def bench(
         con.print(tab(f"ResNet-20 (CIFAR size, 3×32×32), {channel_ratio:.0%} of channels removed per conv, CPU",
                       channel_speedup(channel_ratio)))
         return
-    from autoprune.api import load_space
-    from autoprune.bench.run import (
-        bench_space,
-        compute_rows,
-        default_out_dir,
-        overhead_rows,
-        parse_budget,
-        parse_methods,
-        time_rows,
-        with_final_epochs,
-        with_pruner,
-        write_outputs,
-    )
-    from autoprune.cli.console import out as console
-    from autoprune.cli.console import table
-    from autoprune.tracking.records import log_bench
+    from autoprune.cli.bench import BenchOptions, run_bench
 
-    levels = [float(x) for x in sparsities.split(",") if x.strip()]
-    if quick:
-        seeds, trials, levels = 1, 12, levels[1:3] if len(levels) >= 3 else levels
-    folder = out_dir or default_out_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    chosen = parse_methods(methods)
-    for path in space or [Path("search_spaces/digits_cnn.yaml")]:
-        sp = with_pruner(with_final_epochs(load_space(path), final_epochs), criterion)
-        if rank_correlation is not None:
-            from autoprune.bench.fidelity import rank_correlation as correlate
-            from autoprune.bench.fidelity import without_finetune
-
-            rows = correlate(sp, rank_correlation, folder, threads=threads)
-            against = (f"the held-out test score ({rank_correlation} random candidates per target, no fine-tune)"
-                       if without_finetune(sp) or sp.ladder is None else
-                       f"the production val score ({rank_correlation} candidates per target, rung epochs "
-                       f"{sp.ladder.epochs})")
-            console.print(table(f"{sp.name}: Spearman ρ of each proxy with {against}", rows))
-            continue
-        console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
-                      f"recipe {sp.default_recipe().model_dump()}")
-        res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen, threads=threads,
-                          max_epochs=parse_budget(max_epochs))
-        console.print(write_outputs(res, folder))
-        console.print(table("wall time of each method (seconds, mean over seeds; searches include loading the "
-                            "model)", time_rows(res)))
-        if sp.ladder is not None:
-            console.print(table("compute of each method (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
-        if "overhead_s_per_trial" in res.overhead:  # a search ran (heuristics alone have no per-trial cost)
-            console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
-        if "screen_all_s" in res.overhead:
-            from autoprune.bench.overhead import screening_rows
-
-            console.print(table("cost of screening one candidate (seed 0, median of 5)", screening_rows(res.overhead)))
-        metrics = {f"{m}_at_{round(lv * 100)}": v[0] for m, row in res.aggregated.items() for lv, v in row.items()}
-        metrics.update({k: v for k, v in res.overhead.items()})
-        metrics["bench_seconds"] = res.seconds
-        log_bench(None, folder, sp.name, {"seeds": str(seeds), "trials": str(trials), "levels": sparsities},
-                  metrics, res.files)
-        console.print(f"{sp.name}: {res.seconds:.0f}s; files: {', '.join(str(f) for f in res.files)}")
+    run_bench(space or [Path("search_spaces/digits_cnn.yaml")], BenchOptions(
+        seeds=seeds, trials=trials, sparsities=sparsities, quick=quick, out_dir=out_dir, methods=methods,
+        final_epochs=final_epochs, rank_correlation=rank_correlation, criterion=criterion, max_epochs=max_epochs,
+        threads=threads))
 
 
 def _interrupted(stop: KeyboardInterrupt) -> int:
