@@ -163,3 +163,25 @@ def test_a_killed_search_leaves_no_helper_process(sig: str, tmp_path: Path, runs
     if sig == "SIGTERM":
         lines = (tmp_path / "err").read_text().strip().splitlines()
         assert rc == 143 and lines[-1].startswith("terminated: finished trials are kept"), lines[-3:]
+
+
+def test_mlflow_fluent_calls_leave_the_callers_tracking_uri_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    import os
+
+    from autoprune.tracking.records import tracking_at
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    ours = default_tracking_uri(tmp_path)
+    with tracking_at(ours):
+        assert mlflow.get_tracking_uri() == ours
+    assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+    theirs = f"sqlite:///{tmp_path / 'theirs.db'}"
+    mlflow.set_tracking_uri(theirs)  # a notebook that set its own server keeps it
+    try:
+        with tracking_at(ours):
+            assert mlflow.get_tracking_uri() == ours
+        assert mlflow.get_tracking_uri() == theirs and os.environ["MLFLOW_TRACKING_URI"] == theirs
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from filelock import FileLock
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -139,7 +138,6 @@ class MlflowLogger:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        mlflow.set_tracking_uri(self.uri)
         with self._lock:  # also serialises creating the MLflow database (two at once fail: "duplicate column")
             self.client = MlflowClient(self.uri)
             self._open_parent(info)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,21 @@ def log_export(tracking_uri: str | None, runs_dir: Path, study_name: str, policy
     return run_id
 
 
+@contextmanager
+def tracking_at(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``log_model`` has no client form) pointed at ``uri`` for the block only: the caller's
+    own tracking URI (a notebook's, say), and its ``MLFLOW_TRACKING_URI`` variable, which MLflow sets along, are
+    restored after it."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None: back to unset (MLflow clears the variable)
+
+
 def log_applied_model(tracking_uri: str | None, runs_dir: Path, study_name: str, model: Any, policy_json: str,
                       before: dict[str, float], after: dict[str, float], example: Any, register: str | None = None,
                       alias: str = "pruned") -> dict[str, str]:
@@ -42,13 +59,12 @@ def log_applied_model(tracking_uri: str | None, runs_dir: Path, study_name: str,
     import torch
 
     uri = tracking_uri or default_tracking_uri(runs_dir)
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study_name)
     parent = find_parent(client, str(exp.experiment_id), study_name) if exp is not None else None
     if parent is None:
         return {}
-    with mlflow.start_run(run_id=parent):
+    with tracking_at(uri), mlflow.start_run(run_id=parent):
         # TorchScript (traced on the example): no pickled classes, and any batch size (torch.export's program
         # would fix the example's batch of 1)
         traced = torch.jit.trace(model.eval(), torch.from_numpy(example))
