@@ -63,3 +63,16 @@ def test_the_grid_budget_is_every_recipe_at_every_level_and_a_bad_one_is_refused
                           str(tmp_path / "b")], capture_output=True, text=True)
     assert res.returncode == 2
     assert "--max-epochs: 'lots' is neither a number of epochs" in res.stdout + res.stderr
+
+
+def test_every_seed_of_a_bench_gets_the_whole_budget(tmp_path: Path) -> None:
+    path = write_space(tmp_path / "s.yaml", name="eq", trials=40, baselines=["lamp"], finetune={"lr_scale": [0.3]},
+                       ladder={"epochs": [0, 1, 2]})
+    out = tmp_path / "b"
+    res = subprocess.run([EXE, "bench", "--space", str(path), "--seeds", "2", "--trials", "40", "--max-epochs", "8",
+                          "--methods", "autoprune", "--sparsities", "0.8,0.9", "--threads", "1", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    space = load_space(path)
+    for seed in (0, 1):  # (the tuned rows' own budget once shadowed the search's after seed 0)
+        assert 8 <= epochs_spent(load_existing(f"bench-eq-autoprune-s{seed}", make_storage(None, out)), space) < 11

@@ -77,7 +77,8 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
     t0 = time.perf_counter()
     results: list[MethodResult] = []
     overhead: dict[str, float] = {}
-    budget = grid_epochs(space, levels) if max_epochs == "grid" else None if max_epochs is None else float(max_epochs)
+    search_epochs = (grid_epochs(space, levels) if max_epochs == "grid" else
+                     None if max_epochs is None else float(max_epochs))
     for seed in range(seeds):
         # the benchmark's levels as the grid: what is built per target (sequential SparseGPT databases) is built
         # for these levels only
@@ -88,7 +89,7 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
         wanted = set(methods) | ({"autoprune"} if "autoprune_seq" in methods else set())
         for method in (m for m in SEARCHES if m in wanted):  # first: the tuned heuristics get their compute
             res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"),
-                                        threads=threads, max_epochs=budget)
+                                        threads=threads, max_epochs=search_epochs)
             results.append(res)
             searched[method] = res
             if method == "autoprune" and "autoprune_seq" in methods:
