@@ -22,7 +22,7 @@ def _search(path: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess[
 
 
 def test_a_ladder_search_stops_at_its_epoch_budget_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
-    path = write_space(tmp_path / "s.yaml", name="budget", trials=40, baselines=["lamp"],
+    path = write_space(tmp_path / "s.yaml", name="budget", trials=40, baselines=["lamp"], anchor=["lamp", "erk"],
                        finetune={"lr_scale": [0.3]}, ladder={"epochs": [0, 1, 2]})
     runs = tmp_path / "runs"
     res = _search(path, runs, "--max-epochs", "8")
