@@ -205,7 +205,9 @@ def study_precheck(opts: SearchOptions, opened: list[optuna.storages.BaseStorage
         if opened is not None:
             opened.append(storage)
         sizes = {f: weight_of(model, f).numel() for f in layers}
-        uniform = lambda t: dict.fromkeys(sizes, t)  # noqa: E731  # stands in for each anchor: only names count
+        def uniform(target: float) -> dict[str, float]:  # stands in for each anchor: only their names count here
+            return dict.fromkeys(sizes, target)
+
         ctx = SampleContext(model=space.model.name, fingerprint="", sizes=sizes, bounds=space.bounds_for(layers),
                             anchors=dict.fromkeys(space.anchors, uniform) or None)  # (a searched anchor is a param)
         try:
