@@ -127,6 +127,7 @@ def test_a_rerun_benchmark_tops_its_search_up_instead_of_adding_a_whole_budget(t
     assert again.results[0].test == first.results[0].test and again.results[0].trial == first.results[0].trial
     rows = overhead_rows(again.overhead)  # the resumed search evaluated nothing: no share to divide by
     assert again.overhead["trials_here"] == 0 and math.isnan(rows[-2]["share"])
+    assert all(math.isnan(r["share"]) for r in rows[:-1])  # no whole-trial time in this run to divide by
     more = bench_space(space, 1, 7, [0.9], out, log=lambda *a: None, methods=("autoprune",))
     assert finished_count("bench-digits_resume-autoprune-s0", out) == 7  # a larger budget: topped up by 2
     assert more.results[0].test[0.9] == more.results[0].test[0.9]

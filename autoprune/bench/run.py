@@ -148,6 +148,8 @@ def overhead_rows(o: dict[str, float]) -> list[dict[str, Any]]:
     """Per-trial cost breakdown of the autoprune search (seed 0); NaN shares where this run evaluated nothing (a
     resumed benchmark whose search had already spent its budget)."""
     n = max(o.get("trials_here", 1.0), 1.0)
+    ran = o.get("trials_here", 1.0) > 0  # else this run's loop timed no trial: its per-trial figures mean nothing
+    o = o if ran else {**o, **dict.fromkeys(("optimize_s", "overhead_s_per_trial", "tracking_s_per_trial"), math.nan)}
     per_trial = o.get("optimize_s", math.nan) / n
     rows = [("sampling + projection (in objective)", o.get("mean_time_sample", math.nan)),
             ("budget projection alone", o.get("projection_s", math.nan)),
