@@ -23,6 +23,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune.study.trials import metric_sign
+
 __all__ = ["SIZE_BUCKET", "ControllerState", "RLControllerSampler"]
 
 SIZE_BUCKET = 0.02  # without a target param, trials whose sizes differ by less than 2 % are compared
@@ -69,7 +71,7 @@ class RLControllerSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         """Learn from the trials finished since the last call, then draw this trial's params from the policy."""
-        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        sign = metric_sign(study)
         self.learn(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), sign)
         rng = np.random.default_rng([self._seed, trial.number])
         out: dict[str, Any] = {}

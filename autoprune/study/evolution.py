@@ -27,6 +27,7 @@ from autoprune.config.budget import level_units, project_to_budget
 from autoprune.config.sampling import SampleContext, on_levels
 from autoprune.study.attrs import LADDER_STOP, rung_key
 from autoprune.study.sampler import assign_target
+from autoprune.study.trials import metric_sign
 
 __all__ = ["EvolutionSampler", "mutate", "mutate_levels", "mutate_offsets", "preferences"]
 
@@ -155,7 +156,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
 
     def parents(self, study: optuna.Study, target: float) -> list[FrozenTrial]:
         """The population at ``target``: its best finished trials that carry every searched param."""
-        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        sign = metric_sign(study)
         scored = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             rank = self._rank(t, sign)

@@ -15,6 +15,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from autoprune.config.sampling import SampleContext, sample
 from autoprune.config.space import SearchSpace
 from autoprune.study.attrs import LADDER_STOP, TARGET, rung_key
+from autoprune.study.trials import metric_sign
 
 __all__ = [
     "STARTUP_SHARE",
@@ -110,7 +111,7 @@ def assign_target(study: optuna.Study, trial: optuna.trial.FrozenTrial, targets:
         if tgt in counts:
             counts[tgt] += 1
     if budget == "moving" and all(c >= floor for c in counts.values()):
-        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        sign = metric_sign(study)
         stale = stagnation(earlier, targets, sign)
         return min(targets, key=lambda g: (stale[g], counts[g]))
     return min(targets, key=lambda g: counts[g])
@@ -174,7 +175,7 @@ class _TargetView:
         self._storage = study._storage  # the constant liar shares relative params through it
         self.direction = study.directions[0]  # the task's primary metric: maximize (accuracy) or minimize (MSE)
         self.directions = [self.direction]
-        self._sign = 1.0 if self.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        self._sign = metric_sign(study)
         self.study_name = study.study_name
 
     def _is_multi_objective(self) -> bool:
