@@ -92,9 +92,12 @@ def test_tuned_heuristics_get_the_searchs_compute_and_every_method_has_a_compute
                        baselines=["lamp", "erk"])
     space = SearchSpace.from_yaml(path)
     methods = ("autoprune", "random_search", "lamp_tuned", "erk_tuned", "global_tuned", "lamp")
-    res = bench_space(space, 1, 8, [0.9], tmp_path / "out", log=lambda *a: None, methods=methods)
+    said: list[str] = []
+    res = bench_space(space, 1, 8, [0.9], tmp_path / "out", log=said.append, methods=methods)
     by = {r.method: r for r in res.results}
     assert set(by) == set(methods)
+    for method in methods:  # every method, heuristics too, says when it is done
+        assert sum(f"seed 0: {method} done" in line for line in said) == 1, said
     budget = by["autoprune"].compute["finetune_epochs"]  # one level: all of it
     assert budget > 0
     for name in ("lamp_tuned", "erk_tuned", "global_tuned"):
@@ -120,8 +123,22 @@ def test_a_rerun_benchmark_tops_its_search_up_instead_of_adding_a_whole_budget(t
     space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", name="digits_resume", trials=5))
     out = tmp_path / "out"
     assert finished_count("bench-digits_resume-autoprune-s0", out) == 0  # no study yet
-    first = bench_space(space, 1, 5, [0.9], out, log=lambda *a: None, methods=("autoprune",))
+    phases: list[tuple[str, int]] = []
+    done: list[int] = []
+
+    class Sink:  # the bench's long phases report as `autoprune search` does: the search's trials among them
+        def start(self, total: int, description: str) -> None:
+            phases.append((description, total))
+
+        def update(self, n: int, fields: dict[str, object]) -> None:
+            done.append(n)
+
+        def stop(self) -> None:
+            pass
+
+    first = bench_space(space, 1, 5, [0.9], out, log=lambda *a: None, methods=("autoprune",), progress=Sink())
     assert finished_count("bench-digits_resume-autoprune-s0", out) == 5
+    assert ("search bench-digits_resume-autoprune-s0", 5) in phases and 5 in done, (phases, done)
     again = bench_space(space, 1, 5, [0.9], out, log=lambda *a: None, methods=("autoprune",))
     assert finished_count("bench-digits_resume-autoprune-s0", out) == 5  # nothing added: the budget was spent
     assert again.results[0].test == first.results[0].test and again.results[0].trial == first.results[0].trial

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from autoprune.config.budget import project_to_budget
+from autoprune.config.events import ProgressSink
 from autoprune.config.policy import Policy, Schedule
 from autoprune.config.space import SearchSpace
 from autoprune.errors import ConfigError, FinetuneDiverged
@@ -163,19 +164,23 @@ def bench_study(space: str, method: str, seed: int) -> str:
 
 
 def run_searcher(space: SearchSpace, method: str, levels: list[float], trials: int, seed: int, runs_dir: Path,
-                 track: bool, threads: int | None = None, max_epochs: float | None = None
-                 ) -> tuple[MethodResult, dict[str, float]]:
+                 track: bool, threads: int | None = None, max_epochs: float | None = None,
+                 progress: ProgressSink | None = None) -> tuple[MethodResult, dict[str, float]]:
     """Run one search of ``trials`` trials in all, or until it has spent ``max_epochs`` fine-tune epochs (a study an
     interrupted benchmark left in ``runs_dir`` is topped up, not run again); its answer at a level is the
-    best-validation front point with a target ≥ level, on test."""
+    best-validation front point with a target ≥ level, on test. ``progress`` shows its trials as ``autoprune
+    search`` does."""
     from autoprune.api import search
 
     sp = search_space_for(space, method, levels, trials, seed)
     study = bench_study(space.name, method, seed)
     trials = max(trials - finished_count(study, runs_dir), 0)
-    result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=track,
-                    threads=threads, max_epochs=max_epochs) if track else run_search(sp, SearchOptions(
-        n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir, threads=threads, max_epochs=max_epochs))
+    if track:
+        result = search(sp, n_trials=trials, study=study, seed=seed, runs_dir=runs_dir, device="cpu", track=True,
+                        threads=threads, max_epochs=max_epochs, progress=progress)
+    else:
+        result = run_search(sp, SearchOptions(n_trials=trials, study_name=study, seed=seed, runs_dir=runs_dir,
+                                              threads=threads, max_epochs=max_epochs), progress=progress)
     res = MethodResult(method, seed, seconds=result.summary["wall_s"],
                        compute={k: float(v) for k, v in result.summary.items()
                                 if k in ("finetune_epochs", "eval_seconds", "rung1_s", "complete", "trials")})

@@ -27,6 +27,7 @@ from autoprune.bench.methods import (
 )
 from autoprune.bench.overhead import finetune_throughput, projection_seconds, screening_cost
 from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
+from autoprune.config.events import ProgressSink
 from autoprune.config.space import LadderSpec, SearchSpace
 from autoprune.errors import ConfigError
 from autoprune.files import check_runs_folder
@@ -70,9 +71,10 @@ class BenchResult:
 
 def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
                 log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS, threads: int | None = None,
-                max_epochs: float | str | None = None) -> BenchResult:
+                max_epochs: float | str | None = None, progress: ProgressSink | None = None) -> BenchResult:
     """Run every method for every seed on one search space (``threads``: torch threads; default per model size;
-    ``max_epochs``: each search's fine-tune epoch budget, ``"grid"`` for a tuned heuristic's whole recipe grid)."""
+    ``max_epochs``: each search's fine-tune epoch budget, ``"grid"`` for a tuned heuristic's whole recipe grid;
+    ``progress``: where the long phases report, the dense model, level databases and each search's trials)."""
     check_runs_folder(out_dir)
     t0 = time.perf_counter()
     results: list[MethodResult] = []
@@ -84,12 +86,12 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
         # for these levels only
         sp = space.model_copy(update={"seed": seed, "targets": space.targets.model_copy(
             update={"grid": list(levels), "range": None})})
-        prep = prepare(sp, "cpu", out_dir, threads=threads)
+        prep = prepare(sp, "cpu", out_dir, threads=threads, progress=progress)
         searched: dict[str, MethodResult] = {}
         wanted = set(methods) | ({"autoprune"} if "autoprune_seq" in methods else set())
         for method in (m for m in SEARCHES if m in wanted):  # first: the tuned heuristics get their compute
             res, summary = run_searcher(sp, method, levels, trials, seed, out_dir, track=(method == "autoprune"),
-                                        threads=threads, max_epochs=search_epochs)
+                                        threads=threads, max_epochs=search_epochs, progress=progress)
             results.append(res)
             searched[method] = res
             if method == "autoprune" and "autoprune_seq" in methods:
@@ -103,6 +105,7 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
                                     or (name in TUNED and name.removesuffix("_tuned") in prep.heuristics)
                                     or (name in SEQUENTIAL and name.removesuffix("_seq") in prep.heuristics)):
                 results.append(run_heuristic(prep, name, levels, seed, budget))
+                log(f"  seed {seed}: {name} done ({time.perf_counter() - t0:.0f}s)")
         log(f"  seed {seed}: heuristics done ({time.perf_counter() - t0:.0f}s)")
         if seed == 0 and prep.stores and sp.ladder is not None and sp.ladder.tokens:
             overhead.update(screening_cost(prep, sp.ladder.tokens[0], max(levels)))

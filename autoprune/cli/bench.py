@@ -19,8 +19,8 @@ from autoprune.bench.run import (
     with_pruner,
     write_outputs,
 )
+from autoprune.cli.console import RichProgress, table
 from autoprune.cli.console import out as console
-from autoprune.cli.console import table
 from autoprune.config.space import SearchSpace
 from autoprune.tracking.records import log_bench
 
@@ -62,7 +62,7 @@ def run_bench(spaces: list[Path], opts: BenchOptions) -> None:
         console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
                       f"recipe {sp.default_recipe().model_dump()}")
         res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen,
-                          threads=opts.threads, max_epochs=budget)
+                          threads=opts.threads, max_epochs=budget, progress=RichProgress())
         _report(sp, res, folder)
         metrics = {f"{m}_at_{round(lv * 100)}": v[0] for m, row in res.aggregated.items() for lv, v in row.items()}
         metrics.update({k: v for k, v in res.overhead.items()})
