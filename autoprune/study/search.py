@@ -219,6 +219,49 @@ def study_precheck(opts: SearchOptions, opened: list[optuna.storages.BaseStorage
     return check
 
 
+def _record_study(study: optuna.Study, info: StudyInfo, prep: Prepared) -> None:
+    """A new study's user attrs: the space it searches, the dense model's scores and size, sampler and data."""
+    study.set_user_attr("space_yaml", info.space_yaml)
+    study.set_user_attr(DENSE_VAL, prep.ws.dense_val)
+    study.set_user_attr(DENSE_TEST, prep.ws.dense_test)
+    study.set_user_attr("sampler", info.sampler)
+    study.set_user_attr("size_metric", info.size_metric)
+    study.set_user_attr("data", prep.ws.space.data.name)
+    study.set_user_attr(DENSE_PARAMS, sum(p.numel() for p in prep.ws.model.parameters()))
+
+
+def _enqueue_start(study: optuna.Study, space: SearchSpace, prep: Prepared) -> None:
+    """What a (re)started search runs first: recovered trials, baselines, ladder promotions, the recipe race."""
+    with enqueue_lock(study):  # two processes started together on one study enqueue everything once
+        recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
+        enqueue_baselines(study, space, prep.ctx, prep.heuristics)
+        enqueue_promotions(study, space)  # a resumed study continues its ladder first
+        enqueue_race(study, space, prep.ctx)
+
+
+class _SearchProgress:
+    """This run's trials on a progress sink, with the best score per target size and how many stopped early."""
+
+    def __init__(self, progress: ProgressSink | None, study: optuna.Study, n_trials: int, targets: list[float]
+                 ) -> None:
+        self.progress, self.n_trials, self.targets = progress, n_trials, targets
+        self.stopped = 0  # trials of this run that stopped before the last rung (or early)
+        self.best: list[Any] = [-math.inf, {}]  # when the best-at-target figures were computed, and their values
+        self.finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if progress is not None:
+            progress.start(n_trials, f"search {study.study_name}")
+
+    def update(self, st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """After each trial."""
+        if self.progress is None:
+            return
+        done = len(st.get_trials(deepcopy=False, states=FINISHED)) - self.finished_before
+        if time.perf_counter() - self.best[0] > BEST_EVERY_S or done >= self.n_trials:  # a scan of all trials
+            self.best[:] = [time.perf_counter(), _best_at_targets(st, self.targets)]
+        self.stopped += trial.state == optuna.trial.TrialState.PRUNED  # early stop, or a lower ladder rung
+        self.progress.update(min(done, self.n_trials), {"best": self.best[1], "stopped": self.stopped})
+
+
 def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener | None = None,
                progress: ProgressSink | None = None) -> SearchResult:
     """Create or resume the study, enqueue baselines, optimize ``n_trials`` more trials, test the front."""
@@ -232,30 +275,18 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
     seed = space.seed if opts.seed is None else opts.seed
     info = study_info(prep, study, opts)
     if "space_yaml" not in study.user_attrs:
-        study.set_user_attr("space_yaml", info.space_yaml)
-        study.set_user_attr(DENSE_VAL, prep.ws.dense_val)
-        study.set_user_attr(DENSE_TEST, prep.ws.dense_test)
-        study.set_user_attr("sampler", info.sampler)
-        study.set_user_attr("size_metric", info.size_metric)
-        study.set_user_attr("data", space.data.name)
-        study.set_user_attr(DENSE_PARAMS, sum(p.numel() for p in prep.ws.model.parameters()))
+        _record_study(study, info, prep)
     if listener is not None:
         listener.on_start(info)
     n_trials = opts.n_trials if opts.n_trials is not None else space.trials
-    with enqueue_lock(study):  # two processes started together on one study enqueue everything once
-        recover(study)  # trials of a killed or interrupted run: failed with the reason, and enqueued again once
-        enqueue_baselines(study, space, prep.ctx, prep.heuristics)
-        enqueue_promotions(study, space)  # a resumed study continues its ladder first
-        enqueue_race(study, space, prep.ctx)
+    _enqueue_start(study, space, prep)
     objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed, stores=prep.stores)
-    targets = list(space.targets.grid or [])
     budget = EpochBudget(space, opts.max_epochs)
     if budget.exhausted(study):  # a resumed study that already spent its --max-epochs adds nothing
         n_trials = 0
     shares = worker_shares(n_trials, opts.workers)
     procs = spawn_workers(space, opts, shares[:-1]) if n_trials else []  # the main process runs the last share
-    if progress is not None:
-        progress.start(n_trials, f"search {study.study_name}")
+    shown = _SearchProgress(progress, study, n_trials, list(space.targets.grid or []))
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         deliver_interrupts()  # a Ctrl-C held while Optuna told the storage this trial's result lands here
@@ -272,17 +303,9 @@ def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener
             handed.append(trial.number)
             if len(handed) % FRONT_EVERY == 0:
                 listener.on_front({t.number for t in front_trials(st)})
-        if progress is not None:
-            done = len(st.get_trials(deepcopy=False, states=FINISHED)) - _finished_before
-            if time.perf_counter() - best[0] > BEST_EVERY_S or done >= n_trials:  # a scan of all trials: throttled
-                best[:] = [time.perf_counter(), _best_at_targets(st, targets)]
-            stopped[0] += trial.state == optuna.trial.TrialState.PRUNED  # early stop, or a lower ladder rung
-            progress.update(min(done, n_trials), {"best": best[1], "stopped": stopped[0]})
+        shown.update(st, trial)
 
     handed: list[int] = []
-    stopped = [0]  # trials of this run that stopped before the last rung (or early)
-    best: list[Any] = [-math.inf, {}]  # when the best-at-target figures were computed, and their values
-    _finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
     t_opt = time.perf_counter()
     try:
         study.optimize(objective, n_trials=shares[-1], timeout=opts.timeout, callbacks=[on_trial],
