@@ -246,7 +246,8 @@ class _SearchProgress:
                  ) -> None:
         self.progress, self.n_trials, self.targets = progress, n_trials, targets
         self.stopped = 0  # trials of this run that stopped before the last rung (or early)
-        self.best: list[Any] = [-math.inf, {}]  # when the best-at-target figures were computed, and their values
+        self.best: dict[str, Any] = {}  # the best score at each target, recomputed at most every BEST_EVERY_S
+        self.best_at = -math.inf  # when it was
         self.finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
         if progress is not None:
             progress.start(n_trials, f"search {study.study_name}")
@@ -256,10 +257,10 @@ class _SearchProgress:
         if self.progress is None:
             return
         done = len(st.get_trials(deepcopy=False, states=FINISHED)) - self.finished_before
-        if time.perf_counter() - self.best[0] > BEST_EVERY_S or done >= self.n_trials:  # a scan of all trials
-            self.best[:] = [time.perf_counter(), _best_at_targets(st, self.targets)]
+        if time.perf_counter() - self.best_at > BEST_EVERY_S or done >= self.n_trials:  # a scan of all trials
+            self.best, self.best_at = _best_at_targets(st, self.targets), time.perf_counter()
         self.stopped += trial.state == optuna.trial.TrialState.PRUNED  # early stop, or a lower ladder rung
-        self.progress.update(min(done, self.n_trials), {"best": self.best[1], "stopped": self.stopped})
+        self.progress.update(min(done, self.n_trials), {"best": self.best, "stopped": self.stopped})
 
 
 def run_search(space: SearchSpace, opts: SearchOptions, listener: SearchListener | None = None,
