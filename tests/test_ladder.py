@@ -20,6 +20,8 @@ from autoprune.study.ladder import (
     RungScore,
     climbed,
     climbs,
+    finished_records,
+    incumbent_rank,
     late_promotions,
     peers,
     rank_fields,
@@ -202,3 +204,58 @@ def test_stratified_rungs_compare_each_schedule_with_its_own() -> None:
     assert climbed(done, 1, 0.9, stratum="oneshot") == 1 and climbed(done, 1, 0.9) == 1
     # the best cubic candidate climbs although every one-shot candidate scored higher
     assert late_promotions(scores, {1: 1, 2: 1, 3: 1}, set(), keep=0.5, min_peers=1, done=done) == [(2, 2)]
+
+
+def test_incumbent_is_the_best_finished_candidate_of_the_size() -> None:
+    rec = {"sparsity": 0.9, "rank": -1.5}
+    finished = [(0.7, {rung_key(0): rec}), (0.8, {rung_key(0): {**rec, "rank": -1.2}}),
+                (0.95, {rung_key(0): {**rec, "sparsity": 0.5, "rank": -9.0}}),  # another size
+                (0.99, {rung_key(1): rec})]  # no record of rung 0
+    assert incumbent_rank(finished, 0, 0.9) == -1.2
+    assert incumbent_rank(finished, 0, 0.7) is None
+    assert incumbent_rank(finished, 0, 0.9, stratum="cubic×3") is None
+
+
+def test_finished_records_read_a_late_promotion_s_lower_rungs_from_its_origin() -> None:
+    origin = _numbered(3, optuna.trial.TrialState.PRUNED, None, {rung_key(0): {"sparsity": 0.9, "rank": -1.0}})
+    resumed = _numbered(7, optuna.trial.TrialState.COMPLETE, 20.0,
+                        {"promoted_from": 3, rung_key(1): {"sparsity": 0.9, "rank": -0.5}})
+    out = finished_records([origin, resumed], sign=-1.0)  # perplexity: lower is better
+    assert [score for score, _ in out] == [-20.0]
+    assert incumbent_rank(out, 0, 0.9) == -1.0 and incumbent_rank(out, 1, 0.9) == -0.5
+
+
+def _numbered(number: int, state: optuna.trial.TrialState, value: float | None, attrs: dict[str, object]
+              ) -> optuna.trial.FrozenTrial:
+    t = optuna.trial.create_trial(state=state, value=value, user_attrs=attrs)
+    t.number = number
+    return t
+
+
+def test_elitist_ladder_climbs_only_past_the_incumbent(tmp_path: Path, runs_dir: Path) -> None:
+    """Replay a study with ``promote: elitist`` in trial order: a searched candidate climbed from a rung iff it
+    ranked at least as well there as the best finished candidate of its size so far; nothing was promoted late."""
+    space = SearchSpace.from_yaml(write_space(  # (1+1) evolution, what the elitist rule is for
+        tmp_path / "elitist.yaml", name="elitist", sampler="evolution", sampler_options={"population": 1},
+        finetune={"lr_scale": [1.0, 0.3]},
+        ladder={**LADDER, "promote": "elitist"}))
+    run_search(space, SearchOptions(n_trials=20, runs_dir=runs_dir, device="cpu"))
+    trials = sorted(_trials(runs_dir, "elitist"), key=lambda t: t.number)
+    fields = rank_fields(space.ladder)
+    stops = climbs_seen = 0
+    for t in trials:
+        attrs = t.user_attrs
+        assert "promoted_from" not in attrs
+        if "baseline" in attrs:
+            continue
+        before = finished_records([u for u in trials if u.number < t.number], sign=1.0)  # accuracy
+        for r in range(N_RUNGS - 1):
+            if rung_key(r) not in attrs:
+                break
+            rec = attrs[rung_key(r)]
+            bar = incumbent_rank(before, r, rec["sparsity"])
+            want = bar is None or rank_value(rec, fields[r]) >= bar
+            assert (rung_key(r + 1) in attrs) == want, (t.number, r)
+            stops += not want
+            climbs_seen += want and bar is not None
+    assert stops > 0 and climbs_seen > 0  # both decisions were exercised against an incumbent

@@ -233,6 +233,12 @@ class LadderSpec(Strict):
     # Default: kl_to_dense on a rung without fine-tune, train_loss after one (they predicted the production
     # score best in README's rank-correlation table; the accuracy of a lower rung predicted it worst)
     rank_by: RankBy | list[RankBy] | None = None
+    # how a candidate climbs from a rung below the last: "fraction" (asynchronous successive halving: among the best
+    # ``keep`` of its size, within a quota of climbers) or "elitist" (only when it ranks at least as well there as
+    # the incumbent, the best candidate of its size on the last rung; no late promotions). Elitist is EvoPress's
+    # staged selection for a (1+1) evolution: under the fraction rule the quota, not the score, decides which of an
+    # improving sampler's near-best children climb, so its parent changes only as often as the quota lets one through
+    promote: Literal["fraction", "elitist"] = "fraction"
 
     def rank_field(self, rung: int) -> RankBy:
         """The measurement that ranks candidates at ``rung`` (below the last)."""

@@ -45,6 +45,8 @@ __all__ = [
     "climbs",
     "compute_spent",
     "enqueue_promotions",
+    "finished_records",
+    "incumbent_rank",
     "late_promotions",
     "peers",
     "rank_fields",
@@ -131,6 +133,39 @@ def climbs(score: float, others: list[float], keep: float, min_peers: int, promo
     return sum(o > score for o in others) < allowed and promoted < allowed
 
 
+def finished_records(trials: list[optuna.trial.FrozenTrial], sign: float) -> list[tuple[float, dict[str, Any]]]:
+    """(final score, higher is better; rung records) of every complete trial, for :func:`incumbent_rank`; a late
+    promotion's lower rungs are read from the trial it resumed."""
+    by_number = {t.number: t for t in trials}
+    out = []
+    for t in trials:
+        if t.state != optuna.trial.TrialState.COMPLETE or not t.values:
+            continue
+        records = dict(t.user_attrs)
+        origin = by_number.get(int(records.get(PROMOTED_FROM, -1)))
+        if origin is not None:
+            records = {**origin.user_attrs, **records}
+        out.append((sign * float(t.values[0]), records))
+    return out
+
+
+def incumbent_rank(finished: Iterable[tuple[float, dict[str, Any]]], rung: int, sparsity: float, stratum: str = ""
+                   ) -> float | None:
+    """The ranking value at ``rung`` of the incumbent: of the candidates of this size (and stratum) that finished
+    the last rung with a record of ``rung``, the one with the best final score. ``finished`` holds (final score,
+    higher is better; rung records) pairs. None when there is no such candidate (the elitist rule lets anyone
+    climb then)."""
+    best: tuple[float, float] | None = None
+    for final, records in finished:
+        rec = records.get(rung_key(rung))
+        if (rec is None or rec.get("rank") is None or abs(float(rec["sparsity"]) - sparsity) >= SAME_SIZE
+                or str(rec.get("stratum", "")) != stratum):
+            continue
+        if best is None or final > best[0]:
+            best = (final, float(rec["rank"]))
+    return None if best is None else best[1]
+
+
 def late_promotions(scores: list[RungScore], stopped: dict[int, int], promoted: set[int], keep: float,
                     min_peers: int, done: list[Reached] | None = None) -> list[tuple[int, int]]:
     """``(trial, rung to resume at)`` for every stopped trial that now belongs to its rung's best fraction, while
@@ -158,7 +193,8 @@ def rank_fields(ladder: LadderSpec) -> list[str]:
 
 def enqueue_promotions(study: optuna.Study, space: SearchSpace) -> int:
     """Enqueue every late promotion (same params and attrs, resuming at the next rung); returns how many."""
-    if space.ladder is None:
+    if space.ladder is None or space.ladder.promote == "elitist":  # elitist: a stopped candidate lost to the
+        # incumbent of its time and is never promoted later
         return 0
     trials = study.get_trials(deepcopy=False)
     scores = scores_of(((t.number, t.user_attrs) for t in trials), rank_fields(space.ladder))

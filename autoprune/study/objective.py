@@ -36,6 +36,8 @@ from autoprune.study.attrs import (
 from autoprune.study.ladder import (
     climbed,
     climbs,
+    finished_records,
+    incumbent_rank,
     peers,
     rank_fields,
     rank_value,
@@ -44,6 +46,7 @@ from autoprune.study.ladder import (
 )
 from autoprune.study.liveness import this_worker
 from autoprune.study.storage import hold_interrupts
+from autoprune.study.trials import metric_sign
 from autoprune.workspace import Workspace
 
 __all__ = [
@@ -189,14 +192,27 @@ class Objective:
                 return ev
             if always:
                 continue
-            done = [(t.number, t.user_attrs) for t in trial.study.get_trials(deepcopy=False)]
-            others = peers(scores_of(done, rank_fields(ladder)), r, sparsity, exclude=trial.number, stratum=stratum)
-            up = climbed(reached(done, last + 1), r, sparsity, exclude=trial.number, stratum=stratum)
-            if not climbs(mine, others, ladder.keep, ladder.min_peers, up):
+            stop = self.stop_reason(trial, r, mine, sparsity, stratum)
+            if stop is not None:
                 trial.set_user_attr(LADDER_STOP, r)
-                raise optuna.TrialPruned(f"stopped at rung {r}: {by} {abs(mine):.4f} not in the best "
-                                         f"{ladder.keep:.0%} at this size")
+                raise optuna.TrialPruned(f"stopped at rung {r}: {by} {abs(mine):.4f} {stop}")
         raise AssertionError("unreachable: the last rung returns")
+
+    def stop_reason(self, trial: optuna.Trial, rung: int, mine: float, sparsity: float, stratum: str) -> str | None:
+        """Why a candidate scoring ``mine`` (higher is better) at ``rung`` does not climb, None when it climbs:
+        the ladder's ``promote`` rule (best fraction of its size, or at least the incumbent's score there)."""
+        ladder = self.space.ladder
+        assert ladder is not None
+        trials = trial.study.get_trials(deepcopy=False)
+        if ladder.promote == "elitist":
+            bar = incumbent_rank(finished_records(trials, metric_sign(trial.study)), rung, sparsity, stratum)
+            return None if bar is None or mine >= bar else f"worse than the incumbent's {abs(bar):.4f}"
+        done = [(t.number, t.user_attrs) for t in trials]
+        others = peers(scores_of(done, rank_fields(ladder)), rung, sparsity, exclude=trial.number, stratum=stratum)
+        up = climbed(reached(done, len(ladder.epochs)), rung, sparsity, exclude=trial.number, stratum=stratum)
+        if climbs(mine, others, ladder.keep, ladder.min_peers, up):
+            return None
+        return f"not in the best {ladder.keep:.0%} at this size"
 
     def single_rung(self, trial: optuna.Trial, attrs: dict[str, Any], policy: Policy, sparsity: float
                     ) -> Evaluation:
