@@ -9,9 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.api import export
+from autoprune.api import export, search
 from autoprune.config.policy import Policy
 from autoprune.config.space import SearchSpace
+from autoprune.config.specs import LadderSpec
 from autoprune.deploy.production import apply
 from autoprune.errors import ConfigError
 from autoprune.study import SearchOptions, run_search
@@ -29,6 +30,7 @@ from autoprune.study.ladder import (
     reached,
     scores_of,
 )
+from autoprune.study.search import ladder_label
 from autoprune.tasks.training import classification_metrics
 from autoprune.workspace import load_workspace
 from conftest import write_space
@@ -235,11 +237,12 @@ def _numbered(number: int, state: optuna.trial.TrialState, value: float | None, 
 def test_elitist_ladder_climbs_only_past_the_incumbent(tmp_path: Path, runs_dir: Path) -> None:
     """Replay a study with ``promote: elitist`` in trial order: a searched candidate climbed from a rung iff it
     ranked at least as well there as the best finished candidate of its size so far; nothing was promoted late."""
-    space = SearchSpace.from_yaml(write_space(  # (1+1) evolution, what the elitist rule is for
+    path = write_space(  # (1+1) evolution, what the elitist rule is for
         tmp_path / "elitist.yaml", name="elitist", sampler="evolution", sampler_options={"population": 1},
         finetune={"lr_scale": [1.0, 0.3]},
-        ladder={**LADDER, "promote": "elitist"}))
-    run_search(space, SearchOptions(n_trials=20, runs_dir=runs_dir, device="cpu"))
+        ladder={**LADDER, "promote": "elitist"})
+    space = SearchSpace.from_yaml(path)
+    search(path, n_trials=20, runs_dir=runs_dir, device="cpu")  # with MLflow tracking, as the CLI runs it
     trials = sorted(_trials(runs_dir, "elitist"), key=lambda t: t.number)
     fields = rank_fields(space.ladder)
     stops = climbs_seen = 0
@@ -259,3 +262,19 @@ def test_elitist_ladder_climbs_only_past_the_incumbent(tmp_path: Path, runs_dir:
             stops += not want
             climbs_seen += want and bar is not None
     assert stops > 0 and climbs_seen > 0  # both decisions were exercised against an incumbent
+    from mlflow.tracking import MlflowClient
+
+    from autoprune.tracking.logger import default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(runs_dir))  # the parent run names the rule the ladder ran
+    exp = client.get_experiment_by_name("elitist")
+    assert exp is not None
+    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("autoprune.role") == "parent"]
+    assert len(parent) == 1
+    assert parent[0].data.params["ladder"] == "epochs [0.0, 1.0, 2.0], elitist (climb past the incumbent)"
+
+
+def test_ladder_label_names_rungs_and_rule(tmp_path: Path) -> None:
+    assert ladder_label(_space(tmp_path, "plain").ladder) == "epochs [0.0, 1.0, 2.0], keep 0.5"
+    tokens = LadderSpec(tokens=[512, 2048], epochs=[0, 0, 0], keep=0.34, promote="elitist")
+    assert ladder_label(tokens) == "tokens [512, 2048], epochs [0.0, 0.0, 0.0], elitist (climb past the incumbent)"

@@ -16,6 +16,7 @@ from autoprune.config.events import ProgressSink, SearchListener, StudyInfo
 from autoprune.config.pareto import best_at
 from autoprune.config.sampling import SampleContext
 from autoprune.config.space import SearchSpace
+from autoprune.config.specs import LadderSpec
 from autoprune.errors import ConfigError
 from autoprune.models.layers import weight_of
 from autoprune.pruning.evaluate import evaluate
@@ -128,10 +129,17 @@ def search_config(space: SearchSpace, opts: SearchOptions) -> dict[str, str]:
         "seed": str(space.seed if opts.seed is None else opts.seed), "size_metric": space.size_metric,
         "finetune_lr_scale": str(ft.lr_scale), "finetune_decay": str(ft.decay),
         "finetune_epochs": str(ladder.epochs if ladder else ft.epochs),
-        "ladder": "none" if ladder is None else f"epochs {ladder.epochs}, keep {ladder.keep}",
+        "ladder": "none" if ladder is None else ladder_label(ladder),
         "criteria": str(space.criteria), "schedules": str([s.label for s in space.schedules]),
         "baselines": str(space.baselines), "workers": str(opts.workers),
     }
+
+
+def ladder_label(ladder: LadderSpec) -> str:
+    """The ladder in one line: its rungs (tokens, epochs), how many climb and by which rule."""
+    tokens = "" if ladder.tokens is None else f"tokens {ladder.tokens}, "
+    rule = f"keep {ladder.keep}" if ladder.promote == "fraction" else "elitist (climb past the incumbent)"
+    return f"{tokens}epochs {ladder.epochs}, {rule}"
 
 
 def summarize(study: optuna.Study, prep: Prepared, records: list[Any], wall_s: float, objective: Objective,
