@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
@@ -23,6 +27,22 @@ SMALL_SPACE = {
     "trials": 6,
     "seed": 0,
 }
+
+
+def mlflow_runs(runs: Path, study: str) -> tuple[MlflowClient, Any, list[Any]]:
+    """The study's MLflow client, its one parent run (asserted) and that parent's child runs, from runs/mlflow.db."""
+    from mlflow.tracking import MlflowClient  # lazily: most tests never read MLflow
+
+    from autoprune.tracking.logger import default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(runs))
+    exp = client.get_experiment_by_name(study)
+    assert exp is not None
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("autoprune.role") == "parent"]
+    assert len(parents) == 1
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return client, parents[0], children
 
 
 def write_space(path: Path, **overrides: object) -> Path:

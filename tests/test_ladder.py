@@ -33,7 +33,7 @@ from autoprune.study.ladder import (
 from autoprune.study.search import ladder_label
 from autoprune.tasks.training import classification_metrics
 from autoprune.workspace import load_workspace
-from conftest import write_space
+from conftest import mlflow_runs, write_space
 
 LADDER = {"epochs": [0, 1, 2], "keep": 0.5, "min_peers": 2}
 N_RUNGS = len(LADDER["epochs"])
@@ -262,17 +262,8 @@ def test_elitist_ladder_climbs_only_past_the_incumbent(tmp_path: Path, runs_dir:
             stops += not want
             climbs_seen += want and bar is not None
     assert stops > 0 and climbs_seen > 0  # both decisions were exercised against an incumbent
-    from mlflow.tracking import MlflowClient
-
-    from autoprune.tracking.logger import default_tracking_uri
-
-    client = MlflowClient(default_tracking_uri(runs_dir))  # the parent run names the rule the ladder ran
-    exp = client.get_experiment_by_name("elitist")
-    assert exp is not None
-    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("autoprune.role") == "parent"]
-    assert len(parent) == 1
-    assert parent[0].data.params["ladder"] == "epochs [0.0, 1.0, 2.0], elitist (climb past the incumbent)"
-
+    _, parent, _ = mlflow_runs(runs_dir, "elitist")  # the parent run names the rule the ladder ran
+    assert parent.data.params["ladder"] == "epochs [0.0, 1.0, 2.0], elitist (climb past the incumbent)"
 
 def test_ladder_label_names_rungs_and_rule(tmp_path: Path) -> None:
     assert ladder_label(_space(tmp_path, "plain").ladder) == "epochs [0.0, 1.0, 2.0], keep 0.5"

@@ -7,30 +7,19 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
 from autoprune.api import search
 from autoprune.study.storage import load_existing, make_storage
 from autoprune.study.trials import front_trials
 from autoprune.tracking.logger import default_tracking_uri, safe_key
-
-
-def _runs(runs: Path, study: str) -> tuple[MlflowClient, object, list[object]]:
-    client = MlflowClient(default_tracking_uri(runs))
-    exp = client.get_experiment_by_name(study)
-    assert exp is not None
-    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in all_runs if r.data.tags.get("autoprune.role") == "parent"]
-    assert len(parents) == 1
-    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    return client, parents[0], children
+from conftest import mlflow_runs
 
 
 def test_trials_become_child_runs_with_front_artifacts(space_path: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     search(space_path, n_trials=8, study="tracked", runs_dir=runs, device="cpu")
     search(space_path, n_trials=3, study="tracked", runs_dir=runs, device="cpu")  # resume: same parent
-    client, parent, children = _runs(runs, "tracked")
+    client, parent, children = mlflow_runs(runs, "tracked")
     exp = client.get_experiment_by_name("tracked")
     assert exp is not None and exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI pages
     study = load_existing("tracked", make_storage(None, runs))
@@ -86,7 +75,7 @@ def test_sync_backfills_runs_after_mlflow_was_down(space_path: Path, tmp_path: P
     runs = tmp_path / "runs"
     search(space_path, n_trials=4, study="later", runs_dir=runs, device="cpu", tracking_uri="http://127.0.0.1:9/")
     assert sync("later", runs_dir=runs) == 4
-    _, _, children = _runs(runs, "later")
+    _, _, children = mlflow_runs(runs, "later")
     assert len(children) == 4
     assert sync("later", runs_dir=runs) == 0  # idempotent: no duplicate child runs
 
@@ -101,11 +90,11 @@ def test_pareto_tags_follow_the_front_during_a_search(tmp_path: Path) -> None:
     for n in range(3):
         logger.on_trial(TrialRecord(n, "COMPLETE", {"target": 0.9}, (0.5 + n / 10, 0.1), {"sparsity": 0.9}))
     logger.on_front({2})
-    _, _, children = _runs(runs, "live")
+    _, _, children = mlflow_runs(runs, "live")
     tags = {int(c.data.tags["autoprune.trial"]): c.data.tags["pareto"] for c in children}
     assert tags == {0: "false", 1: "false", 2: "true"}
     logger.on_front({1, 2})
-    _, _, children = _runs(runs, "live")
+    _, _, children = mlflow_runs(runs, "live")
     assert {int(c.data.tags["autoprune.trial"]): c.data.tags["pareto"] for c in children}[1] == "true"
     assert logger.failed is None
 
