@@ -269,3 +269,5 @@ def test_ladder_label_names_rungs_and_rule(tmp_path: Path) -> None:
     assert ladder_label(_space(tmp_path, "plain").ladder) == "epochs [0.0, 1.0, 2.0], keep 0.5"
     tokens = LadderSpec(tokens=[512, 2048], epochs=[0, 0, 0], keep=0.34, promote="elitist")
     assert ladder_label(tokens) == "tokens [512, 2048], epochs [0.0, 0.0, 0.0], elitist (climb past the incumbent)"
+    held = tokens.model_copy(update={"tokens_from": "held_out"})
+    assert ladder_label(held).startswith("tokens [512, 2048] (held-out windows), epochs")

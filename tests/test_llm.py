@@ -349,6 +349,49 @@ def test_dense_reference_divergence_on_a_few_tokens_equals_a_direct_kl() -> None
         ref.divergence(pruned, 321)
 
 
+def test_held_out_dense_reference_reads_the_windows_after_the_calibration_windows() -> None:
+    from autoprune.errors import DataError
+    from autoprune.pruning.evaluate import DenseReference
+
+    model, layers, split, splits, task = _peaked_tiny()  # 40 windows of 16 tokens: 8 after the 32 calibration ones
+    held = DenseReference.of(model, splits, task=task, tokens=8 * 16, held_out=True)
+    calib = DenseReference.of(model, splits, task=task, tokens=8 * 16)
+    assert torch.equal(held.inputs, split.x[CALIBRATION_WINDOWS:CALIBRATION_WINDOWS + 8])
+    assert torch.equal(calib.inputs, split.x[:8])
+    pruned = copy.deepcopy(model)
+    prune_and_finetune(pruned, _policy(dict.fromkeys(layers, 0.9)), splits, task=task)  # calibrated on x[:32]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(held.inputs), -1).flatten(0, 1)
+        logq = torch.log_softmax(pruned(held.inputs), -1).flatten(0, 1)
+    direct = float((logp.exp() * (logp - logq)).sum(-1).mean())
+    assert math.isclose(held.divergence(pruned), direct, rel_tol=1e-2, abs_tol=5e-5)
+    assert abs(held.divergence(pruned) - calib.divergence(pruned)) > 1e-3  # other text, another divergence
+    with pytest.raises(DataError, match=r"ladder\.tokens: .* 144 tokens \(9 windows\).* 8 windows after its 32 "
+                                        r"calibration windows"):
+        DenseReference.of(model, splits, task=task, tokens=9 * 16, held_out=True)
+
+
+def test_a_held_out_token_ladder_screens_on_windows_the_pruner_never_saw(tmp_path: Path) -> None:
+    from autoprune.study.objective import Objective
+    from autoprune.study.setup import prepare
+
+    ladder = "ladder: {epochs: [0, 0, 0], tokens: [64, 256], tokens_from: held_out}"
+    (tmp_path / "s.yaml").write_text(SPACE.replace("finetune: {epochs: [0]}", ladder))
+    prep = prepare(SearchSpace.from_yaml(tmp_path / "s.yaml"), "cpu", tmp_path / "runs", threads=1)
+    objective = Objective(prep.ws, prep.ctx, prep.heuristics, seed=0, stores=prep.stores)
+    assert objective.reference is not None
+    train = prep.ws.splits.train.x
+    assert torch.equal(objective.reference.inputs, train[CALIBRATION_WINDOWS:CALIBRATION_WINDOWS + 256 // 32])
+    too_many = (len(train) - CALIBRATION_WINDOWS + 1) * 32  # one window more than the text past the calibration
+    (tmp_path / "s.yaml").write_text(SPACE.replace("finetune: {epochs: [0]}", ladder.replace("256", str(too_many))))
+    res = subprocess.run([AUTOPRUNE, "search", "s.yaml", "--no-track", "--threads", "1"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip() and "━" not in ln]
+    assert any("ladder.tokens" in ln and f"{too_many} tokens" in ln and "after its 32 calibration" in ln
+               for ln in lines), lines
+
+
 def test_token_ladder_screens_every_candidate_on_few_tokens_and_measures_survivors_on_validation(
         tmp_path: Path) -> None:
     from autoprune.study import SearchOptions, run_search

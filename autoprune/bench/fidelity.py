@@ -103,10 +103,13 @@ def fitness_correlation(space: SearchSpace, per_target: int, out_dir: Path, seed
     prep = prepare(space.model_copy(update={"seed": seed}), "cpu", out_dir, threads=threads)
     ws, task = prep.ws, prep.ws.task
     rungs = list(space.ladder.tokens) if space.ladder is not None and space.ladder.tokens else []
-    reference = DenseReference.of(ws.model, ws.splits, task=task, tokens=max(rungs) if rungs else None)
+    held_out = space.ladder is not None and space.ladder.tokens_from == "held_out"
+    reference = DenseReference.of(ws.model, ws.splits, task=task, tokens=max(rungs) if rungs else None,
+                                  held_out=held_out)
     proxies: dict[str, tuple[str, int | None]] = {f"val {task.primary} (the search's fitness)": ("val", None)}
     for r, tokens in enumerate(rungs):
-        proxies[f"KL to dense on {tokens} calibration tokens (rung {r})"] = ("kl", tokens)
+        text = "held-out training" if held_out else "calibration"
+        proxies[f"KL to dense on {tokens} {text} tokens (rung {r})"] = ("kl", tokens)
     if not rungs:
         proxies[f"KL to dense on {reference.tokens} calibration tokens"] = ("kl", None)
     rows = {name: {"proxy": name} for name in proxies}

@@ -239,6 +239,10 @@ class LadderSpec(Strict):
     # staged selection for a (1+1) evolution: under the fraction rule the quota, not the score, decides which of an
     # improving sampler's near-best children climb, so its parent changes only as often as the quota lets one through
     promote: Literal["fraction", "elitist"] = "fraction"
+    # which training windows the token rungs read: "calibration" (the first ones: the text the pruner's level weights
+    # were fitted on, SparseGPT's and Wanda's 32 calibration windows) or "held_out" (the windows after those: text
+    # the level weights never saw, so a rung's KL measures what the pruned model does on new text, as validation does)
+    tokens_from: Literal["calibration", "held_out"] = "calibration"
 
     def rank_field(self, rung: int) -> RankBy:
         """The measurement that ranks candidates at ``rung`` (below the last)."""

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.config.policy import Policy
-from autoprune.errors import FinetuneDiverged, PolicyError
+from autoprune.errors import DataError, FinetuneDiverged, PolicyError
 from autoprune.models.layers import is_transposed, prunable_layers, weight_of
 from autoprune.pruning.channels import group_keep, groups_for, member_masks, remove_zero_channels
 from autoprune.pruning.criteria import CALIBRATION_WINDOWS, activation_problem, criterion_for, importance, row_wise
@@ -310,15 +310,21 @@ class DenseReference:
 
     @classmethod
     def of(cls, model: nn.Module, splits: Splits, n: int = 256, task: Task | None = None,
-           tokens: int | None = None) -> DenseReference:
+           tokens: int | None = None, held_out: bool = False) -> DenseReference:
         """Cache the dense outputs on the first ``n`` training examples (the search's calibration set), fewer when
         they would exceed 2**26 numbers (a language model's logits: windows × tokens × vocabulary). ``tokens``: a
-        token ladder's largest rung; the windows that hold that many tokens instead (up to 2**30 numbers)."""
+        token ladder's largest rung; the windows that hold that many tokens instead (up to 2**30 numbers).
+        ``held_out``: start after the pruner's calibration windows (text its level weights were not fitted on)."""
         task = task or ClassificationTask(splits)
-        x = splits.train.x
+        skip = CALIBRATION_WINDOWS if held_out else 0
+        x = splits.train.x[skip:]
         per_example = splits.num_classes * _tokens_per_example(x)
         if tokens is not None:
             n, cap = math.ceil(tokens / _tokens_per_example(x)), 2**30
+            if n > len(x):
+                where = f"after its {skip} calibration windows " if skip else ""
+                raise DataError(f"ladder.tokens: the largest rung asks {tokens} tokens ({n} windows) but the train "
+                                f"split holds {len(x)} windows {where}(give fewer tokens or more text)")
         else:
             cap = 2**26
         x = x[:max(1, min(n, cap // max(per_example, 1)))]

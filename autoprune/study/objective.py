@@ -84,7 +84,8 @@ class Objective:
         ladder = self.space.ladder
         if ladder is not None and self.reference is None:
             self.reference = DenseReference.of(self.ws.model, self.ws.splits, task=self.ws.task,
-                                               tokens=max(ladder.tokens) if ladder.tokens else None)
+                                               tokens=max(ladder.tokens) if ladder.tokens else None,
+                                               held_out=ladder.tokens_from == "held_out")
         if self.stores and self.assembler is None:
             self.assembler = LevelAssembler(self.ws.model, self.stores)
 

@@ -137,7 +137,8 @@ def search_config(space: SearchSpace, opts: SearchOptions) -> dict[str, str]:
 
 def ladder_label(ladder: LadderSpec) -> str:
     """The ladder in one line: its rungs (tokens, epochs), how many climb and by which rule."""
-    tokens = "" if ladder.tokens is None else f"tokens {ladder.tokens}, "
+    held_out = " (held-out windows)" if ladder.tokens_from == "held_out" else ""
+    tokens = "" if ladder.tokens is None else f"tokens {ladder.tokens}{held_out}, "
     rule = f"keep {ladder.keep}" if ladder.promote == "fraction" else "elitist (climb past the incumbent)"
     return f"{tokens}epochs {ladder.epochs}, {rule}"
 
