@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import csv
 import json
 import math
 import re
@@ -294,7 +295,7 @@ def test_bench_compares_language_model_methods_by_test_perplexity(tmp_path: Path
         "finetune: {epochs: [0]}", "ladder: {epochs: [0, 0, 0], tokens: [64, 256], min_peers: 2}"))
     res = subprocess.run([AUTOPRUNE, "bench", "--space", "s.yaml", "--seeds", "1", "--trials", "8", "--sparsities",
                           "0.5,0.7", "--methods", "uniform,owl,alpha,autoprune,autoprune_tpe", "--out", "b",
-                          "--threads", "1"], cwd=tmp_path, capture_output=True, text=True)
+                          "--threads", "1", "--incumbents"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "test perplexity, mean ± std" in res.stdout and "wall time of each method" in res.stdout
     assert "compute of each method" in res.stdout and "evaluations per rung" in " ".join(res.stdout.split())
@@ -307,6 +308,24 @@ def test_bench_compares_language_model_methods_by_test_perplexity(tmp_path: Path
     for level in ("0.5", "0.7"):
         best_heuristic = min(got[(m, level)] for m in ("uniform", "owl", "alpha"))
         assert got[("autoprune", level)] <= best_heuristic * 1.02
+    # --incumbents: every new best on validation, re-scored on test; the uniform baseline as the search evaluated
+    # it equals the bench's own uniform row, and the last incumbent is the search's answer
+    assert "re-scored on test" in res.stdout
+    with (tmp_path / "b" / "incumbents-tiny_llama.csv").open() as fh:
+        inc = list(csv.DictReader(fh))
+    for level in ("0.5", "0.7"):
+        rows_at = [r for r in inc if r["sparsity"] == level]
+        uniform = next(r for r in rows_at if r["role"] == "uniform")
+        assert math.isclose(float(uniform["test_perplexity"]), got[("uniform", level)], rel_tol=1e-4)
+        assert float(uniform["val ÷ uniform"]) == float(uniform["test ÷ uniform"]) == 1.0
+        best: list[dict[str, str]] = []  # the chain of new bests on validation
+        for r in rows_at:
+            if not best or float(r["val_perplexity"]) < float(best[-1]["val_perplexity"]):
+                best.append(r)
+        assert len(best) >= len(rows_at) - 1 and len(best) >= 2  # only the uniform row may be no new best
+        assert math.isclose(float(best[-1]["test_perplexity"]), got[("autoprune", level)], rel_tol=1e-4)
+        assert all(math.isclose(float(r["test ÷ uniform"]) * float(uniform["test_perplexity"]),
+                                float(r["test_perplexity"]), rel_tol=1e-6) for r in rows_at)
 
 
 @pytest.mark.slow

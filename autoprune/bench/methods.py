@@ -31,6 +31,7 @@ __all__ = [
     "affordable",
     "base_policy",
     "bench_study",
+    "evaluate_on_test",
     "grid_epochs",
     "heuristic_policy",
     "recipe_grid",
@@ -135,7 +136,7 @@ def run_heuristic(prep: Prepared, name: str, levels: list[float], seed: int,
     res = MethodResult(name, seed)
     for level in levels:
         policy = heuristic_policy(prep, name, level, seed)
-        ev = _evaluate(prep, policy)
+        ev = evaluate_on_test(prep, policy)
         if ev is None:  # its fine-tune diverged: no model at this level
             res.test[level] = res.size[level] = math.nan
             continue
@@ -208,7 +209,7 @@ def run_resequenced(prep: Prepared, searched: MethodResult, study: str, runs_dir
     res = MethodResult("autoprune_seq", searched.seed)
     for level in searched.test:
         number = searched.trial.get(level)
-        ev = None if number is None else _evaluate(prep, trial_policy(by_number[number]).model_copy(
+        ev = None if number is None else evaluate_on_test(prep, trial_policy(by_number[number]).model_copy(
             update={"criterion": "sparsegpt", "calibration": "sequential", "calibration_reference": None}))
         res.test[level] = (ev.test or {})[prep.ws.task.primary] if ev else math.nan
         res.size[level] = ev.size_value(prep.ws.space.size_metric) if ev else math.nan
@@ -239,7 +240,7 @@ def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int,
     for level in levels:
         grid = affordable(recipe_grid(prep.ws.space, heuristic_policy(prep, heuristic, level, seed)), budget_epochs,
                           seed)
-        evs = [ev for ev in (_evaluate(prep, p) for p in grid) if ev is not None]  # a diverging recipe is out
+        evs = [ev for ev in (evaluate_on_test(prep, p) for p in grid) if ev is not None]  # a diverging recipe is out
         task = prep.ws.task
         best = max(evs, key=lambda ev: task.sign * ev.score)  # first best on validation: a deterministic choice
         res.test[level] = (best.test or {})[task.primary]
@@ -251,7 +252,7 @@ def _tuned(prep: Prepared, heuristic: str, levels: list[float], seed: int,
     return res
 
 
-def _evaluate(prep: Prepared, policy: Policy) -> Evaluation | None:
+def evaluate_on_test(prep: Prepared, policy: Policy) -> Evaluation | None:
     """Evaluate with the test split measured; None when the fine-tune diverged (as a search trial would FAIL)."""
     try:
         return evaluate(prep.ws.model, policy, prep.ws.splits, with_test=True, task=prep.ws.task,

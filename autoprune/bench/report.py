@@ -6,13 +6,14 @@ import csv
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
 from autoprune.bench.methods import MethodResult
 from autoprune.config.pareto import hypervolume
 
-__all__ = ["aggregate", "hypervolumes", "plot", "rich_table", "write_csv"]
+__all__ = ["aggregate", "hypervolumes", "plot", "rich_table", "write_csv", "write_rows"]
 
 
 def aggregate(results: list[MethodResult], levels: list[float]) -> dict[str, dict[float, tuple[float, float, int]]]:
@@ -69,6 +70,15 @@ def write_csv(results: list[MethodResult], path: Path, primary: str = "accuracy"
         for r in results:
             for lv, a in r.test.items():
                 w.writerow([r.method, r.seed, lv, f"{a:.6f}", f"{r.size.get(lv, math.nan):.6f}", f"{r.seconds:.2f}"])
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
+    """``rows`` (dicts with the same keys) as a CSV with a header; returns ``path``."""
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def plot(agg: dict[str, dict[float, tuple[float, float, int]]], levels: list[float], path: Path, title: str,

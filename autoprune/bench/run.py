@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from autoprune.bench.incumbents import incumbent_rows
 from autoprune.bench.methods import (
     DEFAULT_METHODS,
     HEURISTICS,
@@ -26,7 +27,7 @@ from autoprune.bench.methods import (
     run_searcher,
 )
 from autoprune.bench.overhead import finetune_throughput, projection_seconds, screening_cost
-from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv
+from autoprune.bench.report import aggregate, hypervolumes, plot, rich_table, write_csv, write_rows
 from autoprune.config.events import ProgressSink
 from autoprune.config.space import LadderSpec, SearchSpace
 from autoprune.errors import ConfigError
@@ -58,6 +59,7 @@ class BenchResult:
     results: list[MethodResult]
     levels: list[float]
     overhead: dict[str, float] = field(default_factory=dict)
+    incumbents: list[dict[str, Any]] = field(default_factory=list)  # the search's incumbents on test (--incumbents)
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     primary: str = "accuracy"  # the task's primary metric, compared on the test split
@@ -71,14 +73,17 @@ class BenchResult:
 
 def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float], out_dir: Path,
                 log: Any = print, methods: tuple[str, ...] = DEFAULT_METHODS, threads: int | None = None,
-                max_epochs: float | str | None = None, progress: ProgressSink | None = None) -> BenchResult:
+                max_epochs: float | str | None = None, progress: ProgressSink | None = None,
+                incumbents: bool = False) -> BenchResult:
     """Run every method for every seed on one search space (``threads``: torch threads; default per model size;
     ``max_epochs``: each search's fine-tune epoch budget, ``"grid"`` for a tuned heuristic's whole recipe grid;
-    ``progress``: where the long phases report, the dense model, level databases and each search's trials)."""
+    ``progress``: where the long phases report, the dense model, level databases and each search's trials;
+    ``incumbents``: re-score each of the search's incumbents on test, see :mod:`autoprune.bench.incumbents`)."""
     check_runs_folder(out_dir)
     t0 = time.perf_counter()
     results: list[MethodResult] = []
     overhead: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
     search_epochs = (grid_epochs(space, levels) if max_epochs == "grid" else
                      None if max_epochs is None else float(max_epochs))
     for seed in range(seeds):
@@ -96,6 +101,9 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
             searched[method] = res
             if method == "autoprune" and "autoprune_seq" in methods:
                 results.append(run_resequenced(prep, res, bench_study(sp.name, "autoprune", seed), out_dir))
+            if method == "autoprune" and incumbents:
+                rows.extend({"seed": seed, "sparsity": lv, **r} for lv in levels
+                            for r in incumbent_rows(prep, bench_study(sp.name, method, seed), out_dir, lv))
             if method == "autoprune" and seed == 0:
                 overhead.update({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
             log(f"  seed {seed}: {method} done ({time.perf_counter() - t0:.0f}s)")
@@ -113,8 +121,8 @@ def bench_space(space: SearchSpace, seeds: int, trials: int, levels: list[float]
             overhead.update(finetune_throughput(prep.ws))
             overhead["projection_s"] = projection_seconds(prep.ws)
     task = task_class(space.task.kind)
-    return BenchResult(space.name, results, levels, overhead, seconds=time.perf_counter() - t0, primary=task.primary,
-                       direction=task.direction)
+    return BenchResult(space.name, results, levels, overhead, rows, seconds=time.perf_counter() - t0,
+                       primary=task.primary, direction=task.direction)
 
 
 def tuned_budget(searched: dict[str, MethodResult], levels: int) -> float | None:
@@ -143,6 +151,8 @@ def write_outputs(res: BenchResult, out_dir: Path) -> Any:
     metric = f"test {res.primary}"
     plot(agg, res.levels, png_path, f"{res.space}: {metric} vs sparsity ({seeds} seeds)", metric)
     res.files = [csv_path, png_path]
+    if res.incumbents:
+        res.files.append(write_rows(res.incumbents, out_dir / f"incumbents-{res.space}.csv"))
     return rich_table(f"{res.space}: {metric}, mean ± std (n seeds) over {seeds} seeds", agg, res.levels,
                       hypervolumes(res.results) if res.direction == "maximize" else {}, res.direction)
 

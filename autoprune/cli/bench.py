@@ -42,6 +42,7 @@ class BenchOptions:
     criterion: str | None = None
     max_epochs: str | None = None
     threads: int | None = None
+    incumbents: bool = False  # re-score the search's incumbents on test (autoprune.bench.incumbents)
 
 
 def run_bench(spaces: list[Path], opts: BenchOptions) -> None:
@@ -62,7 +63,8 @@ def run_bench(spaces: list[Path], opts: BenchOptions) -> None:
         console.print(f"[bold]bench {sp.name}[/bold]: {seeds} seeds × {trials} trials, levels {levels}, "
                       f"recipe {sp.default_recipe().model_dump()}")
         res = bench_space(sp, seeds, trials, levels, folder, log=console.print, methods=chosen,
-                          threads=opts.threads, max_epochs=budget, progress=RichProgress())
+                          threads=opts.threads, max_epochs=budget, progress=RichProgress(),
+                          incumbents=opts.incumbents)
         _report(sp, res, folder)
         metrics = {f"{m}_at_{round(lv * 100)}": v[0] for m, row in res.aggregated.items() for lv, v in row.items()}
         metrics.update({k: v for k, v in res.overhead.items()})
@@ -92,6 +94,9 @@ def _report(sp: SearchSpace, res: BenchResult, folder: Path) -> None:
         console.print(table("compute of each method (mean over seeds)", compute_rows(res, sp.ladder.epochs[1])))
     if "overhead_s_per_trial" in res.overhead:  # a search ran (heuristics alone have no per-trial cost)
         console.print(table("per-trial cost of the autoprune search (seed 0)", overhead_rows(res.overhead)))
+    if res.incumbents:
+        console.print(table("the search's incumbents (each new best on validation) and the uniform baseline, "
+                            "re-scored on test", res.incumbents))
     if "screen_all_s" in res.overhead:
         from autoprune.bench.overhead import screening_rows
 

@@ -294,6 +294,10 @@ def bench(
         "--max-epochs", help="Each search's compute budget in fine-tune epochs (all rungs), or 'grid': what a tuned "
         "heuristic's whole recipe grid costs over the levels, so the search and the *_tuned rows spend equal "
         "compute. --trials stays a cap.")] = None,
+    incumbents: Annotated[bool, typer.Option(
+        "--incumbents", help="Also re-score on test every candidate that became the search's best on validation "
+        "(and the uniform baseline): do its later validation gains carry to test? (incumbents-<space>.csv)")
+                          ] = False,
     threads: Threads = None,
 ) -> None:
     """Search (TPE and RL controller) vs heuristics, every method scored after the production fine-tune.
@@ -314,7 +318,7 @@ def bench(
     run_bench(space or [Path("search_spaces/digits_cnn.yaml")], BenchOptions(
         seeds=seeds, trials=trials, sparsities=sparsities, quick=quick, out_dir=out_dir, methods=methods,
         final_epochs=final_epochs, rank_correlation=rank_correlation, criterion=criterion, max_epochs=max_epochs,
-        threads=threads))
+        threads=threads, incumbents=incumbents))
 
 
 def _interrupted(stop: KeyboardInterrupt) -> int:
