@@ -21,6 +21,7 @@ from autoprune.study.attrs import (
     POLICY_OLD,
     REASON,
     STOPPED,
+    TARGET,
     rung_of,
     rungs_of,
     test_metrics_key,
@@ -34,6 +35,7 @@ __all__ = [
     "front_row",
     "front_table",
     "front_trials",
+    "incumbent_trials",
     "metric_sign",
     "policy_json",
     "policy_sparsity",
@@ -171,3 +173,26 @@ def finished_count(study_name: str, runs_dir: Path, storage: str | None = None) 
     except ConfigError:
         return 0
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def incumbent_trials(study: str, runs_dir: Path, level: float, sign: float
+                     ) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+    """(label, trial) of each trial of ``study`` (in ``runs_dir``) at ``level`` that improved the best validation
+    score there (``sign``: +1 when higher is better), in trial order, and of the uniform baseline (always); the
+    label is the baseline's name or "search". The last one is the search's answer at that size."""
+    trials = load_existing(study, make_storage(None, runs_dir)).get_trials(deepcopy=False)
+    out: list[tuple[str, optuna.trial.FrozenTrial]] = []
+    best: float | None = None
+    for t in trials:
+        if t.state != optuna.trial.TrialState.COMPLETE or not t.values:
+            continue
+        target = t.params.get("target", t.user_attrs.get(TARGET))
+        if target is None or abs(float(target) - level) > 1e-6:
+            continue
+        baseline = t.user_attrs.get(BASELINE)
+        improves = best is None or sign * t.values[0] > best
+        if improves:
+            best = sign * t.values[0]
+        if improves or baseline == "uniform":
+            out.append((str(baseline or "search"), t))
+    return out
